@@ -1,0 +1,1 @@
+"""One ml-collections config per experiment: `--config=configs/NAME.py[:VARIANT]`."""

@@ -1,0 +1,80 @@
+"""Config fields shared by the experiments that train through `lib.train.fit`.
+
+An experiment's config starts from `training()` (and `tfds_data()` when it reads
+a TFDS dataset) and overrides what it changes. The comments here document each
+shared field once.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def training(experiment: str) -> ml_collections.ConfigDict:
+  """The engine's fields, with defaults that the experiment's config overrides."""
+  c = ml_collections.ConfigDict()
+  c.experiment = experiment  # Module of experiments/ that runs this config.
+  c.seed = 0  # Seeds the params, the model's random streams and the data order.
+
+  # Model.
+  c.model = 'cnn'  # A key of lib.models.MODELS.
+  c.model_kwargs = ml_collections.ConfigDict()  # The model's attributes (lib/models.py).
+
+  # Optimization.
+  c.optimizer = 'sgd'  # 'sgd' or 'adam' (optax).
+  c.learning_rate = 0.1  # Peak learning rate.
+  c.momentum = 0.9  # SGD momentum; 0 is plain SGD. Unused by Adam.
+  c.lr_schedule = 'constant'  # 'constant', 'cosine' (to 0 at the end) or 'warmup_cosine'.
+  c.warmup_epochs = 0.0  # Linear warmup length for 'warmup_cosine'.
+  c.batch_size = 128  # Global: split over all processes and devices, so a multiple of the devices.
+  c.eval_batch_size = 1000  # Global evaluation batch; the last one is padded and masked.
+  c.num_epochs = 10  # Epochs of steps_per_epoch steps.
+  # Keras' meaning: batches per epoch; None is one pass over the training split
+  # (examples // batch_size). Smaller values evaluate and checkpoint more often.
+  c.steps_per_epoch = config_dict.placeholder(int)
+  c.validation_steps = config_dict.placeholder(int)  # Batches per evaluation; None is the whole split.
+
+  # Loop.
+  c.log_every_steps = 100  # Training metrics to TensorBoard and the log every this many steps.
+  c.checkpoint_every_epochs = 1  # Also saved at the end, on improvement, on SIGINT/SIGTERM.
+  c.keep_checkpoints = 2  # Latest checkpoints kept (the best one is kept besides).
+  c.best_metric = 'val_loss'  # Ranks checkpoints; '' keeps none as best.
+  c.best_mode = 'min'  # 'min' or 'max': which way best_metric improves.
+  c.restore_best = False  # End on the best checkpoint's weights (results then report those).
+  c.early_stopping_patience = 0  # Stop after this many epochs without a better best_metric; 0 never.
+  return c
+
+
+def tfds_data(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
+  """Adds the fields of a TFDS input pipeline to `c` and returns it."""
+  c.dataset = dataset  # TFDS name.
+  c.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None is ~/tensorflow_datasets.
+  # A folder with the dataset's original files (e.g. ../shared/data/mnist):
+  # TFDS builds the dataset from it offline and verifies their checksums.
+  c.manual_dir = config_dict.placeholder(str)
+  c.download = False  # Allow TFDS to download the dataset if it is not prepared (needs internet).
+  c.train_split = 'train'  # TFDS split string; e.g. 'train[:90%]' to hold out a validation set.
+  # Evaluated every epoch as val_*; ranks checkpoints and drives early stopping.
+  # 'test' as in the Keras notebooks; 'train[90%:]' keeps the test set out of model selection.
+  c.eval_split = 'test'
+  c.test_split = 'test'  # Evaluated once at the end as test_*.
+  c.normalization = 'unit'  # Pixels: 'none' (0..255), 'unit' ([0, 1]), 'standardize' (train mean/std).
+  c.shuffle_buffer = 60_000  # Examples; the training split's size shuffles fully.
+  return c
+
+
+def variant(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Applies a variant shared by every training config: '' (as is) or 'tiny'.
+
+  'tiny' runs the same code path for a few steps on small batches: for tests and
+  smoke runs, not for numbers.
+  """
+  if name == 'tiny':
+    c.batch_size = 8
+    c.eval_batch_size = 16
+    c.num_epochs = 2
+    c.steps_per_epoch = 3
+    c.validation_steps = 2
+    c.log_every_steps = 2
+    c.shuffle_buffer = 64
+  elif name:
+    raise ValueError(f"unknown config variant {name!r}; choose '' or 'tiny'")
+  return c

@@ -1,0 +1,55 @@
+"""Runs an experiment: python -m experiments --config=configs/NAME.py --workdir=DIR [--config.F=V ...].
+
+The config names its experiment module (config.experiment); the config is
+locked, so a mistyped or unknown field is an error before anything runs.
+"""
+import importlib
+import os
+import pkgutil
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF only feeds data here; keep its logs quiet.
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+import tensorflow as tf
+
+import experiments
+from lib.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config: configs/NAME.py or configs/NAME.py:VARIANT.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints, TensorBoard events, plots and results.json; '
+    'a run resumes from it.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def run(config, workdir: str) -> dict:
+  """Imports the config's experiment module and runs it."""
+  names = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__)
+                 if not m.name.startswith('_'))
+  if config.experiment not in names:
+    raise UserError(f'config.experiment={config.experiment!r} is unknown; choose one of {names}')
+  module = importlib.import_module(f'experiments.{config.experiment}')
+  return module.train_and_evaluate(config, workdir)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # TF only reads data: keep it off the accelerators that JAX uses.
+  tf.config.set_visible_devices([], 'GPU')
+  try:
+    run(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    sys.exit(f'error: {e}')
+  logging.info('done: results.json, plots/, checkpoints/ and TensorBoard events are in %s',
+               os.path.abspath(_WORKDIR.value))
+
+
+if __name__ == '__main__':
+  app.run(main)

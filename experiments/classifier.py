@@ -1,0 +1,57 @@
+"""Image classification: logits, softmax and the Keras-style training loop of the notes.
+
+Notes covered: classification (the model outputs logits; softmax turns them into
+a probability distribution, plotted per test image; the loss takes the logits
+directly, which is numerically stable), pixel normalization, steps_per_epoch /
+validation_steps, cached training data, the best checkpoint and early stopping.
+Configs: configs/mnist_cnn.py, configs/fashion_mlp.py, configs/fashion_cnn.py.
+"""
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lib import input_pipeline
+from lib import models
+from lib import plots
+from lib import tasks
+from lib import train
+from lib import workdir as workdir_lib
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates a classifier; writes plots and results.json into `workdir`.
+
+  Args:
+    config: a classifier config (configs/mnist_cnn.py and friends).
+    workdir: the run's directory.
+
+  Returns:
+    The results written to results.json.
+  """
+  start = time.time()
+  workdir = workdir_lib.prepare(workdir)
+  train.check_config(config)
+  builder = input_pipeline.tfds_builder(config)
+  input_pipeline.check_image_classification(builder)
+  input_pipeline.check_normalization(config.normalization)
+  model = models.create(config.model, outputs=builder.info.features['label'].num_classes,
+                        **config.model_kwargs)
+  data = input_pipeline.image_classification(config, builder)
+  state, summary = train.fit(config, workdir, model=model, task=tasks.classification,
+                             train=data.train, val=data.val, test=data.test)
+
+  if jax.process_index() == 0:
+    plot_dir = os.path.join(workdir, 'plots')
+    if summary['history']:
+      plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))
+    batch = next(input_pipeline.eval_batches(data.test, 16, max_batches=1))
+    keep = batch['mask']
+    logits = model.apply({'params': state.params, **state.model_state}, batch['x'][keep])
+    plots.prediction_grid(batch['x'][keep], batch['y'][keep], np.asarray(jax.nn.softmax(logits)),
+                          data.class_names, os.path.join(plot_dir, 'predictions.png'))
+  workdir_lib.write_results(workdir, summary, config, start)
+  return summary

@@ -1,0 +1,1 @@
+"""jaxnotes' shared library: models, input pipeline, the training engine, checkpoints, plots."""

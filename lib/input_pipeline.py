@@ -1,0 +1,292 @@
+"""The input pipeline: source → per-process split → preprocess → cache → shuffle → batch → prefetch.
+
+Sources are TFDS datasets (built offline from `config.manual_dir` when needed)
+or in-memory arrays. Each process reads only its share of a split
+(`tfds.even_splits`). Training batches come from an endless stream of passes,
+each shuffled with its own seed, so the data order is a function of the step:
+a resumed run sees exactly the batches an uninterrupted run would.
+Evaluation visits every example once; the last batch is padded and masked.
+"""
+from collections.abc import Callable, Iterator
+import dataclasses
+import difflib
+import math
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from lib import parallel
+from lib.errors import UserError
+
+AUTOTUNE = tf.data.AUTOTUNE
+NORMALIZATIONS = ('none', 'unit', 'standardize')
+Example = dict[str, tf.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split's examples held by this process: preprocessed, cached, not batched.
+
+  Attributes:
+    ds: the examples, each a dict with the model input 'x' and target 'y'.
+    num_examples: examples in the whole split, over all processes.
+    local_examples: examples held by this process.
+    max_local_examples: the largest share of any process; evaluation pads every
+      process to it so that all run the same number of steps.
+  """
+  ds: tf.data.Dataset
+  num_examples: int
+  local_examples: int
+  max_local_examples: int
+
+
+def from_dataset(ds: tf.data.Dataset) -> Split:
+  """Caches this process's examples in memory and counts them.
+
+  Counting walks the dataset once when its size is unknown, which also fills the cache.
+
+  Args:
+    ds: this process's share of a split, preprocessed.
+
+  Returns:
+    The Split.
+  """
+  ds = ds.cache()
+  local = int(ds.cardinality())
+  if local < 0:
+    local = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+  counts = parallel.gather_from_processes(local)
+  return Split(ds, sum(counts), local, max(counts))
+
+
+def from_arrays(arrays: dict[str, np.ndarray]) -> Split:
+  """A Split of in-memory arrays (equal first dimension); each process takes its share."""
+  shares = {k: np.array_split(v, jax.process_count())[jax.process_index()]
+            for k, v in arrays.items()}
+  return from_dataset(tf.data.Dataset.from_tensor_slices(shares))
+
+
+def _pass_seed(seed: int, pass_index: tf.Tensor) -> tf.Tensor:
+  # One seed per (config seed, process, pass). Never 0: TF ops take 0 as "unseeded".
+  base = int(np.random.SeedSequence([seed % 2**32, jax.process_index()]).generate_state(1)[0])
+  return pass_index * 2**32 + base + 1
+
+
+def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
+                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Endless training batches of this process, starting at global step `start_step`.
+
+  Each pass over the split is shuffled with its own seed and cut into full
+  batches (the remainder of a pass is dropped; the next pass drops others).
+
+  Args:
+    split: the training split.
+    batch_size: this process's batch size.
+    seed: the run's seed.
+    shuffle_buffer: examples in the shuffle buffer (the split size shuffles fully).
+    start_step: steps already trained; their batches are skipped.
+
+  Returns:
+    An iterator of dicts of numpy arrays.
+  """
+  steps_per_pass = split.local_examples // batch_size
+  if steps_per_pass < 1:
+    raise UserError(
+        f'the training split has {split.local_examples} examples on this process, fewer '
+        f'than one batch of {batch_size}; lower config.batch_size')
+  first_pass, skip = divmod(start_step, steps_per_pass)
+
+  def one_pass(pass_index):
+    return (split.ds.shuffle(shuffle_buffer, seed=_pass_seed(seed, pass_index))
+            .batch(batch_size, drop_remainder=True))
+
+  ds = tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass)
+  return ds.skip(skip).prefetch(AUTOTUNE).as_numpy_iterator()
+
+
+def num_eval_batches(split: Split, batch_size: int, max_batches: int | None = None) -> int:
+  """Batches that cover every example of the split (at most `max_batches`)."""
+  needed = math.ceil(split.max_local_examples / batch_size)
+  return needed if max_batches is None else min(needed, max_batches)
+
+
+def eval_batches(split: Split, batch_size: int,
+                 max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, in order, with a boolean 'mask' that is False on padding.
+
+  All processes yield the same number of batches, as the SPMD step needs.
+
+  Args:
+    split: the split to evaluate.
+    batch_size: this process's batch size.
+    max_batches: stop after this many batches (Keras' validation_steps).
+
+  Returns:
+    An iterator of dicts of numpy arrays.
+  """
+  n = num_eval_batches(split, batch_size, max_batches)
+  ds = split.ds.map(lambda ex: {**ex, 'mask': True})
+  padding = n * batch_size - split.local_examples
+  if padding > 0:
+    blank = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+    blank['mask'] = False
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
+  return ds.batch(batch_size).take(n).prefetch(AUTOTUNE).as_numpy_iterator()
+
+
+def tfds_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `config.dataset` in `config.data_dir`, not yet prepared.
+
+  Raises:
+    UserError: the name is not a TFDS dataset.
+  """
+  try:
+    return tfds.builder(config.dataset, data_dir=config.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
+    raise UserError(
+        f'config.dataset={config.dataset!r} is not a TFDS dataset'
+        + (f'; did you mean {close}?' if close else '; see tfds.list_builders()')) from None
+
+
+def prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
+  """Builds the dataset into data_dir if it is not there yet.
+
+  From `config.manual_dir` (the dataset's original files; TFDS verifies their
+  checksums) when given, else by download when `config.download` allows it.
+
+  Raises:
+    UserError: the data is missing and cannot be built offline.
+  """
+  if builder.is_prepared():
+    return
+  name = builder.info.name
+  if config.manual_dir:
+    if not os.path.isdir(config.manual_dir):
+      raise UserError(f'config.manual_dir={config.manual_dir!r} is not a directory')
+    download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+  elif config.download:
+    download_config = None
+  else:
+    raise UserError(
+        f'dataset {name!r} is not prepared in {builder.data_dir} and this run may not download; '
+        f'pass --config.manual_dir=DIR with its original files (e.g. ../shared/data/{name}), '
+        '--config.data_dir=DIR where it is prepared, or --config.download=True')
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except Exception as e:  # TFDS raises many kinds: network, checksum, missing file.
+    raise UserError(
+        f'could not build {name!r} into {builder.data_dir}: {type(e).__name__}: '
+        + str(e).strip().splitlines()[0]) from e
+
+
+def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
+               preprocess: Callable[[Example], Example], *, drop_remainder: bool) -> Split:
+  """This process's share of a prepared TFDS split, preprocessed and cached.
+
+  Args:
+    builder: a prepared builder.
+    split: a TFDS split string, e.g. 'train', 'test' or 'train[90%:]'.
+    field: the config field that named the split, for error messages.
+    preprocess: maps a TFDS example to {'x': ..., 'y': ...}.
+    drop_remainder: give every process exactly the same number of examples
+      (training), instead of spreading the remainder (evaluation).
+
+  Returns:
+    The Split.
+  """
+  try:
+    share = tfds.even_splits(split, n=jax.process_count(),
+                             drop_remainder=drop_remainder)[jax.process_index()]
+    ds = builder.as_dataset(split=share, shuffle_files=False)
+  except (ValueError, KeyError, AssertionError) as e:
+    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
+                    + str(e).strip().splitlines()[0]) from None
+  return from_dataset(ds.map(preprocess, num_parallel_calls=AUTOTUNE))
+
+
+def check_normalization(name: str) -> None:
+  if name not in NORMALIZATIONS:
+    raise UserError(f'config.normalization={name!r} is unknown; choose one of {list(NORMALIZATIONS)}')
+
+
+def image_stats(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of the 'image' feature over a dataset of raw examples."""
+  total = total_sq = 0.0
+  count = 0
+  for batch in ds.map(lambda ex: ex['image']).batch(4096).as_numpy_iterator():
+    x = batch.astype(np.float64).reshape(-1, batch.shape[-1])
+    total = total + x.sum(0)
+    total_sq = total_sq + (x * x).sum(0)
+    count += x.shape[0]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+  return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def normalizer(mode: str, mean: np.ndarray | None = None,
+               std: np.ndarray | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
+  """Maps uint8 pixels to float32: 'none' 0..255, 'unit' [0, 1], 'standardize' (x - mean) / std."""
+  check_normalization(mode)
+  if mode == 'none':
+    return lambda image: tf.cast(image, tf.float32)
+  if mode == 'unit':
+    return lambda image: tf.cast(image, tf.float32) / 255.0
+  return lambda image: (tf.cast(image, tf.float32) - mean) / std
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+  """Splits of an image classification dataset and what models need to know of it."""
+  train: Split
+  val: Split
+  test: Split
+  num_classes: int
+  class_names: list[str]
+  image_shape: tuple[int, ...]
+
+
+def check_image_classification(builder: tfds.core.DatasetBuilder) -> None:
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise UserError(f'config.dataset={builder.info.name!r} has features {list(features)}; '
+                    "an image classifier needs 'image' and 'label'")
+
+
+def image_classification(config: ml_collections.ConfigDict,
+                         builder: tfds.core.DatasetBuilder) -> ImageData:
+  """Train, validation and test splits of a TFDS image classification dataset.
+
+  Images become float32 'x' normalized as `config.normalization` says (with the
+  training split's statistics for 'standardize'); labels become int32 'y'.
+
+  Args:
+    config: the run's config (dataset fields, normalization).
+    builder: `tfds_builder(config)`.
+
+  Returns:
+    The ImageData.
+  """
+  check_image_classification(builder)
+  check_normalization(config.normalization)
+  prepare(builder, config)
+  mean = std = None
+  if config.normalization == 'standardize':
+    # The whole training split on every process, so all normalize alike.
+    mean, std = image_stats(builder.as_dataset(split=config.train_split))
+  normalize = normalizer(config.normalization, mean, std)
+
+  def preprocess(ex: Example) -> Example:
+    return {'x': normalize(ex['image']), 'y': tf.cast(ex['label'], tf.int32)}
+
+  train = tfds_split(builder, config.train_split, 'train_split', preprocess, drop_remainder=True)
+  val = tfds_split(builder, config.eval_split, 'eval_split', preprocess, drop_remainder=False)
+  test = (val if config.test_split == config.eval_split else
+          tfds_split(builder, config.test_split, 'test_split', preprocess, drop_remainder=False))
+  label = builder.info.features['label']
+  return ImageData(train, val, test, label.num_classes, list(label.names),
+                   tuple(builder.info.features['image'].shape))

@@ -1,0 +1,79 @@
+"""Matplotlib figures written to workdir/plots/*.png (headless)."""
+from collections.abc import Mapping, Sequence
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+
+def _save(fig: plt.Figure, path: str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: str, *,
+          xlabel: str, ylabel: str, title: str = '', logy: bool = False,
+          hline: float | None = None) -> str:
+  """One axis with a line per entry of `series` (an optional horizontal reference line)."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, y in series.items():
+    ax.plot(x, y, label=label)
+  if hline is not None:
+    ax.axhline(hline, color='gray', linestyle='--', linewidth=1)
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  if logy:
+    ax.set_yscale('log')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  return _save(fig, path)
+
+
+def training_curves(history: Sequence[Mapping[str, float]], path: str) -> str:
+  """Train and validation curves per epoch, one panel per metric (loss, accuracy, ...)."""
+  names = sorted({k[len('train_'):] for k in history[0] if k.startswith('train_')})
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+  epochs = [h['epoch'] for h in history]
+  for ax, name in zip(axes[0], names):
+    for split in ('train', 'val'):
+      if f'{split}_{name}' in history[0]:
+        ax.plot(epochs, [h[f'{split}_{name}'] for h in history], marker='.', label=split)
+    ax.set(xlabel='epoch', ylabel=name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  return _save(fig, path)
+
+
+def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                    class_names: Sequence[str], path: str) -> str:
+  """Each test image beside the probability distribution (softmax of the logits) it got."""
+  n = len(images)
+  cols = 4
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, 2 * cols, figsize=(3.2 * cols, 1.7 * rows), squeeze=False,
+                           gridspec_kw={'width_ratios': [1, 1.4] * cols})
+  for i in range(rows * cols):
+    ax_img, ax_bar = axes[i // cols][2 * (i % cols)], axes[i // cols][2 * (i % cols) + 1]
+    ax_img.axis('off')
+    if i >= n:
+      ax_bar.axis('off')
+      continue
+    image = images[i]
+    ax_img.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray')
+    pred = int(np.argmax(probs[i]))
+    ok = pred == int(labels[i])
+    ax_img.set_title(f'{class_names[pred]} {probs[i][pred]:.0%}', fontsize=8,
+                     color='tab:blue' if ok else 'tab:red')
+    bars = ax_bar.bar(range(len(probs[i])), probs[i], color='lightgray')
+    bars[pred].set_color('tab:red')
+    bars[int(labels[i])].set_color('tab:blue')
+    ax_bar.set_ylim(0, 1)
+    ax_bar.set_xticks(range(len(probs[i])))
+    ax_bar.tick_params(labelsize=6)
+  fig.suptitle('softmax(logits) per test image: blue = true class, red = wrong prediction')
+  return _save(fig, path)

@@ -1,0 +1,24 @@
+"""Per-example losses and metrics. The engine minimizes the mean of 'loss' and averages every entry.
+
+A task maps the model's outputs and the batch to a dict of arrays of shape
+(batch,). Keeping values per example lets evaluation mask padding exactly.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def classification(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Softmax cross-entropy on logits (stable: log-softmax, never log(softmax)) and accuracy."""
+  labels = batch['y']
+  return {
+      'loss': optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+      'accuracy': (jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+  }
+
+
+def regression(predictions: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Mean squared error (the loss) and mean absolute error over each example's outputs."""
+  error = predictions - batch['y'].reshape(predictions.shape)
+  axes = tuple(range(1, error.ndim))
+  return {'loss': jnp.mean(error**2, axes), 'mae': jnp.mean(jnp.abs(error), axes)}
