@@ -5,11 +5,22 @@ resume) and the best step by the validation metric (the note's "save your best
 model"). Saves are asynchronous; writes are atomic, so a crash leaves either the
 previous or the new checkpoint, never half of one.
 """
+import logging
 import os
 from typing import Any
 
+from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+
+
+def _drop_orbax_info(record: logging.LogRecord) -> bool:
+  return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+
+# Orbax logs a dozen INFO lines per save; keep its warnings and errors only.
+absl_logging.get_absl_logger().addFilter(_drop_orbax_info)
 
 
 class Checkpoints:
