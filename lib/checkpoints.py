@@ -1,10 +1,11 @@
 """Orbax checkpoints of the training state plus the loop's own bookkeeping (history, best, patience).
 
 One CheckpointManager in `workdir/checkpoints` keeps the latest few steps (to
-resume) and the best step by the validation metric (the note's "save your best
-model"). Saves are asynchronous; writes are atomic, so a crash leaves either the
+resume) and the best step that the training loop recorded (the note's "save
+your best model"). Saves are asynchronous; writes are atomic, so a crash leaves either the
 previous or the new checkpoint, never half of one.
 """
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -23,40 +24,56 @@ def _drop_orbax_info(record: logging.LogRecord) -> bool:
 absl_logging.get_absl_logger().addFilter(_drop_orbax_info)
 
 
+@dataclasses.dataclass
+class _LatestAndBest(policies.PreservationPolicy):
+  """Keeps the latest `n` steps and the step that the newest save names as best.
+
+  The loop decides what "best" is (first of equals, as Keras does); orbax's
+  BestN would rank ties differently and could delete the step the loop restores.
+  """
+  n: int
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    newest = checkpoints[-1].metrics if checkpoints else None
+    best = (newest or {}).get('best_step')
+    latest = {c.step for c in checkpoints[-self.n:]}
+    return [c.step in latest or c.step == best for c in checkpoints]
+
+
 class Checkpoints:
   """Saves and restores (state, meta) pairs by step.
 
   Args:
     workdir: the run's directory; checkpoints go to `workdir/checkpoints`.
-    keep: how many of the latest steps to keep.
-    best_metric: name of the metric that ranks checkpoints, or '' for none.
-    best_mode: 'max' or 'min'.
+    keep: how many of the latest steps to keep (the best step is kept besides).
   """
 
-  def __init__(self, workdir: str, keep: int, best_metric: str = '', best_mode: str = 'max'):
+  def __init__(self, workdir: str, keep: int):
     self.directory = os.path.join(workdir, 'checkpoints')
-    keep_policies = [policies.LatestN(n=keep)]
-    if best_metric:
-      keep_policies.append(policies.BestN(
-          get_metric_fn=lambda metrics: metrics[best_metric],
-          reverse=best_mode == 'min', n=1, keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(
-            preservation_policy=policies.AnyPreservationPolicy(keep_policies)),
+        options=ocp.CheckpointManagerOptions(preservation_policy=_LatestAndBest(n=keep)),
         item_names=('state', 'meta'))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict[str, Any],
-           metrics: dict[str, float] | None = None) -> None:
-    """Starts saving in the background; the next save or `close()` waits for it."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+  def save(self, step: int, state: Any, meta: dict[str, Any], best_step: int | None = None) -> None:
+    """Starts saving in the background; the next save or `close()` waits for it.
 
-  def restore(self, step: int, state: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores `step` into arrays shaped and sharded like `state`."""
+    Args:
+      step: the training step.
+      state: a pytree of arrays.
+      meta: JSON-serializable bookkeeping saved beside it.
+      best_step: the best step so far, kept until a later save names another.
+    """
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                       metrics={'best_step': best_step})
+
+  def restore(self, step: int, state: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Restores `step` into arrays shaped and sharded like `state` (as saved if None)."""
     self._manager.wait_until_finished()  # The step may still be being written.
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state), meta=ocp.args.JsonRestore()))

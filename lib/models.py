@@ -22,7 +22,7 @@ POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
 
 def _pick(table: dict[str, Any], name: str, what: str) -> Any:
   if name not in table:
-    raise UserError(f'{what} {name!r} is unknown; choose one of {sorted(table)}')
+    raise UserError(f'{what}={name!r} is unknown; choose one of {sorted(table)}')
   return table[name]
 
 

@@ -299,8 +299,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
   run_eval = functools.partial(evaluate, eval_step, batch_size=local_eval_batch,
                                sharding=batch_sharding)
 
-  ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints, config.best_metric,
-                                 config.best_mode)
+  ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   meta = {'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
           'epochs_since_best': 0, 'stopped_early': False}
   latest = ckpt.latest_step()
@@ -315,10 +314,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
   batches: Iterator[dict[str, np.ndarray]] | None = None
   window, epoch_metrics, saved_step = [], None, latest
 
-  def save(metrics=None):
+  def save():
     nonlocal saved_step
     if saved_step != step:
-      ckpt.save(step, state, meta, metrics)
+      ckpt.save(step, state, meta, best_step=meta['best_step'])
       saved_step = step
 
   def check_finite(checked_step, loss_total):
@@ -381,8 +380,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
                                  ('epoch', 'step')))
           if (improved or epoch % config.checkpoint_every_epochs == 0
               or step == total_steps or meta['stopped_early']):
-            save({config.best_metric: val_metrics[config.best_metric]}
-                 if config.best_metric else None)
+            save()
         if signals.received:
           save()
           raise Interrupted(f'{signals.received} at step {step}: checkpoint saved in '

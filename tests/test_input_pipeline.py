@@ -1,0 +1,93 @@
+"""The input pipeline on mock TFDS data: shapes, normalization ranges, padding, resumable order, errors."""
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import fashion_mlp, mnist_cnn
+from lib import input_pipeline
+from lib.errors import UserError
+from tests.conftest import mock_tfds, tiny
+
+
+def _data(normalization='unit', num_examples=50, **overrides):
+  config = tiny(mnist_cnn, normalization=normalization, **overrides)
+  with mock_tfds(num_examples):
+    builder = input_pipeline.tfds_builder(config)
+    return input_pipeline.image_classification(config, builder)
+
+
+def test_shapes_dtypes_and_counts():
+  data = _data()
+  assert (data.train.num_examples, data.test.num_examples) == (50, 50)
+  assert data.num_classes == 10 and data.image_shape == (28, 28, 1)
+  batch = next(input_pipeline.train_batches(data.train, 8, seed=0, shuffle_buffer=64))
+  assert batch['x'].shape == (8, 28, 28, 1) and batch['x'].dtype == np.float32
+  assert batch['y'].shape == (8,) and batch['y'].dtype == np.int32
+
+
+def _all_pixels(split):
+  return np.concatenate([b['x'] for b in split.ds.batch(64).as_numpy_iterator()])
+
+
+def test_normalization_ranges():
+  raw = _all_pixels(_data('none').train)
+  assert raw.min() >= 0 and raw.max() > 200 and raw.max() <= 255
+  unit = _all_pixels(_data('unit').train)
+  assert unit.min() >= 0 and unit.max() <= 1 and unit.max() > 0.8
+  np.testing.assert_allclose(unit, raw / 255, atol=1e-6)
+  standard = _all_pixels(_data('standardize').train)
+  assert abs(standard.mean()) < 1e-3 and abs(standard.std() - 1) < 1e-3
+
+
+def test_unknown_normalization_is_a_clear_error():
+  with pytest.raises(UserError, match=r"config.normalization='zscore' is unknown"):
+    _data('zscore')
+
+
+def test_eval_covers_every_example_once_with_padding_masked():
+  data = _data(num_examples=50)
+  batches = list(input_pipeline.eval_batches(data.test, 16))
+  assert len(batches) == 4 == input_pipeline.num_eval_batches(data.test, 16)
+  assert all(b['x'].shape == (16, 28, 28, 1) for b in batches)
+  masks = np.concatenate([b['mask'] for b in batches])
+  assert masks.sum() == 50 and not masks[50:].any()
+  labels = np.concatenate([b['y'] for b in batches])[masks]
+  expected = np.array([ex['y'] for ex in data.test.ds.as_numpy_iterator()])
+  np.testing.assert_array_equal(labels, expected)
+  # validation_steps caps the batches.
+  assert len(list(input_pipeline.eval_batches(data.test, 16, max_batches=2))) == 2
+
+
+def test_training_order_is_seeded_reshuffled_each_pass_and_resumable():
+  split = input_pipeline.from_arrays({'x': np.arange(40, dtype=np.float32), 'y': np.zeros(40)})
+  def first(n, start_step=0, seed=0):
+    it = input_pipeline.train_batches(split, 8, seed=seed, shuffle_buffer=40, start_step=start_step)
+    return [next(it)['x'] for _ in range(n)]
+  run = first(12)  # 5 batches per pass: 2.4 passes.
+  np.testing.assert_array_equal(np.sort(np.concatenate(run[:5])), np.arange(40))  # One pass.
+  assert not np.array_equal(np.concatenate(run[:5]), np.concatenate(run[5:10]))  # Reshuffled.
+  np.testing.assert_array_equal(np.stack(first(12)), np.stack(run))  # Seeded.
+  np.testing.assert_array_equal(np.stack(first(5, start_step=7)), np.stack(run[7:12]))  # Resumes.
+  assert not np.array_equal(np.stack(first(5, seed=1)), np.stack(run[:5]))
+
+
+def test_missing_data_offline_says_how_to_pass_manual_dir(tmp_path):
+  config = mnist_cnn.get_config('tiny')
+  config.data_dir = str(tmp_path)
+  builder = input_pipeline.tfds_builder(config)
+  with pytest.raises(UserError, match=r'not prepared.*--config.manual_dir=DIR'):
+    input_pipeline.image_classification(config, builder)
+  config.manual_dir = str(tmp_path / 'nowhere')
+  with pytest.raises(UserError, match='is not a directory'):
+    input_pipeline.image_classification(config, builder)
+
+
+def test_unknown_dataset_is_a_clear_error():
+  config = fashion_mlp.get_config('tiny')
+  config.dataset = 'fashion_mnits'
+  with pytest.raises(UserError, match=r"'fashion_mnits' is not a TFDS dataset; did you mean"):
+    input_pipeline.tfds_builder(config)
+  config = mnist_cnn.get_config('tiny')
+  config.dataset = 'glue'  # Text: no image and label features.
+  with pytest.raises(UserError, match="needs 'image' and 'label'"):
+    input_pipeline.check_image_classification(input_pipeline.tfds_builder(config))

@@ -1,0 +1,150 @@
+"""The training engine: steps, the loop's bookkeeping, resume, NaN guard, signals."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import celsius, mnist_cnn
+from experiments import celsius as celsius_experiment
+from lib import checkpoints, input_pipeline, models, parallel, tasks, train
+from lib.errors import NonFiniteLossError, UserError
+from tests.conftest import REPO, mock_tfds, tiny
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+  config = tiny(mnist_cnn)
+  model = models.create('cnn', outputs=10, **config.model_kwargs)
+  mesh = parallel.make_mesh()
+  state = train.create_train_state(config, model, (28, 28, 1), np.float32,
+                                   train.create_optimizer(config, lambda _: 0.05),
+                                   parallel.replicated(mesh))
+  rng = np.random.default_rng(0)
+  batch = parallel.shard({'x': rng.random((8, 28, 28, 1), np.float32),
+                          'y': rng.integers(0, 10, 8).astype(np.int32)},
+                         parallel.batch_sharding(mesh))
+  step = jax.jit(train.make_train_step(tasks.classification,
+                                       train.metrics_collection(['accuracy', 'loss'])),
+                 donate_argnums=0)
+  losses = []
+  for _ in range(10):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics.compute()['loss']))
+  assert losses[-1] < 0.75 * losses[0], losses
+  assert int(state.step) == 10
+
+
+def test_epochs_to_steps_keras_meaning():
+  config = mnist_cnn.get_config()
+  assert train.epochs_to_steps(config, 60_000) == (468, 4680)  # 60000 // 128, x 10 epochs.
+  config.steps_per_epoch = 100
+  assert train.epochs_to_steps(config, 60_000) == (100, 1000)
+  config.batch_size = 100_000
+  config.steps_per_epoch = None
+  with pytest.raises(UserError, match='larger than the 60000 training examples'):
+    train.epochs_to_steps(config, 60_000)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('optimizer', 'lbfgs', "config.optimizer='lbfgs' is unknown"),
+    ('lr_schedule', 'step', "config.lr_schedule='step' is unknown"),
+    ('batch_size', 0, 'must be a positive multiple'),
+    ('steps_per_epoch', 0, 'must be at least 1'),
+])
+def test_bad_engine_fields_are_clear_errors(field, value, match):
+  config = mnist_cnn.get_config()
+  config[field] = value
+  with pytest.raises(UserError, match=match):
+    train.check_config(config)
+
+
+def _mock_classifier_fit(workdir, config, num_examples=64):
+  with mock_tfds(num_examples):
+    builder = input_pipeline.tfds_builder(config)
+    data = input_pipeline.image_classification(config, builder)
+  model = models.create(config.model, outputs=10, **config.model_kwargs)
+  return train.fit(config, str(workdir), model=model, task=tasks.classification,
+                   train=data.train, val=data.val, test=data.test)
+
+
+def test_resumed_run_ends_with_the_same_params_as_an_uninterrupted_one(tmp_path):
+  config = tiny(mnist_cnn, num_epochs=3, model_kwargs={'features': (4, 8), 'dense': 16, 'pool': 'avg'})
+  straight, straight_summary = _mock_classifier_fit(tmp_path / 'straight', config)
+  config.num_epochs = 1  # "Stopped" after epoch 1 ...
+  _mock_classifier_fit(tmp_path / 'resumed', config)
+  config.num_epochs = 3  # ... and run again.
+  resumed, resumed_summary = _mock_classifier_fit(tmp_path / 'resumed', config)
+  assert int(resumed.step) == int(straight.step) == 9
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+  assert resumed_summary['history'] == straight_summary['history']
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path):
+  # With a learning rate of 0 the metric never improves after epoch 1.
+  config = tiny(mnist_cnn, num_epochs=8, learning_rate=0.0, best_metric='val_loss',
+                best_mode='min', early_stopping_patience=2)
+  _, summary = _mock_classifier_fit(tmp_path / 'frozen', config)
+  assert summary['stopped_early'] and summary['epochs'] == 3 and summary['best_epoch'] == 1
+
+  config = tiny(mnist_cnn, num_epochs=5, learning_rate=0.05, best_metric='val_accuracy',
+                best_mode='max', restore_best=True)
+  _, summary = _mock_classifier_fit(tmp_path / 'best', config)
+  history = summary['history']
+  best = max(h['val_accuracy'] for h in history)
+  assert summary['best_val_accuracy'] == best
+  assert history[summary['best_epoch'] - 1]['val_accuracy'] == best
+  # The run ends on the best epoch's weights: its validation numbers come back exactly.
+  assert summary['val_loss'] == pytest.approx(history[summary['best_epoch'] - 1]['val_loss'], abs=1e-6)
+
+
+def test_unmeasured_best_metric_is_a_clear_error(tmp_path):
+  config = tiny(mnist_cnn, best_metric='val_auc')
+  with pytest.raises(UserError, match=r"best_metric='val_auc' is not measured.*val_accuracy"):
+    _mock_classifier_fit(tmp_path, config)
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  # SGD at 0.01 is far above the stable rate for inputs up to 40: the error grows
+  # ~11x per step and overflows float32 after a few dozen steps.
+  config = celsius.get_config('tiny')
+  config.update(optimizer='sgd', momentum=0.0, learning_rate=0.01, num_epochs=200,
+                checkpoint_every_epochs=5)
+  with pytest.raises(NonFiniteLossError, match=r'loss is (nan|inf) at step (\d+)') as error:
+    celsius_experiment.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(error.value.args[0].split(' at step ')[1].split(';')[0])
+  ckpt = checkpoints.Checkpoints(str(tmp_path), keep=2)
+  good = ckpt.latest_step()
+  assert good is not None and good < bad_step
+  assert f'step {good})' in str(error.value)
+  restored, _ = ckpt.restore(good)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored['params']))
+  ckpt.close()
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
+  args = [sys.executable, '-m', 'experiments', '--config=configs/celsius.py',
+          f'--workdir={tmp_path}', '--config.num_epochs=100000', '--config.log_every_steps=50']
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  seen = []
+  for line in proc.stdout:  # Wait until training is under way.
+    seen.append(line)
+    if 'train_loss=' in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out = ''.join(seen) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 1, out
+  last = out.strip().splitlines()[-1]
+  assert last.startswith('error: SIGTERM at step ') and 'checkpoint saved' in last, last
+  step = int(last.split(' at step ')[1].split(':')[0])
+  ckpt = checkpoints.Checkpoints(str(tmp_path), keep=2)
+  assert ckpt.latest_step() == step
+  ckpt.close()
+  rerun = subprocess.run(args[:-2] + [f'--config.num_epochs={step + 10}'], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert f'at step {step}' in rerun.stderr and 'resumed from' in rerun.stderr
