@@ -1,0 +1,39 @@
+"""The same run on 8 (fake CPU) devices and on 1 device gives the same numbers."""
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+_RUN = r'''
+import json, sys
+import jax
+from configs import mnist_cnn
+from experiments import classifier
+from tests.conftest import mock_tfds, tiny
+config = tiny(mnist_cnn, num_epochs=2)
+with mock_tfds(64):
+  results = classifier.train_and_evaluate(config, sys.argv[1])
+print('RESULT', json.dumps({'devices': jax.device_count(), 'history': results['history'],
+                            'test_loss': results['test_loss']}))
+'''
+
+
+def _run(devices: int, workdir: str) -> dict:
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+         'JAX_PLATFORMS': 'cpu'}
+  out = subprocess.run([sys.executable, '-c', _RUN, workdir], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')][-1]
+  return json.loads(line[len('RESULT '):])
+
+
+def test_eight_devices_match_one(tmp_path):
+  one, eight = _run(1, str(tmp_path / 'one')), _run(8, str(tmp_path / 'eight'))
+  assert (one['devices'], eight['devices']) == (1, 8)
+  for a, b in zip(one['history'], eight['history'], strict=True):
+    for key in ('train_loss', 'val_loss', 'val_accuracy'):
+      assert abs(a[key] - b[key]) < 1e-4, (key, a, b)
+  assert abs(one['test_loss'] - eight['test_loss']) < 1e-4

@@ -1,0 +1,45 @@
+"""Real MNIST, built offline from the original files (skipped where ../shared/data is absent)."""
+import pytest
+
+from configs import mnist_cnn
+from experiments import classifier
+from lib import input_pipeline
+from lib.errors import UserError
+
+
+@pytest.fixture(scope='module')
+def mnist_data_dir(mnist_dir, tmp_path_factory):
+  """A TFDS data_dir with MNIST built from the original files, checksums verified."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config = mnist_cnn.get_config()
+  config.update(data_dir=data_dir, manual_dir=mnist_dir)
+  input_pipeline.prepare(input_pipeline.tfds_builder(config), config)
+  return data_dir
+
+
+def test_mnist_cnn_reaches_95_percent_in_a_few_hundred_steps(mnist_data_dir, tmp_path):
+  config = mnist_cnn.get_config()
+  config.update(data_dir=mnist_data_dir, num_epochs=1, steps_per_epoch=300,
+                validation_steps=2, log_every_steps=100)
+  results = classifier.train_and_evaluate(config, str(tmp_path))
+  assert results['steps'] == 300
+  assert results['test_accuracy'] >= 0.95, results['test_accuracy']
+
+
+def test_real_split_names_are_checked(mnist_data_dir):
+  config = mnist_cnn.get_config()
+  config.update(data_dir=mnist_data_dir, eval_split='validation')
+  with pytest.raises(UserError, match=r"config.eval_split='validation' is not a split of 'mnist'"):
+    input_pipeline.image_classification(config, input_pipeline.tfds_builder(config))
+
+
+def test_wrong_files_in_manual_dir_fail_the_checksum(tmp_path):
+  fake = tmp_path / 'manual'
+  fake.mkdir()
+  for name in ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+               't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
+    (fake / name).write_bytes(b'not mnist')
+  config = mnist_cnn.get_config()
+  config.update(data_dir=str(tmp_path / 'tfds'), manual_dir=str(fake))
+  with pytest.raises(UserError, match="could not build 'mnist'.*checksum"):
+    input_pipeline.prepare(input_pipeline.tfds_builder(config), config)
