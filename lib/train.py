@@ -189,6 +189,29 @@ def make_eval_step(task: Task, collection: type[clu_metrics.Collection],
   return eval_step
 
 
+def jit_steps(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
+              rng_streams: Sequence[str] = ()) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """The train and eval steps as `fit` runs them: compiled once, batch-sharded, state donated.
+
+  Args:
+    task: per-example loss and metrics.
+    names: the task's value names (the keys of its dict).
+    mesh: the device mesh.
+    rng_streams: the model's random streams besides 'params'.
+
+  Returns:
+    (train_step, eval_step).
+  """
+  collection = metrics_collection(names)
+  replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  train_step = jax.jit(make_train_step(task, collection, rng_streams),
+                       in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
+                       donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(task, collection, rng_streams),
+                      in_shardings=(replicated, batch), out_shardings=replicated)
+  return train_step, eval_step
+
+
 def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipeline.Split,
              batch_size: int, sharding: jax.sharding.Sharding, prefix: str,
              max_batches: int | None = None) -> dict[str, float]:
@@ -290,12 +313,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
   if config.best_metric and config.best_metric not in [f'val_{n}' for n in names]:
     raise UserError(f'config.best_metric={config.best_metric!r} is not measured; '
                     f"choose one of {[f'val_{n}' for n in names]}")
-  collection = metrics_collection(names)
-  train_step = jax.jit(make_train_step(task, collection, rng_streams),
-                       in_shardings=(replicated, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(task, collection, rng_streams),
-                      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  train_step, eval_step = jit_steps(task, names, mesh, rng_streams)
   run_eval = functools.partial(evaluate, eval_step, batch_size=local_eval_batch,
                                sharding=batch_sharding)
 
