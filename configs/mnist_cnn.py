@@ -3,8 +3,10 @@
 Command:
   python -m experiments --config=configs/mnist_cnn.py --workdir=runs/mnist_cnn \
       --config.manual_dir=../shared/data/mnist
-Expected: test_accuracy >= 0.992 after 10 epochs (Flax's Linen example reported 0.9917).
-Hardware and time: see the README results table (2-core CPU: about 9 minutes).
+Expected: test_accuracy 0.9934 after 10 epochs (bar 0.992). With
+--config.lr_schedule=constant (the Flax example's schedule) it ends at 0.9916,
+as Flax's Linen example reported (0.9917).
+Hardware and time: 2-core CPU, about 8 minutes (README results table).
 Smoke test: --config=configs/mnist_cnn.py:tiny (a few steps, seconds).
 """
 import ml_collections
@@ -20,6 +22,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.optimizer = 'sgd'
   c.learning_rate = 0.1
   c.momentum = 0.9
+  # Cosine decay of the same SGD to 0 over the run: +0.18 points over constant.
+  c.lr_schedule = 'cosine'
   c.batch_size = 128
   c.num_epochs = 10
   c.best_metric = 'val_accuracy'

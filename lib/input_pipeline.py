@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import tempfile
 
 import jax
 import ml_collections
@@ -165,23 +166,26 @@ def prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict
   if builder.is_prepared():
     return
   name = builder.info.name
-  if config.manual_dir:
-    if not os.path.isdir(config.manual_dir):
-      raise UserError(f'config.manual_dir={config.manual_dir!r} is not a directory')
-    download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
-  elif config.download:
-    download_config = None
-  else:
+  if config.manual_dir and not os.path.isdir(config.manual_dir):
+    raise UserError(f'config.manual_dir={config.manual_dir!r} is not a directory')
+  if not config.manual_dir and not config.download:
     raise UserError(
         f'dataset {name!r} is not prepared in {builder.data_dir} and this run may not download; '
         f'pass --config.manual_dir=DIR with its original files (e.g. ../shared/data/{name}), '
         '--config.data_dir=DIR where it is prepared, or --config.download=True')
-  try:
-    builder.download_and_prepare(download_config=download_config)
-  except Exception as e:  # TFDS raises many kinds: network, checksum, missing file.
-    raise UserError(
-        f'could not build {name!r} into {builder.data_dir}: {type(e).__name__}: '
-        + str(e).strip().splitlines()[0]) from e
+  # TFDS names an extracted manual file after its file name alone, so in a shared
+  # extract_dir MNIST and Fashion-MNIST (same file names) would reuse each
+  # other's files. Extract into a fresh directory instead.
+  with tempfile.TemporaryDirectory(prefix=f'tfds_extract_{name}_') as extract_dir:
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=config.manual_dir, extract_dir=extract_dir,
+        force_checksums_validation=bool(config.manual_dir), try_download_gcs=not config.manual_dir)
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except Exception as e:  # TFDS raises many kinds: network, checksum, missing file.
+      raise UserError(
+          f'could not build {name!r} into {builder.data_dir}: {type(e).__name__}: '
+          + str(e).strip().splitlines()[0]) from e
 
 
 def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,

@@ -1,4 +1,6 @@
 """Real MNIST, built offline from the original files (skipped where ../shared/data is absent)."""
+import os
+
 import pytest
 
 from configs import mnist_cnn
@@ -31,6 +33,23 @@ def test_real_split_names_are_checked(mnist_data_dir):
   config.update(data_dir=mnist_data_dir, eval_split='validation')
   with pytest.raises(UserError, match=r"config.eval_split='validation' is not a split of 'mnist'"):
     input_pipeline.image_classification(config, input_pipeline.tfds_builder(config))
+
+
+def test_mnist_and_fashion_mnist_built_in_one_data_dir_stay_apart(mnist_data_dir, mnist_dir):
+  # Same file names in both: TFDS's shared extraction cache once built "fashion_mnist" from MNIST.
+  fashion_dir = mnist_dir.replace('mnist', 'fashion_mnist')
+  if not os.path.isdir(fashion_dir):
+    pytest.skip(f'Fashion-MNIST files not found in {fashion_dir}')
+  means = {}
+  for name, manual_dir in (('mnist', mnist_dir), ('fashion_mnist', fashion_dir)):
+    config = mnist_cnn.get_config()
+    config.update(dataset=name, data_dir=mnist_data_dir, manual_dir=manual_dir)
+    builder = input_pipeline.tfds_builder(config)
+    input_pipeline.prepare(builder, config)
+    means[name] = float(input_pipeline.image_stats(builder.as_dataset(split='test'))[0][0])
+  # Published test-set pixel means: MNIST 33.8, Fashion-MNIST 73.1 (of 255).
+  assert means['mnist'] == pytest.approx(33.8, abs=0.5), means
+  assert means['fashion_mnist'] == pytest.approx(73.1, abs=0.5), means
 
 
 def test_wrong_files_in_manual_dir_fail_the_checksum(tmp_path):
