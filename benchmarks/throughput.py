@@ -3,8 +3,8 @@
   python -m benchmarks.throughput --workload=cnn
   python -m benchmarks.throughput --workload=mlp --manual_dir=../shared/data/fashion_mnist
 
-Prints one JSON line: workload, batch, examples_per_sec, step_ms, compile_s,
-params, the bare Flax step's examples/s and the ratio. Each figure is the
+Prints one JSON line: workload, batch, steps_per_execution, examples_per_sec,
+step_ms, compile_s, params, the bare Flax step's examples/s and the ratio. Each figure is the
 median of 5 timed blocks of at least --block_seconds after warm-up, on the
 same device-resident batch. With --manual_dir it also times one epoch of the
 real input pipeline feeding the same step (`pipeline_overhead`: that epoch's
@@ -36,10 +36,19 @@ _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a tim
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Original dataset files: also time '
                                   'an epoch through the real input pipeline.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir for --manual_dir.')
+_STEPS_PER_EXECUTION = flags.DEFINE_integer(
+    'steps_per_execution', None, 'Training steps per compiled call; default: the config\'s.')
 
 
 def _median_rate(step, batch_size: int, block_seconds: float, blocks: int = 5) -> float:
-  """Examples per second: median over blocks of >= block_seconds; `step()` returns something to wait on."""
+  """Examples per second: median over blocks of >= block_seconds.
+
+  Args:
+    step: runs one call and returns something to wait on.
+    batch_size: examples per call.
+    block_seconds: least length of a block.
+    blocks: timed blocks.
+  """
   rates = []
   for _ in range(blocks):
     n, start = 0, time.perf_counter()
@@ -57,6 +66,9 @@ def main(argv):
   del argv
   tf.config.set_visible_devices([], 'GPU')
   config = WORKLOADS[_WORKLOAD.value].get_config()
+  if _STEPS_PER_EXECUTION.value:
+    config.steps_per_execution = _STEPS_PER_EXECUTION.value
+  per_call = config.steps_per_execution
   model = models.create(config.model, outputs=10, **config.model_kwargs)
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
@@ -64,19 +76,20 @@ def main(argv):
   rng = np.random.default_rng(0)
   local = {'x': rng.random((config.batch_size, 28, 28, 1), np.float32),
            'y': rng.integers(0, 10, config.batch_size).astype(np.int32)}
-  batch = parallel.shard(local, parallel.batch_sharding(mesh))
+  stacked = parallel.stacked_batch_sharding(mesh)
+  batches = parallel.shard({k: np.stack([v] * per_call) for k, v in local.items()}, stacked)
 
   # The engine's step, built exactly as lib.train.fit builds it.
   state = train.create_train_state(config, model, (28, 28, 1), np.float32, tx, replicated)
-  train_step, _ = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
+  train_steps, _ = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
   start = time.perf_counter()
-  state, metrics = train_step(state, batch)
+  state, metrics = train_steps(state, batches)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   holder = {'state': state}
 
   def engine():
-    holder['state'], m = train_step(holder['state'], batch)
+    holder['state'], m = train_steps(holder['state'], batches)
     return m
 
   # A bare Flax step as in the Flax MNIST example, donated too: the reference.
@@ -99,11 +112,11 @@ def main(argv):
     return loss
 
   for _ in range(20):  # Warm-up.
-    engine(), bare_once()
+    jax.block_until_ready((engine(), bare_once()))
   bare_rate = _median_rate(bare_once, config.batch_size, _BLOCK_SECONDS.value)
-  rate = _median_rate(engine, config.batch_size, _BLOCK_SECONDS.value)
+  rate = _median_rate(engine, config.batch_size * per_call, _BLOCK_SECONDS.value)
   result = {
-      'workload': _WORKLOAD.value, 'batch': config.batch_size,
+      'workload': _WORKLOAD.value, 'batch': config.batch_size, 'steps_per_execution': per_call,
       'examples_per_sec': round(rate, 1), 'step_ms': round(1000 * config.batch_size / rate, 3),
       'compile_s': round(compile_s, 3), 'params': models.count_params(state.params),
       'bare_flax_examples_per_sec': round(bare_rate, 1), 'vs_bare_flax': round(rate / bare_rate, 3),
@@ -113,15 +126,15 @@ def main(argv):
   if _MANUAL_DIR.value:
     config.update(manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
     data = input_pipeline.image_classification(config, input_pipeline.tfds_builder(config))
-    steps = data.train.num_examples // config.batch_size
-    sharding = parallel.batch_sharding(mesh)
+    steps = train.epochs_to_steps(config, data.train.num_examples)[0]
     data.train.ds.reduce(0, lambda n, _: n + 1)  # Fills the cache, as a run's first epoch does.
-    batches = input_pipeline.train_batches(data.train, config.batch_size, seed=0,
-                                           shuffle_buffer=config.shuffle_buffer, start_step=steps)
+    stream = input_pipeline.train_batches(data.train, config.batch_size, seed=0,
+                                          shuffle_buffer=config.shuffle_buffer, start_step=steps,
+                                          stack=per_call)
     start = time.perf_counter()
-    for _ in range(steps):  # The loop of lib.train.fit: next batch, shard, step, keep metrics.
-      holder['state'], m = train_step(holder['state'], parallel.shard(next(batches), sharding))
-      float(m.loss.total)
+    for _ in range(steps // per_call):  # As lib.train.fit: next batches, shard, steps, check loss.
+      holder['state'], m = train_steps(holder['state'], parallel.shard(next(stream), stacked))
+      np.asarray(m.loss.total)
     epoch_s = time.perf_counter() - start
     pure_s = steps * config.batch_size / rate
     result.update(epoch_steps=steps, epoch_s=round(epoch_s, 2), pure_step_s=round(pure_s, 2),

@@ -31,6 +31,10 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   # (examples // batch_size). Smaller values evaluate and checkpoint more often.
   c.steps_per_epoch = config_dict.placeholder(int)
   c.validation_steps = config_dict.placeholder(int)  # Batches per evaluation; None is the whole split.
+  # Training steps per compiled call (a lax.scan over that many batches), as in
+  # Keras: amortizes Python's per-step cost when steps take well under a millisecond.
+  # steps_per_epoch is rounded down to a multiple of it.
+  c.steps_per_execution = 1
 
   # Loop.
   c.log_every_steps = 100  # Training metrics to TensorBoard and the log every this many steps.

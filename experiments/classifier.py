@@ -48,10 +48,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     plot_dir = os.path.join(workdir, 'plots')
     if summary['history']:
       plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))
-    batch = next(input_pipeline.eval_batches(data.test, 16, max_batches=1))
-    keep = batch['mask']
-    logits = model.apply({'params': state.params, **state.model_state}, batch['x'][keep])
-    plots.prediction_grid(batch['x'][keep], batch['y'][keep], np.asarray(jax.nn.softmax(logits)),
-                          data.class_names, os.path.join(plot_dir, 'predictions.png'))
+    # A few mistakes beside correct answers tell more than 16 confident hits.
+    batch = next(input_pipeline.eval_batches(data.test, 1000, max_batches=1))
+    x, y = batch['x'][batch['mask']], batch['y'][batch['mask']]
+    probs = np.asarray(jax.nn.softmax(
+        model.apply({'params': state.params, **state.model_state}, x)))
+    wrong = np.flatnonzero(probs.argmax(-1) != y)[:6]
+    right = np.flatnonzero(probs.argmax(-1) == y)[:16 - len(wrong)]
+    show = np.sort(np.concatenate([wrong, right]))
+    plots.prediction_grid(x[show], y[show], probs[show], data.class_names,
+                          os.path.join(plot_dir, 'predictions.png'))
   workdir_lib.write_results(workdir, summary, config, start)
   return summary

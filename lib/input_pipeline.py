@@ -78,7 +78,7 @@ def _pass_seed(seed: int, pass_index: tf.Tensor) -> tf.Tensor:
 
 
 def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
-                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                  start_step: int = 0, stack: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches of this process, starting at global step `start_step`.
 
   Each pass over the split is shuffled with its own seed and cut into full
@@ -90,6 +90,8 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
     seed: the run's seed.
     shuffle_buffer: examples in the shuffle buffer (the split size shuffles fully).
     start_step: steps already trained; their batches are skipped.
+    stack: if positive, yield this many consecutive batches stacked on a new
+      leading axis (for config.steps_per_execution).
 
   Returns:
     An iterator of dicts of numpy arrays.
@@ -105,8 +107,10 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
     return (split.ds.shuffle(shuffle_buffer, seed=_pass_seed(seed, pass_index))
             .batch(batch_size, drop_remainder=True))
 
-  ds = tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass)
-  return ds.skip(skip).prefetch(AUTOTUNE).as_numpy_iterator()
+  ds = tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass).skip(skip)
+  if stack:
+    ds = ds.batch(stack, drop_remainder=True)
+  return ds.prefetch(AUTOTUNE).as_numpy_iterator()
 
 
 def num_eval_batches(split: Split, batch_size: int, max_batches: int | None = None) -> int:
@@ -115,11 +119,12 @@ def num_eval_batches(split: Split, batch_size: int, max_batches: int | None = No
   return needed if max_batches is None else min(needed, max_batches)
 
 
-def eval_batches(split: Split, batch_size: int,
-                 max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_dataset(split: Split, batch_size: int,
+                 max_batches: int | None = None) -> tf.data.Dataset:
   """Every example once, in order, with a boolean 'mask' that is False on padding.
 
   All processes yield the same number of batches, as the SPMD step needs.
+  Build it once and iterate it at each evaluation.
 
   Args:
     split: the split to evaluate.
@@ -127,7 +132,7 @@ def eval_batches(split: Split, batch_size: int,
     max_batches: stop after this many batches (Keras' validation_steps).
 
   Returns:
-    An iterator of dicts of numpy arrays.
+    A dataset of padded batches.
   """
   n = num_eval_batches(split, batch_size, max_batches)
   ds = split.ds.map(lambda ex: {**ex, 'mask': True})
@@ -136,7 +141,13 @@ def eval_batches(split: Split, batch_size: int,
     blank = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
     blank['mask'] = False
     ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
-  return ds.batch(batch_size).take(n).prefetch(AUTOTUNE).as_numpy_iterator()
+  return ds.batch(batch_size).take(n).prefetch(AUTOTUNE)
+
+
+def eval_batches(split: Split, batch_size: int,
+                 max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Numpy batches of `eval_dataset(split, batch_size, max_batches)`."""
+  return eval_dataset(split, batch_size, max_batches).as_numpy_iterator()
 
 
 def tfds_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:

@@ -28,6 +28,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec('data'))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """For (steps, batch, ...) arrays: several training steps' batches in one transfer."""
+  return NamedSharding(mesh, PartitionSpec(None, 'data'))
+
+
 def local_batch_size(global_batch_size: int, name: str = 'batch_size') -> int:
   """This process's share of a global batch; fails when devices cannot split it evenly.
 

@@ -61,7 +61,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   allowed('optimizer', OPTIMIZERS)
   allowed('lr_schedule', SCHEDULES)
   allowed('best_mode', ('max', 'min'))
-  for field in ('num_epochs', 'log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints'):
+  for field in ('num_epochs', 'log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints',
+                'steps_per_execution'):
     if config[field] < 1:
       raise UserError(f'config.{field}={config[field]} must be at least 1')
   for field in ('steps_per_epoch', 'validation_steps'):
@@ -79,9 +80,10 @@ def epochs_to_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
   """Turns epochs into steps, with Keras' meaning of steps_per_epoch.
 
   Args:
-    config: `batch_size`, `num_epochs` and `steps_per_epoch` (None: one pass
+    config: `batch_size`, `num_epochs`, `steps_per_epoch` (None: one pass
       over the training split, num_train_examples // batch_size; the last
-      partial batch is dropped, a different one each pass).
+      partial batch is dropped, a different one each pass) and
+      `steps_per_execution` (steps_per_epoch is rounded down to a multiple of it).
     num_train_examples: examples in the training split.
 
   Returns:
@@ -91,6 +93,10 @@ def epochs_to_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
   if steps_per_epoch < 1:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the '
                     f'{num_train_examples} training examples')
+  if steps_per_epoch < config.steps_per_execution:
+    raise UserError(f'config.steps_per_execution={config.steps_per_execution} is more than '
+                    f'the {steps_per_epoch} steps of an epoch')
+  steps_per_epoch -= steps_per_epoch % config.steps_per_execution
   return steps_per_epoch, config.num_epochs * steps_per_epoch
 
 
@@ -193,6 +199,10 @@ def jit_steps(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
               rng_streams: Sequence[str] = ()) -> tuple[Callable[..., Any], Callable[..., Any]]:
   """The train and eval steps as `fit` runs them: compiled once, batch-sharded, state donated.
 
+  The train step takes batches stacked on a leading axis of steps
+  (config.steps_per_execution) and runs them with `lax.scan`, returning each
+  step's metrics stacked the same way.
+
   Args:
     task: per-example loss and metrics.
     names: the task's value names (the keys of its dict).
@@ -200,25 +210,56 @@ def jit_steps(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
     rng_streams: the model's random streams besides 'params'.
 
   Returns:
-    (train_step, eval_step).
+    (train_steps, eval_step).
   """
   collection = metrics_collection(names)
   replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  train_step = jax.jit(make_train_step(task, collection, rng_streams),
-                       in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
-                       donate_argnums=0)
+  one_step = make_train_step(task, collection, rng_streams)
+  train_steps = jax.jit(lambda state, batches: jax.lax.scan(one_step, state, batches),
+                        in_shardings=(replicated, parallel.stacked_batch_sharding(mesh)),
+                        out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(task, collection, rng_streams),
                       in_shardings=(replicated, batch), out_shardings=replicated)
-  return train_step, eval_step
+  return train_steps, eval_step
 
 
-def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipeline.Split,
-             batch_size: int, sharding: jax.sharding.Sharding, prefix: str,
-             max_batches: int | None = None) -> dict[str, float]:
-  """Averages the task's values over every example of `split` (or `max_batches` batches)."""
+class EvalBatches:
+  """The padded evaluation batches of a split, kept on the devices after the first pass.
+
+  They are the same at every evaluation, so only splits too large to keep
+  (over `max_bytes` per process) are read and transferred again each time.
+  """
+
+  def __init__(self, split: input_pipeline.Split, batch_size: int,
+               sharding: jax.sharding.Sharding, max_batches: int | None = None,
+               max_bytes: int = 256 * 2**20):
+    self._ds = input_pipeline.eval_dataset(split, batch_size, max_batches)
+    self._sharding = sharding
+    example_bytes = sum(np.prod(s.shape) * s.dtype.size for s in split.ds.element_spec.values())
+    batches = input_pipeline.num_eval_batches(split, batch_size, max_batches)
+    self._keep = batches * batch_size * example_bytes <= max_bytes
+    self._kept = None
+
+  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+    if self._kept is not None:
+      yield from self._kept
+      return
+    kept = []
+    for batch in self._ds.as_numpy_iterator():
+      batch = parallel.shard(batch, self._sharding)
+      if self._keep:
+        kept.append(batch)
+      yield batch
+    if self._keep:
+      self._kept = kept
+
+
+def evaluate(eval_step: Callable[..., Any], state: TrainState, batches: EvalBatches,
+             prefix: str) -> dict[str, float]:
+  """Averages the task's values over every evaluation batch, padding masked."""
   total = None
-  for batch in input_pipeline.eval_batches(split, batch_size, max_batches):
-    m = eval_step(state, parallel.shard(batch, sharding))
+  for batch in batches:
+    m = eval_step(state, batch)
     total = m if total is None else total.merge(m)
   return {prefix + k: float(v) for k, v in total.compute().items()}
 
@@ -263,10 +304,31 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return flat
 
 
-def _merge_on_host(collections: list[Any], into: Any = None) -> Any:
-  """Merges per-step metrics after one transfer to the host (no per-step device ops)."""
-  merged = functools.reduce(lambda a, b: a.merge(b), jax.device_get(collections))
-  return merged if into is None else into.merge(merged)
+def _merge_on_host(stacked: list[Any]) -> Any:
+  """Merges metrics stacked over steps after one transfer to the host (no per-step device ops)."""
+  # Every metric here is a CLU Average, whose fields are sums over the steps.
+  summed = [jax.tree.map(lambda x: x.sum(0), m) for m in jax.device_get(stacked)]
+  return functools.reduce(lambda a, b: a.merge(b), summed)
+
+
+def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: float,
+                step: int, epoch: int) -> bool:
+  """Updates the best value and patience count in `meta`; returns whether `value` is a new best.
+
+  Equal values do not count as improvements: the first best epoch is kept, as in Keras.
+  """
+  best = meta['best_value']
+  improved = best is None or (value > best if config.best_mode == 'max' else value < best)
+  if improved:
+    meta.update(best_value=value, best_step=step, best_epoch=epoch, epochs_since_best=0)
+  else:
+    meta['epochs_since_best'] += 1
+  if config.early_stopping_patience and meta['epochs_since_best'] >= config.early_stopping_patience:
+    meta['stopped_early'] = True
+    logging.info('early stopping at epoch %d: %s has not improved for %d epochs '
+                 '(best %.5g at epoch %d)', epoch, config.best_metric,
+                 meta['epochs_since_best'], meta['best_value'], meta['best_epoch'])
+  return improved
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
@@ -313,9 +375,17 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
   if config.best_metric and config.best_metric not in [f'val_{n}' for n in names]:
     raise UserError(f'config.best_metric={config.best_metric!r} is not measured; '
                     f"choose one of {[f'val_{n}' for n in names]}")
-  train_step, eval_step = jit_steps(task, names, mesh, rng_streams)
-  run_eval = functools.partial(evaluate, eval_step, batch_size=local_eval_batch,
-                               sharding=batch_sharding)
+  train_steps, eval_step = jit_steps(task, names, mesh, rng_streams)
+  val_batches = EvalBatches(val, local_eval_batch, batch_sharding, config.validation_steps)
+  if test is None:
+    test_batches = None
+  elif test is val and config.validation_steps is None:  # The same batches: keep them once.
+    test_batches = val_batches
+  else:
+    test_batches = EvalBatches(test, local_eval_batch, batch_sharding)
+  run_eval = functools.partial(evaluate, eval_step)
+  per_call = config.steps_per_execution
+  stacked_sharding = parallel.stacked_batch_sharding(mesh)
 
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   meta = {'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
@@ -338,32 +408,35 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
       ckpt.save(step, state, meta, best_step=meta['best_step'])
       saved_step = step
 
-  def check_finite(checked_step, loss_total):
-    value = float(loss_total)
-    if not math.isfinite(value):
+  def check_finite(last_step, loss_totals):
+    """Raises at the first non-finite loss among the steps ending at `last_step`."""
+    totals = np.asarray(loss_totals)
+    bad = np.flatnonzero(~np.isfinite(totals))
+    if bad.size:
       raise NonFiniteLossError(
-          f'loss is {value} at step {checked_step}; training stopped. The last good checkpoint '
-          f'(step {saved_step}) is kept in {ckpt.directory}. Lower config.learning_rate or '
-          'check the inputs')
+          f'loss is {totals[bad[0]]} at step {last_step - len(totals) + bad[0] + 1}; training '
+          f'stopped. The last good checkpoint (step {saved_step}) is kept in {ckpt.directory}. '
+          'Lower config.learning_rate or check the inputs')
 
   try:
     with _StopSignals() as signals:
-      pending = None  # The previous step's loss, checked one step late so the host never
-                      # waits on the step it just dispatched.
+      pending = None  # The previous call's losses, checked one call late so the host never
+                      # waits on the steps it just dispatched.
       while step < total_steps and not meta['stopped_early']:
         if batches is None:
           batches = input_pipeline.train_batches(
               train, local_batch, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-              start_step=step)
-        state, m = train_step(state, parallel.shard(next(batches), batch_sharding))
-        step += 1
+              start_step=step, stack=per_call)
+        state, m = train_steps(state, parallel.shard(next(batches), stacked_sharding))
+        step += per_call
         if pending:
           check_finite(*pending)
         pending = (step, m.loss.total)
         window.append(m)
         report(step)
         end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-        if step % config.log_every_steps == 0 or end_of_epoch or signals.received:
+        logs_now = step // config.log_every_steps > (step - per_call) // config.log_every_steps
+        if logs_now or end_of_epoch or signals.received:
           check_finite(*pending)
           summary = _merge_on_host(window)
           epoch_metrics = summary if epoch_metrics is None else epoch_metrics.merge(summary)
@@ -372,27 +445,14 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
                                       **{f'train_{k}': v for k, v in summary.compute().items()}})
         if end_of_epoch:
           epoch = math.ceil(step / steps_per_epoch)
-          val_metrics = run_eval(state, val, prefix='val_', max_batches=config.validation_steps)
+          val_metrics = run_eval(state, val_batches, prefix='val_')
           writer.write_scalars(step, val_metrics)
           record = {'epoch': epoch, 'step': step, **val_metrics,
                     **{f'train_{k}': float(v) for k, v in epoch_metrics.compute().items()}}
           meta['history'].append(record)
           epoch_metrics = None
-          improved = False
-          if config.best_metric:
-            value = val_metrics[config.best_metric]
-            best = meta['best_value']
-            improved = best is None or (value > best if config.best_mode == 'max' else value < best)
-            if improved:
-              meta.update(best_value=value, best_step=step, best_epoch=epoch, epochs_since_best=0)
-            else:
-              meta['epochs_since_best'] += 1
-            if (config.early_stopping_patience
-                and meta['epochs_since_best'] >= config.early_stopping_patience):
-              meta['stopped_early'] = True
-              logging.info('early stopping at epoch %d: %s has not improved for %d epochs '
-                           '(best %.5g at epoch %d)', epoch, config.best_metric,
-                           meta['epochs_since_best'], meta['best_value'], meta['best_epoch'])
+          improved = bool(config.best_metric) and _track_best(
+              meta, config, val_metrics[config.best_metric], step, epoch)
           logging.info('epoch %d: %s', epoch,
                        ', '.join(f'{k}={v:.5g}' for k, v in record.items() if k not in
                                  ('epoch', 'step')))
@@ -412,9 +472,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     if meta['history']:
       final.update({k: v for k, v in meta['history'][-1].items() if k.startswith('val_')})
     if config.restore_best and meta['best_step'] not in (None, final_step):
-      final.update(run_eval(state, val, prefix='val_', max_batches=config.validation_steps))
+      final.update(run_eval(state, val_batches, prefix='val_'))
     if test is not None:
-      final.update(run_eval(state, test, prefix='test_'))
+      final.update(run_eval(state, test_batches, prefix='test_'))
     writer.write_scalars(final_step, {k: v for k, v in final.items() if k.startswith('test_')})
   finally:
     ckpt.close()

@@ -50,6 +50,7 @@ def test_epochs_to_steps_keras_meaning():
 
 
 @pytest.mark.parametrize('field,value,match', [
+    ('steps_per_execution', 0, 'must be at least 1'),
     ('optimizer', 'lbfgs', "config.optimizer='lbfgs' is unknown"),
     ('lr_schedule', 'step', "config.lr_schedule='step' is unknown"),
     ('batch_size', 0, 'must be a positive multiple'),
@@ -72,7 +73,9 @@ def _mock_classifier_fit(workdir, config, num_examples=64):
 
 
 def test_resumed_run_ends_with_the_same_params_as_an_uninterrupted_one(tmp_path):
-  config = tiny(mnist_cnn, num_epochs=3, model_kwargs={'features': (4, 8), 'dense': 16, 'pool': 'avg'})
+  # A constant schedule: a cosine one would change with num_epochs, which this test varies.
+  config = tiny(mnist_cnn, num_epochs=3, lr_schedule='constant',
+                model_kwargs={'features': (4, 8), 'dense': 16, 'pool': 'avg'})
   straight, straight_summary = _mock_classifier_fit(tmp_path / 'straight', config)
   config.num_epochs = 1  # "Stopped" after epoch 1 ...
   _mock_classifier_fit(tmp_path / 'resumed', config)
@@ -81,6 +84,21 @@ def test_resumed_run_ends_with_the_same_params_as_an_uninterrupted_one(tmp_path)
   assert int(resumed.step) == int(straight.step) == 9
   jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
   assert resumed_summary['history'] == straight_summary['history']
+
+
+def test_steps_per_execution_scans_the_same_steps(tmp_path):
+  config = tiny(mnist_cnn, num_epochs=2, steps_per_epoch=6, log_every_steps=4,
+                model_kwargs={'features': (4, 8), 'dense': 16, 'pool': 'avg'})
+  one, one_summary = _mock_classifier_fit(tmp_path / 'one', config)
+  config.steps_per_execution = 3
+  three, three_summary = _mock_classifier_fit(tmp_path / 'three', config)
+  assert int(three.step) == int(one.step) == 12
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               three.params, one.params)
+  for a, b in zip(one_summary['history'], three_summary['history'], strict=True):
+    assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
+  config.steps_per_epoch = 7  # Rounded down to a multiple of 3.
+  assert train.epochs_to_steps(config, 64) == (6, 12)
 
 
 def test_early_stopping_and_best_checkpoint(tmp_path):
@@ -107,19 +125,26 @@ def test_unmeasured_best_metric_is_a_clear_error(tmp_path):
     _mock_classifier_fit(tmp_path, config)
 
 
-def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+def _diverge(workdir, steps_per_execution):
   # SGD at 0.01 is far above the stable rate for inputs up to 40: the error grows
   # ~11x per step and overflows float32 after a few dozen steps.
   config = celsius.get_config('tiny')
   config.update(optimizer='sgd', momentum=0.0, learning_rate=0.01, num_epochs=200,
-                checkpoint_every_epochs=5)
+                checkpoint_every_epochs=5, steps_per_execution=steps_per_execution,
+                steps_per_epoch=steps_per_execution)
   with pytest.raises(NonFiniteLossError, match=r'loss is (nan|inf) at step (\d+)') as error:
-    celsius_experiment.train_and_evaluate(config, str(tmp_path))
-  bad_step = int(error.value.args[0].split(' at step ')[1].split(';')[0])
+    celsius_experiment.train_and_evaluate(config, str(workdir))
+  return error.value, int(error.value.args[0].split(' at step ')[1].split(';')[0])
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  error, bad_step = _diverge(tmp_path, 1)
+  # Several steps per call still name the first bad step.
+  assert _diverge(tmp_path / 'scan', 4)[1] == bad_step
   ckpt = checkpoints.Checkpoints(str(tmp_path), keep=2)
   good = ckpt.latest_step()
   assert good is not None and good < bad_step
-  assert f'step {good})' in str(error.value)
+  assert f'step {good})' in str(error)
   restored, _ = ckpt.restore(good)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored['params']))
   ckpt.close()
