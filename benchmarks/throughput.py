@@ -76,12 +76,16 @@ def main(argv):
   rng = np.random.default_rng(0)
   local = {'x': rng.random((config.batch_size, 28, 28, 1), np.float32),
            'y': rng.integers(0, 10, config.batch_size).astype(np.int32)}
-  stacked = parallel.stacked_batch_sharding(mesh)
-  batches = parallel.shard({k: np.stack([v] * per_call) for k, v in local.items()}, stacked)
+  stack = per_call if per_call > 1 else 0  # As lib.train.fit feeds the step.
+  train_sharding = (parallel.stacked_batch_sharding(mesh) if stack else
+                    parallel.batch_sharding(mesh))
+  batches = parallel.shard({k: np.stack([v] * per_call) if stack else v
+                            for k, v in local.items()}, train_sharding)
 
   # The engine's step, built exactly as lib.train.fit builds it.
   state = train.create_train_state(config, model, (28, 28, 1), np.float32, tx, replicated)
-  train_steps, _ = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
+  train_steps, _ = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh,
+                                   steps_per_execution=per_call)
   start = time.perf_counter()
   state, metrics = train_steps(state, batches)
   jax.block_until_ready(metrics)
@@ -130,10 +134,10 @@ def main(argv):
     data.train.ds.reduce(0, lambda n, _: n + 1)  # Fills the cache, as a run's first epoch does.
     stream = input_pipeline.train_batches(data.train, config.batch_size, seed=0,
                                           shuffle_buffer=config.shuffle_buffer, start_step=steps,
-                                          stack=per_call)
+                                          stack=stack)
     start = time.perf_counter()
     for _ in range(steps // per_call):  # As lib.train.fit: next batches, shard, steps, check loss.
-      holder['state'], m = train_steps(holder['state'], parallel.shard(next(stream), stacked))
+      holder['state'], m = train_steps(holder['state'], parallel.shard(next(stream), train_sharding))
       np.asarray(m.loss.total)
     epoch_s = time.perf_counter() - start
     pure_s = steps * config.batch_size / rate

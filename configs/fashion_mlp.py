@@ -3,8 +3,9 @@
 Command:
   python -m experiments --config=configs/fashion_mlp.py --workdir=runs/fashion_mlp \
       --config.manual_dir=../shared/data/fashion_mnist
-Expected: test_accuracy >= 0.88 after 5 epochs (the notebook got 0.8665).
-Hardware and time: see the README results table (2-core CPU: about 1 minute).
+Expected: test_accuracy 0.8819 after 5 epochs (bar 0.88; the notebook got 0.8665).
+With --config.normalization=unit (the notebook's pixels in [0, 1]) 0.8766.
+Hardware and time: 2-core CPU, about 20 seconds (README results table).
 Smoke test: --config=configs/fashion_mlp.py:tiny.
 """
 import ml_collections
@@ -16,11 +17,16 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('classifier'), 'fashion_mnist')
   c.model = 'mlp'
   c.model_kwargs = ml_collections.ConfigDict({'hidden': (128,), 'activation': 'relu'})
+  # Training-set mean/std: 0.8819 where the notebook's [0, 1] pixels give 0.8766.
+  c.normalization = 'standardize'
   c.optimizer = 'adam'
   c.learning_rate = 1e-3  # Keras' Adam default.
   c.batch_size = 32
   c.num_epochs = 5
-  c.log_every_steps = 500
+  # Steps take ~0.3 ms here: 75 per compiled call (of the 1875 per epoch) keep
+  # Python's per-step cost from dominating.
+  c.steps_per_execution = 75
+  c.log_every_steps = 375
   c.best_metric = 'val_accuracy'
   c.best_mode = 'max'
   return common.variant(c, variant)
