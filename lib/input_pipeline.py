@@ -26,6 +26,11 @@ from lib.errors import UserError
 AUTOTUNE = tf.data.AUTOTUNE
 NORMALIZATIONS = ('none', 'unit', 'standardize')
 Example = dict[str, tf.Tensor]
+# Random per-example augmentation, e.g. dynamic binarization or corruption:
+# (example, seed) -> example, with a stateless seed of shape [2] (tf.random.stateless_*).
+Augment = Callable[[Example, tf.Tensor], Example]
+# The seed row of evaluation: evaluation augments every example the same way in every run.
+EVAL_SEED = 20_200_524
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +82,17 @@ def _pass_seed(seed: int, pass_index: tf.Tensor) -> tf.Tensor:
   return pass_index * 2**32 + base + 1
 
 
+def _augmented(ds: tf.data.Dataset, augment: Augment | None, seed: tf.Tensor) -> tf.data.Dataset:
+  """Applies `augment` with the seed [seed, position of the example]."""
+  if augment is None:
+    return ds
+  return ds.enumerate().map(lambda i, ex: augment(ex, tf.stack([tf.cast(seed, tf.int64), i])),
+                            num_parallel_calls=AUTOTUNE)
+
+
 def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
-                  start_step: int = 0, stack: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                  start_step: int = 0, stack: int = 0,
+                  augment: Augment | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches of this process, starting at global step `start_step`.
 
   Each pass over the split is shuffled with its own seed and cut into full
@@ -92,6 +106,8 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
     start_step: steps already trained; their batches are skipped.
     stack: if positive, yield this many consecutive batches stacked on a new
       leading axis (for config.steps_per_execution).
+    augment: random per-example augmentation, seeded per pass and example, so
+      it is new each pass and the same in a resumed run.
 
   Returns:
     An iterator of dicts of numpy arrays.
@@ -104,8 +120,9 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
   first_pass, skip = divmod(start_step, steps_per_pass)
 
   def one_pass(pass_index):
-    return (split.ds.shuffle(shuffle_buffer, seed=_pass_seed(seed, pass_index))
-            .batch(batch_size, drop_remainder=True))
+    pass_seed = _pass_seed(seed, pass_index)
+    shuffled = split.ds.shuffle(shuffle_buffer, seed=pass_seed)
+    return _augmented(shuffled, augment, pass_seed).batch(batch_size, drop_remainder=True)
 
   ds = tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass).skip(skip)
   if stack:
@@ -119,8 +136,8 @@ def num_eval_batches(split: Split, batch_size: int, max_batches: int | None = No
   return needed if max_batches is None else min(needed, max_batches)
 
 
-def eval_dataset(split: Split, batch_size: int,
-                 max_batches: int | None = None) -> tf.data.Dataset:
+def eval_dataset(split: Split, batch_size: int, max_batches: int | None = None,
+                 augment: Augment | None = None) -> tf.data.Dataset:
   """Every example once, in order, with a boolean 'mask' that is False on padding.
 
   All processes yield the same number of batches, as the SPMD step needs.
@@ -130,12 +147,15 @@ def eval_dataset(split: Split, batch_size: int,
     split: the split to evaluate.
     batch_size: this process's batch size.
     max_batches: stop after this many batches (Keras' validation_steps).
+    augment: applied with the fixed seed row EVAL_SEED, so every evaluation
+      (and every run) sees the same augmented examples.
 
   Returns:
     A dataset of padded batches.
   """
   n = num_eval_batches(split, batch_size, max_batches)
-  ds = split.ds.map(lambda ex: {**ex, 'mask': True})
+  ds = _augmented(split.ds, augment, tf.constant(EVAL_SEED, tf.int64))
+  ds = ds.map(lambda ex: {**ex, 'mask': True})
   padding = n * batch_size - split.local_examples
   if padding > 0:
     blank = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
@@ -144,10 +164,10 @@ def eval_dataset(split: Split, batch_size: int,
   return ds.batch(batch_size).take(n).prefetch(AUTOTUNE)
 
 
-def eval_batches(split: Split, batch_size: int,
-                 max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Numpy batches of `eval_dataset(split, batch_size, max_batches)`."""
-  return eval_dataset(split, batch_size, max_batches).as_numpy_iterator()
+def eval_batches(split: Split, batch_size: int, max_batches: int | None = None,
+                 augment: Augment | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Numpy batches of `eval_dataset(split, batch_size, max_batches, augment)`."""
+  return eval_dataset(split, batch_size, max_batches, augment).as_numpy_iterator()
 
 
 def tfds_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:

@@ -81,7 +81,49 @@ class CNN(nn.Module):
     return nn.Dense(self.outputs)(x)
 
 
-MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn': CNN}
+class VAE(nn.Module):
+  """The MLP VAE of Kingma & Welling (and the Flax example): x → 500 ReLU → (mean, log-variance).
+
+  The decoder maps a latent z → 500 ReLU → 784 Bernoulli logits. The latent is
+  sampled with the reparameterization trick, z = mean + exp(logvar / 2) * eps,
+  eps ~ N(0, I) from the 'sample' stream, so gradients reach the encoder
+  through z. Sampling happens in evaluation too: the same image gives a
+  different latent every call, as the notes say.
+
+  Attributes:
+    latents: size of the latent vector.
+    hidden: units of the encoder's and decoder's hidden layer.
+    outputs: pixels per image (the decoder's logits).
+  """
+  latents: int = 20
+  hidden: int = 500
+  outputs: int = 784
+
+  def setup(self):
+    self.encoder_hidden = nn.Dense(self.hidden)
+    self.encoder_out = nn.Dense(2 * self.latents)
+    self.decoder_hidden = nn.Dense(self.hidden)
+    self.decoder_out = nn.Dense(self.outputs)
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean, logvar) of q(z | x), each (batch, latents)."""
+    h = nn.relu(self.encoder_hidden(x.reshape((x.shape[0], -1))))
+    mean, logvar = jnp.split(self.encoder_out(h), 2, axis=-1)
+    return mean, logvar
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    """Bernoulli logits of p(x | z), (batch, outputs)."""
+    return self.decoder_out(nn.relu(self.decoder_hidden(z)))
+
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    del train  # Same function in training and evaluation.
+    mean, logvar = self.encode(x)
+    eps = jax.random.normal(self.make_rng('sample'), mean.shape)
+    z = mean + jnp.exp(0.5 * logvar) * eps
+    return {'logits': self.decode(z), 'mean': mean, 'logvar': logvar, 'z': z}
+
+
+MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn': CNN, 'vae': VAE}
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 
-def _save(fig: plt.Figure, path: str) -> str:
+def save(fig: plt.Figure, path: str) -> str:
+  """Writes `fig` as a PNG to `path` (creating its folder) and closes it."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -31,7 +32,7 @@ def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: str, 
     ax.set_yscale('log')
   ax.grid(alpha=0.3)
   ax.legend()
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def training_curves(history: Sequence[Mapping[str, float]], path: str) -> str:
@@ -46,7 +47,7 @@ def training_curves(history: Sequence[Mapping[str, float]], path: str) -> str:
     ax.set(xlabel='epoch', ylabel=name)
     ax.grid(alpha=0.3)
     ax.legend()
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
@@ -76,4 +77,4 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     ax_bar.set_xticks(range(len(probs[i])))
     ax_bar.tick_params(labelsize=6)
   fig.suptitle('softmax(logits) per test image: blue = true class, red = wrong prediction')
-  return _save(fig, path)
+  return save(fig, path)

@@ -22,3 +22,12 @@ def regression(predictions: jax.Array, batch: dict[str, jax.Array]) -> dict[str,
   error = predictions - batch['y'].reshape(predictions.shape)
   axes = tuple(range(1, error.ndim))
   return {'loss': jnp.mean(error**2, axes), 'mae': jnp.mean(jnp.abs(error), axes)}
+
+
+def vae(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Negative ELBO in nats per example: Bernoulli reconstruction + closed-form KL(q(z|x) || N(0, I))."""
+  logits, mean, logvar = outputs['logits'], outputs['mean'], outputs['logvar']
+  x = batch['x'].reshape(logits.shape)
+  reconstruction = optax.sigmoid_binary_cross_entropy(logits, x).sum(-1)
+  kl = 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1.0 - logvar, -1)
+  return {'loss': reconstruction + kl, 'reconstruction': reconstruction, 'kl': kl}

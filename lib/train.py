@@ -241,8 +241,8 @@ class EvalBatches:
 
   def __init__(self, split: input_pipeline.Split, batch_size: int,
                sharding: jax.sharding.Sharding, max_batches: int | None = None,
-               max_bytes: int = 256 * 2**20):
-    self._ds = input_pipeline.eval_dataset(split, batch_size, max_batches)
+               augment: input_pipeline.Augment | None = None, max_bytes: int = 256 * 2**20):
+    self._ds = input_pipeline.eval_dataset(split, batch_size, max_batches, augment)
     self._sharding = sharding
     example_bytes = sum(np.prod(s.shape) * s.dtype.size for s in split.ds.element_spec.values())
     batches = input_pipeline.num_eval_batches(split, batch_size, max_batches)
@@ -343,8 +343,8 @@ def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
         train: input_pipeline.Split, val: input_pipeline.Split,
-        test: input_pipeline.Split | None = None,
-        rng_streams: Sequence[str] = ()) -> tuple[TrainState, dict[str, Any]]:
+        test: input_pipeline.Split | None = None, rng_streams: Sequence[str] = (),
+        augment: input_pipeline.Augment | None = None) -> tuple[TrainState, dict[str, Any]]:
   """Trains `model` on `train`, evaluating on `val` each epoch and on `test` at the end.
 
   Args:
@@ -356,6 +356,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     val: evaluated every epoch; its metrics are named 'val_*'.
     test: evaluated once at the end, as 'test_*'; None to skip.
     rng_streams: random streams the model uses besides 'params'.
+    augment: random per-example augmentation in the input pipeline: new each
+      training pass, fixed for evaluation (input_pipeline.Augment).
 
   Returns:
     The final state (the best one with config.restore_best) and a summary:
@@ -386,13 +388,14 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     raise UserError(f'config.best_metric={config.best_metric!r} is not measured; '
                     f"choose one of {[f'val_{n}' for n in names]}")
   train_steps, eval_step = jit_steps(task, names, mesh, rng_streams, config.steps_per_execution)
-  val_batches = EvalBatches(val, local_eval_batch, batch_sharding, config.validation_steps)
+  val_batches = EvalBatches(val, local_eval_batch, batch_sharding, config.validation_steps,
+                            augment)
   if test is None:
     test_batches = None
   elif test is val and config.validation_steps is None:  # The same batches: keep them once.
     test_batches = val_batches
   else:
-    test_batches = EvalBatches(test, local_eval_batch, batch_sharding)
+    test_batches = EvalBatches(test, local_eval_batch, batch_sharding, augment=augment)
   run_eval = functools.partial(evaluate, eval_step)
   per_call = config.steps_per_execution
   stack = per_call if per_call > 1 else 0
@@ -437,7 +440,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
         if batches is None:
           batches = input_pipeline.train_batches(
               train, local_batch, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-              start_step=step, stack=stack)
+              start_step=step, stack=stack, augment=augment)
         state, m = train_steps(state, parallel.shard(next(batches), train_sharding))
         step += per_call
         if pending:
