@@ -50,7 +50,7 @@ class Checkpoints:
   """
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(workdir, 'checkpoints')
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')  # Orbax needs absolute.
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(preservation_policy=_LatestAndBest(n=keep)),
