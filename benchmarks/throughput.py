@@ -129,7 +129,7 @@ def main(argv):
 
   if _MANUAL_DIR.value:
     config.update(manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
-    data = input_pipeline.image_classification(config, input_pipeline.tfds_builder(config))
+    data = input_pipeline.image_classification(config, input_pipeline.image_builder(config))
     steps = train.epochs_to_steps(config, data.train.num_examples)[0]
     data.train.ds.reduce(0, lambda n, _: n + 1)  # Fills the cache, as a run's first epoch does.
     stream = input_pipeline.train_batches(data.train, config.batch_size, seed=0,

@@ -35,9 +35,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = time.time()
   workdir = workdir_lib.prepare(workdir)
   train.check_config(config)
-  builder = input_pipeline.tfds_builder(config)
-  input_pipeline.check_image_classification(builder)
-  input_pipeline.check_normalization(config.normalization)
+  builder = input_pipeline.image_builder(config)  # Checked before any work.
   model = models.create(config.model, outputs=builder.info.features['label'].num_classes,
                         **config.model_kwargs)
   data = input_pipeline.image_classification(config, builder)

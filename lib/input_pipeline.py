@@ -292,6 +292,18 @@ def check_image_classification(builder: tfds.core.DatasetBuilder) -> None:
                     "an image classifier needs 'image' and 'label'")
 
 
+def image_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The builder of an image dataset with labels, after the checks that need no data.
+
+  Raises:
+    UserError: unknown dataset, no 'image'/'label' features, unknown normalization.
+  """
+  builder = tfds_builder(config)
+  check_image_classification(builder)
+  check_normalization(config.normalization)
+  return builder
+
+
 def image_classification(config: ml_collections.ConfigDict,
                          builder: tfds.core.DatasetBuilder) -> ImageData:
   """Train, validation and test splits of a TFDS image classification dataset.
@@ -301,13 +313,11 @@ def image_classification(config: ml_collections.ConfigDict,
 
   Args:
     config: the run's config (dataset fields, normalization).
-    builder: `tfds_builder(config)`.
+    builder: `image_builder(config)`.
 
   Returns:
     The ImageData.
   """
-  check_image_classification(builder)
-  check_normalization(config.normalization)
   prepare(builder, config)
   mean = std = None
   if config.normalization == 'standardize':

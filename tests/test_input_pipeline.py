@@ -12,8 +12,7 @@ from tests.conftest import mock_tfds, tiny
 def _data(normalization='unit', num_examples=50, **overrides):
   config = tiny(mnist_cnn, normalization=normalization, **overrides)
   with mock_tfds(num_examples):
-    builder = input_pipeline.tfds_builder(config)
-    return input_pipeline.image_classification(config, builder)
+    return input_pipeline.image_classification(config, input_pipeline.image_builder(config))
 
 
 def test_shapes_dtypes_and_counts():

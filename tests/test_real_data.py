@@ -32,7 +32,7 @@ def test_real_split_names_are_checked(mnist_data_dir):
   config = mnist_cnn.get_config()
   config.update(data_dir=mnist_data_dir, eval_split='validation')
   with pytest.raises(UserError, match=r"config.eval_split='validation' is not a split of 'mnist'"):
-    input_pipeline.image_classification(config, input_pipeline.tfds_builder(config))
+    input_pipeline.image_classification(config, input_pipeline.image_builder(config))
 
 
 def test_mnist_and_fashion_mnist_built_in_one_data_dir_stay_apart(mnist_data_dir, mnist_dir):
