@@ -55,32 +55,19 @@ def iwae_nll(model: models.VAE, params: Any, x: jax.Array, key: jax.Array, k: in
   return -(jax.nn.logsumexp(log_px_z + log_pz - log_qz, axis=0) - math.log(k))
 
 
-def _image_grid(images: np.ndarray, rows: int, path: str, title: str, row_labels=None) -> str:
-  cols = len(images) // rows
-  fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.95 + 0.4), squeeze=False)
-  for i, ax in enumerate(axes.flat):
-    ax.imshow(images[i].reshape(28, 28), cmap='gray', vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-  if row_labels:
-    for r, label in enumerate(row_labels):
-      axes[r][0].set_ylabel(label, fontsize=8)
-  fig.suptitle(title)
-  return plots.save(fig, path)
-
-
 def _plots(model, state, data, config, plot_dir: str) -> None:
   """The figures of the notes: latent space, 2-D manifold, prior samples, reconstructions, resampling."""
   variables = {'params': state.params}
   encode = jax.jit(lambda x: model.apply(variables, x, method=models.VAE.encode))
   decode = jax.jit(lambda z: jax.nn.sigmoid(model.apply(variables, z, method=models.VAE.decode)))
-  means, labels, images = [], [], []
+  means, labels = [], []
   for batch in input_pipeline.eval_batches(data.test, 1000, augment=binarize):
     keep = batch['mask']
     means.append(np.asarray(encode(batch['x'][keep])[0]))
     labels.append(batch['y'][keep])
-    images.append(batch['x'][keep][:16])
-  means, labels, images = np.concatenate(means), np.concatenate(labels), images[0]
+    if len(means) == 1:
+      images = batch['x'][keep][:16]  # The first test images, for reconstructions.
+  means, labels = np.concatenate(means), np.concatenate(labels)
   latents = means.shape[1]
   points = means if latents == 2 else (means - means.mean(0)) @ np.linalg.svd(
       means - means.mean(0), full_matrices=False)[2][:2].T
@@ -95,21 +82,21 @@ def _plots(model, state, data, config, plot_dir: str) -> None:
     n = config.plot_latent_grid
     q = np.asarray(jax.scipy.special.ndtri(jnp.linspace(0.05, 0.95, n)))
     grid = np.stack(np.meshgrid(q, q[::-1]), -1).reshape(-1, 2)
-    _image_grid(np.asarray(decode(jnp.asarray(grid, jnp.float32))), n,
+    plots.image_grid(np.asarray(decode(jnp.asarray(grid, jnp.float32))), n,
                 os.path.join(plot_dir, 'manifold.png'),
                 f'decoded from a {n}x{n} grid of Gaussian quantiles of z')
   key_prior, key_same = jax.random.split(jax.random.PRNGKey(config.seed))
   prior = decode(jax.random.normal(key_prior, (32, latents)))
-  _image_grid(np.asarray(prior), 4, os.path.join(plot_dir, 'prior_samples.png'),
+  plots.image_grid(np.asarray(prior), 4, os.path.join(plot_dir, 'prior_samples.png'),
               'decoded samples z ~ N(0, I) of the prior')
   recon = model.apply(variables, images, rngs={'sample': key_same})
-  _image_grid(np.concatenate([images.reshape(16, -1), np.asarray(jax.nn.sigmoid(recon['logits']))]),
+  plots.image_grid(np.concatenate([images.reshape(16, -1), np.asarray(jax.nn.sigmoid(recon['logits']))]),
               2, os.path.join(plot_dir, 'reconstructions.png'), 'test images (top), reconstructions',
               ['input', 'output'])
   same = jnp.repeat(images[:1], 8, axis=0)  # One image, encoded eight times.
   out = model.apply(variables, same, rngs={'sample': key_same})
   z_text = ', '.join(f'({a:.2f}, {b:.2f})' for a, b in np.asarray(out['z'])[:4, :2])
-  _image_grid(np.concatenate([np.asarray(same).reshape(8, -1),
+  plots.image_grid(np.concatenate([np.asarray(same).reshape(8, -1),
                               np.asarray(jax.nn.sigmoid(out['logits']))]), 2,
               os.path.join(plot_dir, 'same_image.png'),
               f'one image, 8 samples of z: a different latent each time\nz[:2] = {z_text}, ...',
@@ -141,8 +128,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh()
   bound = jax.jit(lambda params, x, key: iwae_nll(model, params, x, key, config.iwae_samples))
   total, count = 0.0, 0
-  for i, batch in enumerate(input_pipeline.eval_batches(data.test, parallel.local_batch_size(
-      100 * jax.device_count(), 'eval_batch_size'), augment=binarize)):
+  # 100 examples per device: k samples of 784 logits each stay small in memory.
+  iwae_batch = 100 * jax.device_count() // jax.process_count()
+  for i, batch in enumerate(input_pipeline.eval_batches(data.test, iwae_batch, augment=binarize)):
     batch = parallel.shard(batch, parallel.batch_sharding(mesh))
     nll = bound(state.params, batch['x'], jax.random.fold_in(jax.random.PRNGKey(config.seed), i))
     total += float(jnp.sum(jnp.where(batch['mask'], nll, 0.0)))

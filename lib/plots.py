@@ -78,3 +78,19 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     ax_bar.tick_params(labelsize=6)
   fig.suptitle('softmax(logits) per test image: blue = true class, red = wrong prediction')
   return save(fig, path)
+
+
+def image_grid(images: np.ndarray, rows: int, path: str, title: str,
+               row_labels: Sequence[str] | None = None) -> str:
+  """Grayscale images in values 0..1 (each flattened or HxW[x1]) on `rows` rows, no axes."""
+  cols = len(images) // rows
+  side = int(round(np.sqrt(np.asarray(images[0]).size)))
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.95 + 0.4), squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    ax.imshow(np.asarray(images[i]).reshape(side, side), cmap='gray', vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  for r, label in enumerate(row_labels or ()):
+    axes[r][0].set_ylabel(label, fontsize=8)
+  fig.suptitle(title)
+  return save(fig, path)
