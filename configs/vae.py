@@ -19,7 +19,7 @@ from configs import common
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('vae'), 'mnist')
   c.model = 'vae'
-  c.model_kwargs = ml_collections.ConfigDict({'latents': 2, 'hidden': 500})
+  c.model_kwargs = ml_collections.ConfigDict({'latents': 2, 'hidden': (500,)})  # Hidden layer widths.
   c.normalization = 'unit'  # Pixel intensities in [0, 1] are the Bernoulli probabilities.
   c.optimizer = 'adam'
   c.learning_rate = 1e-3

@@ -90,6 +90,11 @@ def _augmented(ds: tf.data.Dataset, augment: Augment | None, seed: tf.Tensor) ->
                             num_parallel_calls=AUTOTUNE)
 
 
+def element_spec(split: Split, augment: Augment | None = None) -> dict[str, tf.TensorSpec]:
+  """One example's structure as the steps see it: after `augment`, which may add entries."""
+  return _augmented(split.ds, augment, tf.constant(0, tf.int64)).element_spec
+
+
 def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
                   start_step: int = 0, stack: int = 0,
                   augment: Augment | None = None) -> Iterator[dict[str, np.ndarray]]:

@@ -62,3 +62,10 @@ def gather_from_processes(value: int) -> list[int]:
   if jax.process_count() == 1:
     return [value]
   return [int(v) for v in multihost_utils.process_allgather(np.int64(value))]
+
+
+def sum_over_processes(values: np.ndarray) -> np.ndarray:
+  """The elementwise sum of `values` over all processes (`values` itself on one process)."""
+  if jax.process_count() == 1:
+    return np.asarray(values)
+  return np.asarray(multihost_utils.process_allgather(np.asarray(values))).sum(0)

@@ -19,12 +19,15 @@ def save(fig: plt.Figure, path: str) -> str:
 
 
 def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: str, *,
-          xlabel: str, ylabel: str, title: str = '', logy: bool = False,
+          xlabel: str, ylabel: str, title: str = '', logx: bool = False, logy: bool = False,
           hline: float | None = None) -> str:
   """One axis with a line per entry of `series` (an optional horizontal reference line)."""
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, y in series.items():
-    ax.plot(x, y, label=label)
+    ax.plot(x, y, label=label, marker='.' if logx else None)
+  if logx:
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(list(x), [str(v) for v in x])
   if hline is not None:
     ax.axhline(hline, color='gray', linestyle='--', linewidth=1)
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)

@@ -244,7 +244,8 @@ class EvalBatches:
                augment: input_pipeline.Augment | None = None, max_bytes: int = 256 * 2**20):
     self._ds = input_pipeline.eval_dataset(split, batch_size, max_batches, augment)
     self._sharding = sharding
-    example_bytes = sum(np.prod(s.shape) * s.dtype.size for s in split.ds.element_spec.values())
+    example_bytes = sum(np.prod(s.shape) * s.dtype.size
+                        for s in input_pipeline.element_spec(split, augment).values())
     batches = input_pipeline.num_eval_batches(split, batch_size, max_batches)
     self._keep = batches * batch_size * example_bytes <= max_bytes
     self._kept = None
@@ -380,7 +381,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
 
   # The task's value names, found by tracing once without computing.
   example = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype.as_numpy_dtype)
-             for k, s in train.ds.element_spec.items()}
+             for k, s in input_pipeline.element_spec(train, augment).items()}
   names = sorted(jax.eval_shape(
       lambda s, b: task(s.apply_fn({'params': s.params, **s.model_state}, b['x'], train=False,
                                    rngs=_rngs(s.rng, rng_streams)), b), state, example))
