@@ -2,6 +2,7 @@
 
   python -m benchmarks.throughput --workload=cnn
   python -m benchmarks.throughput --workload=mlp --manual_dir=../shared/data/fashion_mnist
+  python -m benchmarks.throughput --workload=vae --manual_dir=../shared/data/mnist
 
 Prints one JSON line: workload, batch, steps_per_execution, examples_per_sec,
 step_ms, compile_s, params, the bare Flax step's examples/s and the ratio. Each figure is the
@@ -19,6 +20,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+import dataclasses
+from typing import Any, Callable
+
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -26,10 +30,45 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from configs import fashion_mlp, mnist_cnn
+from configs import fashion_mlp, mnist_cnn, vae
+from experiments import vae as vae_experiment
 from lib import input_pipeline, models, parallel, tasks, train
 
-WORKLOADS = {'cnn': mnist_cnn, 'mlp': fashion_mlp}
+
+def _classification_loss(model, params, x, y, key):
+  """The Flax MNIST example's loss."""
+  del key
+  logits = model.apply({'params': params}, x)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def _vae_loss(model, params, x, y, key):
+  """The Flax VAE example's loss: Bernoulli cross-entropy + KL, summed per image, batch mean."""
+  del y
+  out = model.apply({'params': params}, x, rngs={'sample': key})
+  bce = optax.sigmoid_binary_cross_entropy(out['logits'], x.reshape(x.shape[0], -1)).sum(-1)
+  kl = 0.5 * jnp.sum(jnp.exp(out['logvar']) + out['mean']**2 - 1.0 - out['logvar'], -1)
+  return jnp.mean(bce + kl)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  config: Any  # () -> ConfigDict.
+  outputs: int  # The model's `outputs`.
+  task: train.Task
+  rng_streams: tuple[str, ...]
+  bare_loss: Callable[..., jax.Array]  # (model, params, x, y, key) -> mean loss.
+  binary_inputs: bool = False  # Pixels in {0, 1} (the VAE's binarized MNIST).
+  augment: input_pipeline.Augment | None = None  # As the experiment's pipeline applies it.
+
+
+WORKLOADS = {
+    'cnn': Workload(mnist_cnn.get_config, 10, tasks.classification, (), _classification_loss),
+    'mlp': Workload(fashion_mlp.get_config, 10, tasks.classification, (), _classification_loss),
+    # The 784-500-20 VAE of Kingma & Welling, batch 128, Adam 1e-3.
+    'vae': Workload(lambda: vae.get_config('latent20'), 784, tasks.vae, ('sample',), _vae_loss,
+                    binary_inputs=True, augment=vae_experiment.binarize),
+}
 _WORKLOAD = flags.DEFINE_enum('workload', 'cnn', list(WORKLOADS), 'The config whose model, '
                               'optimizer and batch size are timed.')
 _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
@@ -65,16 +104,18 @@ def _median_rate(step, batch_size: int, block_seconds: float, blocks: int = 5) -
 def main(argv):
   del argv
   tf.config.set_visible_devices([], 'GPU')
-  config = WORKLOADS[_WORKLOAD.value].get_config()
+  workload = WORKLOADS[_WORKLOAD.value]
+  config = workload.config()
   if _STEPS_PER_EXECUTION.value:
     config.steps_per_execution = _STEPS_PER_EXECUTION.value
   per_call = config.steps_per_execution
-  model = models.create(config.model, outputs=10, **config.model_kwargs)
+  model = models.create(config.model, outputs=workload.outputs, **config.model_kwargs)
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
   tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10**6, 1))
   rng = np.random.default_rng(0)
-  local = {'x': rng.random((config.batch_size, 28, 28, 1), np.float32),
+  x = rng.random((config.batch_size, 28, 28, 1), np.float32)
+  local = {'x': (x < 0.5).astype(np.float32) if workload.binary_inputs else x,
            'y': rng.integers(0, 10, config.batch_size).astype(np.int32)}
   stack = per_call if per_call > 1 else 0  # As lib.train.fit feeds the step.
   train_sharding = (parallel.stacked_batch_sharding(mesh) if stack else
@@ -83,8 +124,12 @@ def main(argv):
                             for k, v in local.items()}, train_sharding)
 
   # The engine's step, built exactly as lib.train.fit builds it.
-  state = train.create_train_state(config, model, (28, 28, 1), np.float32, tx, replicated)
-  train_steps, _ = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh,
+  state = train.create_train_state(config, model, (28, 28, 1), np.float32, tx, replicated,
+                                   workload.rng_streams)
+  names = sorted(jax.eval_shape(lambda: workload.task(model.apply(
+      {'params': state.params}, local['x'],
+      rngs={s: jax.random.PRNGKey(0) for s in workload.rng_streams}), local)))
+  train_steps, _ = train.jit_steps(workload.task, names, mesh, workload.rng_streams,
                                    steps_per_execution=per_call)
   start = time.perf_counter()
   state, metrics = train_steps(state, batches)
@@ -96,23 +141,23 @@ def main(argv):
     holder['state'], m = train_steps(holder['state'], batches)
     return m
 
-  # A bare Flax step as in the Flax MNIST example, donated too: the reference.
+  # A bare Flax step as in the Flax examples (MNIST, VAE), donated too: the reference.
   bare_state = train_state.TrainState.create(apply_fn=model.apply, tx=tx,
                                              params=jax.tree.map(jnp.copy, state.params))
+  base_key = jax.random.PRNGKey(1)
 
   def bare_step(state, images, labels):
-    def loss_fn(params):
-      logits = state.apply_fn({'params': params}, images)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads), loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+    key = jax.random.fold_in(base_key, state.step)
+    loss, grads = jax.value_and_grad(
+        lambda p: workload.bare_loss(model, p, images, labels, key))(state.params)
+    return state.apply_gradients(grads=grads), loss
 
   bare_step = jax.jit(bare_step, donate_argnums=0)
   images, labels = jnp.asarray(local['x']), jnp.asarray(local['y'])
   bare = {'state': bare_step(bare_state, images, labels)[0]}
 
   def bare_once():
-    bare['state'], loss, _ = bare_step(bare['state'], images, labels)
+    bare['state'], loss = bare_step(bare['state'], images, labels)
     return loss
 
   for _ in range(20):  # Warm-up.
@@ -134,7 +179,7 @@ def main(argv):
     data.train.ds.reduce(0, lambda n, _: n + 1)  # Fills the cache, as a run's first epoch does.
     stream = input_pipeline.train_batches(data.train, config.batch_size, seed=0,
                                           shuffle_buffer=config.shuffle_buffer, start_step=steps,
-                                          stack=stack)
+                                          stack=stack, augment=workload.augment)
     start = time.perf_counter()
     for _ in range(steps // per_call):  # As lib.train.fit: next batches, shard, steps, check loss.
       holder['state'], m = train_steps(holder['state'], parallel.shard(next(stream), train_sharding))
