@@ -97,3 +97,19 @@ def image_grid(images: np.ndarray, rows: int, path: str, title: str,
     axes[r][0].set_ylabel(label, fontsize=8)
   fig.suptitle(title)
   return save(fig, path)
+
+
+def heatmaps(panels: Mapping[str, np.ndarray], xticks: Sequence[str], yticks: Sequence[str],
+             path: str, *, xlabel: str, ylabel: str, title: str = '') -> str:
+  """One annotated heatmap per entry of `panels` (rows: yticks, columns: xticks; NaN: diverged)."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
+  for ax, (name, values) in zip(axes[0], panels.items()):
+    ax.imshow(values, cmap='viridis', vmin=0, vmax=1, aspect='auto')
+    for (i, j), v in np.ndenumerate(values):
+      ax.text(j, i, 'NaN' if np.isnan(v) else f'{v:.3f}', ha='center', va='center',
+              color='white' if np.isnan(v) or v < 0.6 else 'black', fontsize=8)
+    ax.set_xticks(range(len(xticks)), xticks)
+    ax.set_yticks(range(len(yticks)), yticks)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=name)
+  fig.suptitle(title)
+  return save(fig, path)

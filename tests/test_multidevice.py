@@ -4,15 +4,21 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 _RUN = r'''
 import json, sys
 import jax
+import ml_collections
 from configs import mnist_cnn
 from experiments import classifier
 from tests.conftest import mock_tfds, tiny
 config = tiny(mnist_cnn, num_epochs=2)
+if sys.argv[2] == 'batch_norm':  # One example per device: per-device statistics would differ.
+  config.model = 'mlp'
+  config.model_kwargs = ml_collections.ConfigDict({'hidden': (32,), 'batch_norm': True})
 with mock_tfds(64):
   results = classifier.train_and_evaluate(config, sys.argv[1])
 print('RESULT', json.dumps({'devices': jax.device_count(), 'history': results['history'],
@@ -20,18 +26,20 @@ print('RESULT', json.dumps({'devices': jax.device_count(), 'history': results['h
 '''
 
 
-def _run(devices: int, workdir: str) -> dict:
+def _run(devices: int, workdir: str, model: str) -> dict:
   env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
          'JAX_PLATFORMS': 'cpu'}
-  out = subprocess.run([sys.executable, '-c', _RUN, workdir], cwd=REPO, env=env,
+  out = subprocess.run([sys.executable, '-c', _RUN, workdir, model], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')][-1]
   return json.loads(line[len('RESULT '):])
 
 
-def test_eight_devices_match_one(tmp_path):
-  one, eight = _run(1, str(tmp_path / 'one')), _run(8, str(tmp_path / 'eight'))
+@pytest.mark.parametrize('model', ['cnn', 'batch_norm'])
+def test_eight_devices_match_one(tmp_path, model):
+  """Batch norm included: its statistics are those of the global batch, however it is sharded."""
+  one, eight = _run(1, str(tmp_path / 'one'), model), _run(8, str(tmp_path / 'eight'), model)
   assert (one['devices'], eight['devices']) == (1, 8)
   for a, b in zip(one['history'], eight['history'], strict=True):
     for key in ('train_loss', 'val_loss', 'val_accuracy'):
