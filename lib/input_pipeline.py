@@ -29,6 +29,10 @@ Example = dict[str, tf.Tensor]
 # Random per-example augmentation, e.g. dynamic binarization or corruption:
 # (example, seed) -> example, with a stateless seed of shape [2] (tf.random.stateless_*).
 Augment = Callable[[Example, tf.Tensor], Example]
+# Per-batch augmentation of training batches: (batch, step) -> batch, with the
+# global step as an int64 scalar. Whatever it draws from the step alone is the
+# same on every process and in a resumed run: e.g. the image size of a batch.
+BatchAugment = Callable[[Example, tf.Tensor], Example]
 # The seed row of evaluation: evaluation augments every example the same way in every run.
 EVAL_SEED = 20_200_524
 
@@ -96,8 +100,8 @@ def element_spec(split: Split, augment: Augment | None = None) -> dict[str, tf.T
 
 
 def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
-                  start_step: int = 0, stack: int = 0,
-                  augment: Augment | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  start_step: int = 0, stack: int = 0, augment: Augment | None = None,
+                  batch_augment: BatchAugment | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches of this process, starting at global step `start_step`.
 
   Each pass over the split is shuffled with its own seed and cut into full
@@ -113,6 +117,7 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
       leading axis (for config.steps_per_execution).
     augment: random per-example augmentation, seeded per pass and example, so
       it is new each pass and the same in a resumed run.
+    batch_augment: applied to each batch with its global step, before stacking.
 
   Returns:
     An iterator of dicts of numpy arrays.
@@ -130,6 +135,9 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
     return _augmented(shuffled, augment, pass_seed).batch(batch_size, drop_remainder=True)
 
   ds = tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass).skip(skip)
+  if batch_augment is not None:
+    ds = ds.enumerate(start_step).map(lambda step, batch: batch_augment(batch, step),
+                                      num_parallel_calls=AUTOTUNE)
   if stack:
     ds = ds.batch(stack, drop_remainder=True)
   return ds.prefetch(AUTOTUNE).as_numpy_iterator()

@@ -86,12 +86,46 @@ class CNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     pool = _pick(POOLS, self.pool, 'pool')
+    size = x.shape[1:3]
     for channels in self.features:
       x = nn.relu(nn.Conv(channels, (3, 3))(x))
       x = pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
+    built = self.variables.get('params', {}).get('Dense_0', {}).get('kernel')
+    if built is not None and built.shape[0] != x.shape[-1]:
+      raise UserError(
+          f'cnn takes only the image size it was built for: a {size[0]}x{size[1]} image '
+          f'flattens to {x.shape[-1]} features, but its Dense layer takes {built.shape[0]}; '
+          'use model any_size_cnn (fully convolutional) for other sizes')
     x = nn.relu(nn.Dense(self.dense)(x))
     return nn.Dense(self.outputs)(x)
+
+
+class AnySizeCNN(nn.Module):
+  """A fully convolutional classifier: one set of weights takes any height and width.
+
+  [Conv 3x3 → ReLU → max-pool 2x2] per entry of `features`, then a 1x1 conv to
+  the classes (a Dense layer applied at every position, in place of Flatten,
+  as RetinaNet's heads do), then a global pool over the positions → logits.
+
+  Attributes:
+    features: channels of each conv block.
+    outputs: number of classes.
+    pool: the global pool, 'max' (where the object is does not matter, nor how
+      much empty canvas surrounds it) or 'avg'.
+  """
+  features: Sequence[int] = (16, 32, 64)
+  outputs: int = 10
+  pool: str = 'max'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    for channels in self.features:
+      x = nn.relu(nn.Conv(channels, (3, 3))(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+    x = nn.Conv(self.outputs, (1, 1))(x)
+    return jnp.max(x, axis=(1, 2)) if self.pool == 'max' else jnp.mean(x, axis=(1, 2))
 
 
 class VAE(nn.Module):
@@ -211,7 +245,8 @@ class ConvAutoencoder(nn.Module):
     return self.decode(self.encode(x))
 
 
-MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn': CNN, 'vae': VAE,
+MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn': CNN, 'any_size_cnn': AnySizeCNN,
+                                      'vae': VAE,
                                       'mlp_autoencoder': MLPAutoencoder,
                                       'conv_autoencoder': ConvAutoencoder}
 
@@ -241,7 +276,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
   if 'activation' in fields:
     _activation(model.activation)
   if 'pool' in fields:
-    _pick(POOLS, model.pool, 'pool')
+    _pick(POOLS, model.pool, 'pool')  # AnySizeCNN's global pool takes the same names.
   if hasattr(model, 'check'):
     model.check()
   return model

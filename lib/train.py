@@ -345,7 +345,9 @@ def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: 
 def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
         train: input_pipeline.Split, val: input_pipeline.Split,
         test: input_pipeline.Split | None = None, rng_streams: Sequence[str] = (),
-        augment: input_pipeline.Augment | None = None) -> tuple[TrainState, dict[str, Any]]:
+        augment: input_pipeline.Augment | None = None,
+        batch_augment: input_pipeline.BatchAugment | None = None,
+        ) -> tuple[TrainState, dict[str, Any]]:
   """Trains `model` on `train`, evaluating on `val` each epoch and on `test` at the end.
 
   Args:
@@ -359,6 +361,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     rng_streams: random streams the model uses besides 'params'.
     augment: random per-example augmentation in the input pipeline: new each
       training pass, fixed for evaluation (input_pipeline.Augment).
+    batch_augment: per-batch augmentation of training batches, after `augment`
+      (input_pipeline.BatchAugment). It may change the batch's shape (e.g.
+      images of a few sizes); the train step then compiles once per shape.
 
   Returns:
     The final state (the best one with config.restore_best) and a summary:
@@ -366,6 +371,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     value, whether it stopped early, and the final val_* and test_* metrics.
   """
   check_config(config)
+  if batch_augment is not None and config.steps_per_execution != 1:
+    raise UserError('config.steps_per_execution must be 1 here: this experiment changes the '
+                    'batch shape from step to step, and only equal batches can be stacked')
   mesh = parallel.make_mesh()
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   local_batch = parallel.local_batch_size(config.batch_size)
@@ -441,7 +449,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
         if batches is None:
           batches = input_pipeline.train_batches(
               train, local_batch, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-              start_step=step, stack=stack, augment=augment)
+              start_step=step, stack=stack, augment=augment, batch_augment=batch_augment)
         state, m = train_steps(state, parallel.shard(next(batches), train_sharding))
         step += per_call
         if pending:
@@ -498,6 +506,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
   summary = {
       'steps': final_step, 'steps_per_epoch': steps_per_epoch, 'epochs': len(meta['history']),
       'params': models.count_params(state.params), 'history': meta['history'],
+      # Compilations of the train step in this process: one per distinct batch shape.
+      'train_step_compiles': train_steps._cache_size(),  # pylint: disable=protected-access
       'stopped_early': meta['stopped_early'], 'best_epoch': meta['best_epoch'],
       'restored_best': bool(config.restore_best and meta['best_step'] is not None),
       **final,

@@ -1,0 +1,42 @@
+"""A fully convolutional CNN that takes any image size: MNIST digits on canvases of several sizes.
+
+Training batches put each digit, rescaled to a random side between 28 and
+max_digit pixels, at a random place on a blank canvas; each batch draws its
+canvas side from train_sizes (a few buckets, so the train step compiles only a
+few times). The same weights are then evaluated on canvases of each side in
+eval_sizes, including sides never seen in training.
+Command:
+  python -m experiments --config=configs/any_size_cnn.py --workdir=runs/any_size_cnn \
+      --config.manual_dir=../shared/data/mnist
+Fashion-MNIST: --config.dataset=fashion_mnist --config.manual_dir=../shared/data/fashion_mnist.
+Expected: test accuracy near 0.98-0.99 at every evaluated side, 28 to 112; three
+train-step compilations. Measured values, hardware and time: README results table.
+Smoke test: --config=configs/any_size_cnn.py:tiny.
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  c = common.tfds_data(common.training('any_size_cnn'), 'mnist')
+  c.model = 'any_size_cnn'  # 'cnn' (Flatten + Dense) refuses every size but the one it was built for.
+  c.model_kwargs = ml_collections.ConfigDict({'features': (16, 32, 64), 'pool': 'max'})
+  c.normalization = 'unit'  # Required: the blank canvas is 0, the digits' background.
+  c.optimizer = 'adam'
+  c.learning_rate = 1e-3
+  c.lr_schedule = 'cosine'
+  c.batch_size = 128
+  c.num_epochs = 3
+  c.log_every_steps = 100
+  c.best_metric = 'val_accuracy'  # Validation is on the plain 28x28 test digits.
+  c.best_mode = 'max'
+
+  c.train_sizes = (28, 42, 56)  # Canvas sides of training batches (one per batch, at random).
+  c.max_digit = 56  # Largest side of a rescaled digit; the least is the original 28.
+  c.eval_sizes = (28, 40, 56, 84, 112)  # Canvas sides the trained weights are tested on.
+  if variant == 'tiny':
+    c.train_sizes = (28, 36)
+    c.max_digit = 36
+    c.eval_sizes = (28, 44)
+  return common.variant(c, variant)

@@ -1,0 +1,80 @@
+"""Any-size CNN: one set of weights for every image size, canvases, compile counts."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import any_size_cnn as as_config
+from experiments import any_size_cnn as as_experiment
+import experiments.__main__ as launcher
+from lib import input_pipeline, models
+from lib.errors import UserError
+from tests.conftest import mock_tfds, read_results, tiny
+
+
+def test_one_set_of_weights_gives_logits_for_every_size():
+  model = models.create('any_size_cnn', outputs=10)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  for height, width in ((28, 28), (40, 40), (57, 31), (112, 112)):
+    x = jax.random.uniform(jax.random.PRNGKey(height), (3, height, width, 1))
+    assert model.apply(variables, x).shape == (3, 10)
+
+
+def test_flatten_cnn_refuses_another_size_with_a_clear_error():
+  model = models.create('cnn', outputs=10)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  with pytest.raises(UserError, match='a 40x40 image flattens to 6400 features.*any_size_cnn'):
+    model.apply(variables, jnp.zeros((1, 40, 40, 1)))
+
+
+def _batches(steps):
+  x = np.zeros((64, 28, 28, 1), np.float32)
+  x[:, 10:18, 10:18] = 1.0
+  split = input_pipeline.from_arrays({'x': x, 'y': np.zeros(64, np.int32)})
+  augment = as_experiment.canvas_batches((28, 36, 56), max_digit=40, seed=0)
+  return list(zip(range(steps), input_pipeline.train_batches(
+      split, 16, seed=0, shuffle_buffer=64, batch_augment=augment)))
+
+
+def test_canvas_batches_draw_one_side_per_batch_from_the_buckets():
+  batches = _batches(12)
+  sides = {b['x'].shape[1] for _, b in batches}
+  assert sides <= {28, 36, 56} and len(sides) >= 2
+  for _, b in batches:
+    side = b['x'].shape[1]
+    assert b['x'].shape == (16, side, side, 1)
+    ink = b['x'].reshape(16, -1).sum(1)
+    # The 8x8 square grows with the digit: 64 pixels at 28, up to (40/28)^2 * 64 at 40.
+    assert np.all(ink > 55) and np.all(ink < 64 * (40 / 28)**2 * 1.1)
+  again = _batches(12)
+  for (_, a), (_, b) in zip(batches, again):  # A function of the step: resumes alike.
+    np.testing.assert_array_equal(a['x'], b['x'])
+
+
+def test_canvas_for_evaluation_is_fixed():
+  split = input_pipeline.from_arrays({'x': np.ones((8, 28, 28, 1), np.float32),
+                                      'y': np.zeros(8, np.int32)})
+  a = next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x']
+  b = next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x']
+  assert a.shape == (8, 56, 56, 1)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_any_size_tiny_writes_results_plots_and_compile_counts(tmp_path):
+  with mock_tfds(64):
+    launcher.run(tiny(as_config), str(tmp_path))
+  results = read_results(tmp_path)
+  assert set(results['test_accuracy_by_size']) == {'28', '44'}
+  assert 1 <= results['train_step_compiles'] <= 2  # One per canvas side drawn.
+  assert results['eval_step_compiles'] == 2
+  assert 'any_size_cnn' in results['flatten_cnn_error']
+  for plot in ('curves', 'accuracy_by_size', 'canvas_examples'):
+    assert os.path.getsize(tmp_path / 'plots' / f'{plot}.png') > 1000
+
+
+def test_canvas_smaller_than_the_image_is_a_clear_error(tmp_path):
+  with mock_tfds(16), pytest.raises(UserError, match='eval_sizes'):
+    launcher.run(tiny(as_config, eval_sizes=(20, 28)), str(tmp_path))
