@@ -45,6 +45,14 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   c.best_mode = 'min'  # 'min' or 'max': which way best_metric improves.
   c.restore_best = False  # End on the best checkpoint's weights (results then report those).
   c.early_stopping_patience = 0  # Stop after this many epochs without a better best_metric; 0 never.
+
+  # LR range test: instead of lr_schedule, the rate grows exponentially,
+  # lr_finder_start * 10 ** (epoch / lr_finder_epochs_per_decade) (the course's
+  # 1e-8 * 10 ** (epoch / 20)), until the loss turns NaN or num_epochs end.
+  # results.json gets the loss-vs-rate curve and suggested_lr; plots/lr_finder.png.
+  c.lr_finder = False
+  c.lr_finder_start = 1e-8
+  c.lr_finder_epochs_per_decade = 20.0
   return c
 
 

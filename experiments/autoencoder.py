@@ -207,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     plots.lines(sizes, {config.model: [r['test_psnr'] for r in runs]},
                 os.path.join(plot_dir, 'latent_sweep.png'), xlabel='latent size',
                 ylabel='test PSNR (dB)', title='more latent variables, sharper reconstructions',
-                logx=True)
+                logx=2)
     plots.image_grid(np.concatenate([images['corrupted'], *outputs]), 1 + len(sizes),
                      os.path.join(plot_dir, 'latent_sweep_images.png'),
                      'test images (top), then reconstructions from each latent size',

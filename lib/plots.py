@@ -19,17 +19,24 @@ def save(fig: plt.Figure, path: str) -> str:
 
 
 def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: str, *,
-          xlabel: str, ylabel: str, title: str = '', logx: bool = False, logy: bool = False,
-          hline: float | None = None) -> str:
-  """One axis with a line per entry of `series` (an optional horizontal reference line)."""
+          xlabel: str, ylabel: str, title: str = '', logx: bool | int = False,
+          logy: bool = False, hline: float | None = None, vline: float | None = None) -> str:
+  """One axis with a line per entry of `series`; optional reference lines.
+
+  logx: True for a base-10 log axis; 2 for base 2 with a tick at each x.
+  """
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, y in series.items():
     ax.plot(x, y, label=label, marker='.' if logx else None)
-  if logx:
+  if logx == 2:
     ax.set_xscale('log', base=2)
     ax.set_xticks(list(x), [str(v) for v in x])
+  elif logx:
+    ax.set_xscale('log')
   if hline is not None:
     ax.axhline(hline, color='gray', linestyle='--', linewidth=1)
+  if vline is not None:
+    ax.axvline(vline, color='tab:red', linestyle='--', linewidth=1)
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   if logy:
     ax.set_yscale('log')

@@ -8,6 +8,7 @@ on a NaN or inf loss, and saves before it exits on SIGINT or SIGTERM.
 from collections.abc import Callable, Iterator, Sequence
 import functools
 import math
+import os
 import signal
 import threading
 from typing import Any
@@ -28,6 +29,7 @@ from lib import checkpoints
 from lib import input_pipeline
 from lib import models
 from lib import parallel
+from lib import plots
 from lib.errors import Interrupted, NonFiniteLossError, UserError
 
 # Maps (model outputs, batch) to per-example values; 'loss' is minimized. See lib/tasks.py.
@@ -102,7 +104,14 @@ def epochs_to_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
                            steps_per_epoch: int) -> optax.Schedule:
-  """`config.lr_schedule` over the run: constant, cosine decay to 0, or linear warmup then cosine."""
+  """`config.lr_schedule` over the run: constant, cosine decay to 0, or linear warmup then cosine.
+
+  With config.lr_finder, the range test's exponential sweep instead:
+  lr_finder_start * 10 ** (epoch / lr_finder_epochs_per_decade), epoch fractional.
+  """
+  if config.lr_finder:
+    start, steps_per_decade = config.lr_finder_start, steps_per_epoch * config.lr_finder_epochs_per_decade
+    return lambda step: start * 10.0 ** (step / steps_per_decade)
   lr = config.learning_rate
   if config.lr_schedule == 'constant':
     return optax.constant_schedule(lr)
@@ -342,6 +351,30 @@ def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: 
   return improved
 
 
+def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule,
+                     steps_per_epoch: int, workdir: str) -> dict[str, Any]:
+  """The LR range test's curve, its suggested rate and plot (plots/lr_finder.png).
+
+  Each epoch's mean training loss is paired with the rate at the epoch's start.
+  The suggestion is a tenth of the rate at the lowest loss: the loss still falls
+  steadily there, well before the rates at which it turns up (as in fastai).
+  """
+  rates = [float(schedule(h['step'] - steps_per_epoch)) for h in history]
+  losses = [h['train_loss'] for h in history]
+  finite = [i for i, loss in enumerate(losses) if math.isfinite(loss)]
+  if not finite:
+    return {'lr_finder': {'learning_rates': rates, 'losses': losses}, 'suggested_lr': None}
+  lowest = min(finite, key=lambda i: losses[i])
+  suggested = rates[lowest] / 10
+  if jax.process_index() == 0:
+    plots.lines(rates, {'training loss (epoch mean)': losses},
+                os.path.join(workdir, 'plots', 'lr_finder.png'), xlabel='learning rate',
+                ylabel='loss', title=f'LR range test: lowest loss at {rates[lowest]:.2g}, '
+                f'suggested {suggested:.2g}', logx=True, logy=True, vline=suggested)
+  return {'lr_finder': {'learning_rates': rates, 'losses': losses},
+          'suggested_lr': suggested, 'lowest_loss_lr': rates[lowest]}
+
+
 def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
         train: input_pipeline.Split, val: input_pipeline.Split,
         test: input_pipeline.Split | None = None, rng_streams: Sequence[str] = (),
@@ -432,14 +465,24 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
       saved_step = step
 
   def check_finite(last_step, loss_totals):
-    """Raises at the first non-finite loss among the steps ending at `last_step`."""
+    """Raises at the first non-finite loss among the steps ending at `last_step`.
+
+    A range test (config.lr_finder) ends there instead: the sweep has found
+    rates too large to train. Returns whether every loss was finite.
+    """
     totals = np.atleast_1d(np.asarray(loss_totals))
     bad = np.flatnonzero(~np.isfinite(totals))
+    if bad.size and config.lr_finder:
+      meta['stopped_early'] = True
+      logging.info('LR range test: loss is %s at step %d; the sweep ends there', totals[bad[0]],
+                   last_step - len(totals) + bad[0] + 1)
+      return False
     if bad.size:
       raise NonFiniteLossError(
           f'loss is {totals[bad[0]]} at step {last_step - len(totals) + bad[0] + 1}; training '
           f'stopped. The last good checkpoint (step {saved_step}) is kept in {ckpt.directory}. '
           'Lower config.learning_rate or check the inputs')
+    return True
 
   try:
     with _StopSignals() as signals:
@@ -452,15 +495,16 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
               start_step=step, stack=stack, augment=augment, batch_augment=batch_augment)
         state, m = train_steps(state, parallel.shard(next(batches), train_sharding))
         step += per_call
-        if pending:
-          check_finite(*pending)
+        if pending and not check_finite(*pending):
+          break
         pending = (step, m.loss.total)
         window.append(m)
         report(step)
         end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
         logs_now = step // config.log_every_steps > (step - per_call) // config.log_every_steps
         if logs_now or end_of_epoch or signals.received:
-          check_finite(*pending)
+          if not check_finite(*pending):
+            break
           summary = _merge_on_host(window, stacked=bool(stack))
           epoch_metrics = summary if epoch_metrics is None else epoch_metrics.merge(summary)
           window = []
@@ -474,7 +518,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
                     **{f'train_{k}': float(v) for k, v in epoch_metrics.compute().items()}}
           meta['history'].append(record)
           epoch_metrics = None
-          improved = bool(config.best_metric) and _track_best(
+          improved = bool(config.best_metric) and not config.lr_finder and _track_best(
               meta, config, val_metrics[config.best_metric], step, epoch)
           logging.info('epoch %d: %s', epoch,
                        ', '.join(f'{k}={v:.5g}' for k, v in record.items() if k not in
@@ -492,6 +536,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
       logging.info('restored the best weights: epoch %d, %s=%.5g', meta['best_epoch'],
                    config.best_metric, meta['best_value'])
     final = {}
+    if config.lr_finder:
+      final.update(_lr_range_result(meta['history'], schedule, steps_per_epoch, workdir))
     if meta['history']:
       final.update({k: v for k, v in meta['history'][-1].items() if k.startswith('val_')})
     if config.restore_best and meta['best_step'] not in (None, final_step):

@@ -172,3 +172,29 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
                          capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert f'at step {step}' in rerun.stderr and 'resumed from' in rerun.stderr
+
+
+def _regression_fit(workdir, **overrides):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(256, 1)).astype(np.float32)
+  y = (3 * x[:, 0] + 1 + 0.1 * rng.normal(size=256)).astype(np.float32)
+  split = input_pipeline.from_arrays({'x': x, 'y': y})
+  config = tiny(celsius, batch_size=32, steps_per_epoch=8, best_metric='', momentum=0.0,
+                optimizer='sgd', **overrides)
+  model = models.create('mlp', hidden=(), outputs=1, activation='linear')
+  return train.fit(config, str(workdir), model=model, task=tasks.regression, train=split,
+                   val=split)[1]
+
+
+def test_lr_finder_suggests_a_rate_within_10x_of_the_best_constant_rate(tmp_path):
+  rates = [10.0**e for e in range(-4, 1)] + [0.3]
+  final = {lr: _regression_fit(tmp_path / f'grid{lr}', learning_rate=lr, num_epochs=8)['val_loss']
+           for lr in rates}
+  best = min(final, key=final.get)
+  finder = _regression_fit(tmp_path / 'finder', lr_finder=True, lr_finder_start=1e-4,
+                           lr_finder_epochs_per_decade=2.0, num_epochs=20)
+  assert finder['stopped_early']  # The sweep reached rates where the loss is no longer finite.
+  assert best / 10 <= finder['suggested_lr'] <= best * 10, (best, finder['suggested_lr'], final)
+  rates_seen = finder['lr_finder']['learning_rates']
+  assert rates_seen[1] / rates_seen[0] == pytest.approx(10**0.5)  # 2 epochs per decade.
+  assert os.path.getsize(tmp_path / 'finder' / 'plots' / 'lr_finder.png') > 1000
