@@ -128,6 +128,84 @@ class AnySizeCNN(nn.Module):
     return jnp.max(x, axis=(1, 2)) if self.pool == 'max' else jnp.mean(x, axis=(1, 2))
 
 
+CELLS = {'simple': nn.SimpleCell, 'lstm': nn.LSTMCell, 'gru': nn.GRUCell}
+
+
+class RNN(nn.Module):
+  """Stacked recurrent layers over (batch, time, features) → Dense(outputs).
+
+  Each layer is `nn.RNN` (a compiled `lax.scan` over time, not a Python loop)
+  and returns the full sequence, (batch, time, units), to the next layer; the
+  head reads the last time step ('last') or every step flattened ('flatten',
+  as MNIST-1D's GRU does). A 2-D input (batch, time) gets a feature axis of 1.
+
+  Attributes:
+    cell: 'simple' (Keras' SimpleRNN), 'lstm' or 'gru'.
+    units: units of each recurrent layer.
+    activation: the simple cell's nonlinearity (a key of ACTIVATIONS); LSTM and
+      GRU keep tanh.
+    bidirectional: each layer reads the sequence both ways and concatenates.
+    conv_features: if positive, a causal Conv1D (kernel 5) + ReLU with this many
+      filters first (the course's Conv1D + LSTM).
+    readout: 'last' or 'flatten'.
+    outputs: units of the Dense head.
+  """
+  cell: str = 'simple'
+  units: Sequence[int] = (40, 40)
+  activation: str = 'tanh'
+  bidirectional: bool = False
+  conv_features: int = 0
+  readout: str = 'last'
+  outputs: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    if x.ndim == 2:
+      x = x[..., None]
+    if self.conv_features:
+      x = nn.relu(nn.Conv(self.conv_features, (5,), padding='CAUSAL')(x))
+    cell = _pick(CELLS, self.cell, 'cell')
+    for units in self.units:
+      make = lambda: nn.RNN(cell(units, activation_fn=_activation(self.activation))
+                            if self.cell == 'simple' else cell(units))
+      x = nn.Bidirectional(make(), make())(x) if self.bidirectional else make()(x)
+    x = x[:, -1] if self.readout == 'last' else x.reshape((x.shape[0], -1))
+    return nn.Dense(self.outputs)(x)
+
+
+class Conv1D(nn.Module):
+  """1-D convolutions over (batch, time[, features]) → Dense(outputs).
+
+  Attributes:
+    features: channels of each conv layer (ReLU after each).
+    kernel: kernel width of each layer.
+    strides: stride of each layer (1: keep the length).
+    dilations: dilation of each layer (the course's WaveNet-style 1, 2, 4, ...).
+    causal: pad on the left only, so step t sees nothing after t.
+    readout: 'last' (the last time step, for forecasting) or 'flatten'.
+    outputs: units of the Dense head.
+  """
+  features: Sequence[int] = (25, 25, 25)
+  kernel: Sequence[int] = (5, 3, 3)
+  strides: Sequence[int] = (2, 2, 2)
+  dilations: Sequence[int] = (1, 1, 1)
+  causal: bool = False
+  readout: str = 'flatten'
+  outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    if x.ndim == 2:
+      x = x[..., None]
+    for f, k, s, d in zip(self.features, self.kernel, self.strides, self.dilations, strict=True):
+      padding = 'CAUSAL' if self.causal else [(1, 1)]
+      x = nn.relu(nn.Conv(f, (k,), strides=(s,), kernel_dilation=(d,), padding=padding)(x))
+    x = x[:, -1] if self.readout == 'last' else x.reshape((x.shape[0], -1))
+    return nn.Dense(self.outputs)(x)
+
+
 class VAE(nn.Module):
   """The MLP VAE of Kingma & Welling (and the Flax example): x → 500 ReLU → (mean, log-variance).
 
@@ -246,6 +324,7 @@ class ConvAutoencoder(nn.Module):
 
 
 MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn': CNN, 'any_size_cnn': AnySizeCNN,
+                                      'rnn': RNN, 'conv1d': Conv1D,
                                       'vae': VAE,
                                       'mlp_autoencoder': MLPAutoencoder,
                                       'conv_autoencoder': ConvAutoencoder}
@@ -277,6 +356,10 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     _activation(model.activation)
   if 'pool' in fields:
     _pick(POOLS, model.pool, 'pool')  # AnySizeCNN's global pool takes the same names.
+  if 'cell' in fields:
+    _pick(CELLS, model.cell, 'cell')
+  if 'readout' in fields and model.readout not in ('last', 'flatten'):
+    raise UserError(f"readout={model.readout!r} is unknown; choose one of ['flatten', 'last']")
   if hasattr(model, 'check'):
     model.check()
   return model

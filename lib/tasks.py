@@ -54,3 +54,16 @@ def reconstruction(images: jax.Array, batch: dict[str, jax.Array]) -> dict[str, 
 def psnr(mse: jax.Array) -> jax.Array:
   """Peak signal-to-noise ratio in dB of images with values in [0, 1]; 100 dB for a perfect copy."""
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+def huber(predictions: jax.Array, batch: dict[str, jax.Array], delta: float = 1.0,
+          scale: float = 1.0) -> dict[str, jax.Array]:
+  """Huber loss (quadratic within `delta` of the target, linear beyond) and mean absolute error.
+
+  `scale` multiplies the error first: a model that works on standardized values
+  gets its loss and MAE in the data's own units.
+  """
+  error = (predictions - batch['y'].reshape(predictions.shape)) * scale
+  axes = tuple(range(1, error.ndim))
+  return {'loss': jnp.mean(optax.huber_loss(error, delta=delta), axes),
+          'mae': jnp.mean(jnp.abs(error), axes)}
