@@ -3,6 +3,7 @@
   python -m benchmarks.throughput --workload=cnn
   python -m benchmarks.throughput --workload=mlp --manual_dir=../shared/data/fashion_mnist
   python -m benchmarks.throughput --workload=vae --manual_dir=../shared/data/mnist
+  python -m benchmarks.throughput --workload=rnn
 
 Prints one JSON line: workload, batch, steps_per_execution, examples_per_sec,
 step_ms, compile_s, params, the bare Flax step's examples/s and the ratio. Each figure is the
@@ -30,7 +31,7 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from configs import fashion_mlp, mnist_cnn, vae
+from configs import fashion_mlp, forecast, mnist_cnn, vae
 from experiments import vae as vae_experiment
 from lib import input_pipeline, models, parallel, tasks, train
 
@@ -40,6 +41,12 @@ def _classification_loss(model, params, x, y, key):
   del key
   logits = model.apply({'params': params}, x)
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def _huber_loss(model, params, x, y, key):
+  """The course's forecaster loss: Huber (delta 1) on the next value."""
+  del key
+  return optax.huber_loss(model.apply({'params': params}, x)[:, 0], y).mean()
 
 
 def _vae_loss(model, params, x, y, key):
@@ -60,6 +67,15 @@ class Workload:
   bare_loss: Callable[..., jax.Array]  # (model, params, x, y, key) -> mean loss.
   binary_inputs: bool = False  # Pixels in {0, 1} (the VAE's binarized MNIST).
   augment: input_pipeline.Augment | None = None  # As the experiment's pipeline applies it.
+  input_shape: tuple[int, ...] = (28, 28, 1)  # One example.
+  regression: bool = False  # Float targets; else integer class labels.
+
+
+def _rnn_config():
+  """The course's SimpleRNN forecaster as it trained it: SGD 5e-5, momentum 0.9, one step per call."""
+  config = forecast.get_config('rnn')
+  config.update(optimizer='sgd', learning_rate=5e-5, momentum=0.9, steps_per_execution=1)
+  return config
 
 
 WORKLOADS = {
@@ -68,6 +84,9 @@ WORKLOADS = {
     # The 784-500-20 VAE of Kingma & Welling, batch 128, Adam 1e-3.
     'vae': Workload(lambda: vae.get_config('latent20'), 784, tasks.vae, ('sample',), _vae_loss,
                     binary_inputs=True, augment=vae_experiment.binarize),
+    # (32, 20, 1) → SimpleRNN 40 (sequences) → SimpleRNN 40 (last) → Dense 1; 4,961 params.
+    'rnn': Workload(_rnn_config, 1, tasks.huber, (), _huber_loss, input_shape=(20, 1),
+                    regression=True),
 }
 _WORKLOAD = flags.DEFINE_enum('workload', 'cnn', list(WORKLOADS), 'The config whose model, '
                               'optimizer and batch size are timed.')
@@ -114,9 +133,10 @@ def main(argv):
   replicated = parallel.replicated(mesh)
   tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10**6, 1))
   rng = np.random.default_rng(0)
-  x = rng.random((config.batch_size, 28, 28, 1), np.float32)
+  x = rng.random((config.batch_size, *workload.input_shape), np.float32)
   local = {'x': (x < 0.5).astype(np.float32) if workload.binary_inputs else x,
-           'y': rng.integers(0, 10, config.batch_size).astype(np.int32)}
+           'y': (rng.normal(size=config.batch_size).astype(np.float32) if workload.regression
+                 else rng.integers(0, 10, config.batch_size).astype(np.int32))}
   stack = per_call if per_call > 1 else 0  # As lib.train.fit feeds the step.
   train_sharding = (parallel.stacked_batch_sharding(mesh) if stack else
                     parallel.batch_sharding(mesh))
@@ -124,7 +144,7 @@ def main(argv):
                             for k, v in local.items()}, train_sharding)
 
   # The engine's step, built exactly as lib.train.fit builds it.
-  state = train.create_train_state(config, model, (28, 28, 1), np.float32, tx, replicated,
+  state = train.create_train_state(config, model, workload.input_shape, np.float32, tx, replicated,
                                    workload.rng_streams)
   names = sorted(jax.eval_shape(lambda: workload.task(model.apply(
       {'params': state.params}, local['x'],
@@ -172,6 +192,8 @@ def main(argv):
       'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
   }
 
+  if _MANUAL_DIR.value and 'dataset' not in config:
+    raise app.UsageError(f'--manual_dir: workload {_WORKLOAD.value} reads no TFDS dataset')
   if _MANUAL_DIR.value:
     config.update(manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
     data = input_pipeline.image_classification(config, input_pipeline.image_builder(config))
