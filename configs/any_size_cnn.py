@@ -21,13 +21,15 @@ from configs import common
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('any_size_cnn'), 'mnist')
   c.model = 'any_size_cnn'  # 'cnn' (Flatten + Dense) refuses every size but the one it was built for.
-  c.model_kwargs = ml_collections.ConfigDict({'features': (16, 32, 64), 'pool': 'max'})
+  # Four blocks: a receptive field of ~50 px, so a 56-px digit is seen whole (three blocks
+  # reached 0.82 at 56 px against 0.94 at 28, README).
+  c.model_kwargs = ml_collections.ConfigDict({'features': (16, 32, 64, 128), 'pool': 'max'})
   c.normalization = 'unit'  # Required: the blank canvas is 0, the digits' background.
   c.optimizer = 'adam'
   c.learning_rate = 1e-3
   c.lr_schedule = 'cosine'
   c.batch_size = 128
-  c.num_epochs = 3
+  c.num_epochs = 6
   c.log_every_steps = 100
   c.best_metric = 'val_accuracy'  # Validation is on the plain 28x28 test digits.
   c.best_mode = 'max'
