@@ -8,6 +8,7 @@ previous or the new checkpoint, never half of one.
 import dataclasses
 import logging
 import os
+import shutil
 from typing import Any
 
 from absl import logging as absl_logging
@@ -78,6 +79,34 @@ class Checkpoints:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
+
+  def restore_latest(self, state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    """Restores the newest checkpoint that reads back, or None if there is none.
+
+    A checkpoint that fails to restore (corrupted, or half-written by a kill
+    that orbax's atomic rename did not cover) is moved aside to
+    `checkpoints_unreadable/STEP` with a warning, and the previous one is
+    tried: the run resumes from the newest good step and loses nothing else.
+
+    Args:
+      state: the template the arrays are restored into.
+
+    Returns:
+      (step, state, meta) of the newest readable checkpoint, or None.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return (step, *self.restore(step, state))
+      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.
+        aside = os.path.join(os.path.dirname(self.directory), 'checkpoints_unreadable', str(step))
+        absl_logging.warning('checkpoint %d in %s cannot be read (%s: %s); moved to %s, trying '
+                             'the previous one', step, self.directory, type(e).__name__,
+                             str(e).splitlines()[0] if str(e) else '', aside)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(os.path.join(self.directory, str(step)), aside)
+        self._manager.reload()
+    return None
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""

@@ -446,9 +446,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   meta = {'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
           'epochs_since_best': 0, 'stopped_early': False}
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta = ckpt.restore(latest, state)
+  latest = None
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    latest, state, meta = restored
     logging.info('resumed from %s at step %d', ckpt.directory, latest)
   step = int(state.step)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

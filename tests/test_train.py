@@ -13,7 +13,7 @@ from configs import celsius, mnist_cnn
 from experiments import celsius as celsius_experiment
 from lib import checkpoints, input_pipeline, models, parallel, tasks, train
 from lib.errors import NonFiniteLossError, UserError
-from tests.conftest import REPO, mock_tfds, tiny
+from tests.conftest import REPO, mock_tfds, read_results, tiny
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
@@ -198,3 +198,47 @@ def test_lr_finder_suggests_a_rate_within_10x_of_the_best_constant_rate(tmp_path
   rates_seen = finder['lr_finder']['learning_rates']
   assert rates_seen[1] / rates_seen[0] == pytest.approx(10**0.5)  # 2 epochs per decade.
   assert os.path.getsize(tmp_path / 'finder' / 'plots' / 'lr_finder.png') > 1000
+
+
+def test_corrupted_latest_checkpoint_resumes_from_the_previous_good_one(tmp_path):
+  config = tiny(mnist_cnn, num_epochs=3, lr_schedule='constant',
+                model_kwargs={'features': (4, 8), 'dense': 16, 'pool': 'avg'})
+  straight, straight_summary = _mock_classifier_fit(tmp_path / 'straight', config)
+  config.num_epochs = 2  # Checkpoints at steps 3 and 6 ...
+  _mock_classifier_fit(tmp_path / 'broken', config)
+  latest = tmp_path / 'broken' / 'checkpoints' / '6'
+  for path in latest.rglob('*'):  # ... and step 6 is damaged on disk.
+    if path.is_file():
+      path.write_bytes(b'\x00garbage')
+  config.num_epochs = 3
+  resumed, resumed_summary = _mock_classifier_fit(tmp_path / 'broken', config)
+  assert (tmp_path / 'broken' / 'checkpoints_unreadable' / '6').is_dir()  # Kept for a look.
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+  assert resumed_summary['history'] == straight_summary['history']
+
+
+def test_kill_9_then_the_same_command_ends_like_an_uninterrupted_run(tmp_path):
+  def command(workdir):
+    return [sys.executable, '-m', 'experiments', '--config=configs/celsius.py',
+            f'--workdir={workdir}', '--config.num_epochs=600', '--config.log_every_steps=20',
+            '--config.checkpoint_every_epochs=25']
+
+  proc = subprocess.Popen(command(tmp_path / 'killed'), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:  # Some checkpoints in, then no chance to save anything more.
+    if '[260] ' in line:
+      break
+  proc.kill()
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not (tmp_path / 'killed' / 'results.json').exists()
+  for workdir in ('killed', 'straight'):
+    run = subprocess.run(command(tmp_path / workdir), cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    if workdir == 'killed':
+      assert 'resumed from' in run.stderr  # From a checkpoint, not from scratch.
+  killed, straight = (read_results(tmp_path / w) for w in ('killed', 'straight'))
+  for key in ('weight', 'bias', 'val_loss', 'steps'):
+    assert killed[key] == straight[key], key
+  assert killed['history'] == straight['history']
