@@ -13,6 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF only feeds data here; k
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
@@ -26,6 +27,13 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, TensorBoard events, plots and results.json; '
     'a run resumes from it.')
 flags.mark_flags_as_required(['config', 'workdir'])
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Initialize jax.distributed before anything else: from the flags '
+    'below, or, where they are unset, from the environment (TPU pods, SLURM).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for --distributed.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes, for --distributed.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, for --distributed.')
 
 
 def run(config, workdir: str) -> dict:
@@ -41,6 +49,9 @@ def run(config, workdir: str) -> dict:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _DISTRIBUTED.value:  # Before any JAX computation: every process joins the same runtime.
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   # TF only reads data: keep it off the accelerators that JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   try:
