@@ -9,10 +9,10 @@ Commands (MNIST; Fashion-MNIST: --config.dataset=fashion_mnist
   Latent-size sweep (2..64, one model each, PSNR per size plotted):
   python -m experiments --config=configs/autoencoder.py:sweep --workdir=runs/ae_sweep \
       --config.manual_dir=../shared/data/mnist
-Expected (MLP, 32 latents, 20 epochs): test_psnr well above 20 dB; the denoiser's
-output PSNR several dB above its noisy input's; the inpainter's hole MSE below
-the mean-image baseline's; PSNR rising with the latent size. Measured values,
-hardware and wall times are in the README results table.
+Expected on MNIST (MLP, 32 latents, 20 epochs; 2-core CPU, 1.5-3 minutes each):
+test_psnr 23.9 dB; denoiser 19.2 dB from a 9.2 dB noisy input; inpainting hole MSE
+0.052 against 0.118 for the mean image; the sweep's PSNR 15.1 dB at 2 latents rising
+to 24.8 at 64 (7 minutes). All measured values: the README results table.
 Smoke test: --config=configs/autoencoder.py:tiny.
 """
 import ml_collections

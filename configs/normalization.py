@@ -9,9 +9,9 @@ Commands:
       --config.manual_dir=../shared/data/mnist
   python -m experiments --config=configs/normalization.py --workdir=runs/normalization_fashion \
       --config.dataset=fashion_mnist --config.manual_dir=../shared/data/fashion_mnist
-Expected: raw pixels train only at learning rates thousands of times smaller than
-[0, 1] or standardized pixels, and lose at the shared rate; the toy problem needs
-hundreds of times more steps before standardizing. Measured values, hardware and
+Expected: raw pixels train only at learning rates 100-1,000 times smaller than [0, 1]
+or standardized pixels, and lose at the shared rate (MNIST 0.72 vs 0.90 and 0.94); the
+toy problem needs 3,180 gradient steps raw and 4 standardized. 2-core CPU: 2-3 minutes. Measured values, hardware and
 wall time are in the README results table.
 Smoke test: --config=configs/normalization.py:tiny.
 """
