@@ -1,0 +1,117 @@
+"""The MNIST CNN's training step in jaxnotes, in Keras 3 (TensorFlow) and in PyTorch (CPU), side by side.
+
+  pip install torch==2.13.0   # CPU build; benchmark-only, not in requirements.txt
+  python -m benchmarks.frameworks
+
+The same network (the Flax MNIST example's CNN: conv 32 → avg-pool → conv 64 →
+avg-pool → dense 256 → dense 10, 824,458 params), batch 128, SGD 0.1 with
+momentum 0.9, on one device-resident random batch. Each figure is the median
+examples/s of 5 timed blocks of at least --block_seconds after warm-up. Prints
+one JSON line with each framework's rate and its ratio to the fastest other one.
+"""
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import numpy as np
+
+from configs import mnist_cnn
+from lib import models, parallel, tasks, train
+
+_BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
+BATCH = 128
+
+
+def _rate(step, block_seconds: float, blocks: int = 5, warmup: int = 10) -> float:
+  for _ in range(warmup):
+    step()
+  rates = []
+  for _ in range(blocks):
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < block_seconds:
+      step()
+      n += 1
+    rates.append(n * BATCH / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
+def jaxnotes_step(x: np.ndarray, y: np.ndarray):
+  """The engine's train step, built as lib.train.fit builds it; returns a blocking step()."""
+  config = mnist_cnn.get_config()
+  model = models.create(config.model, outputs=10, **config.model_kwargs)
+  mesh = parallel.make_mesh()
+  tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10**6, 1))
+  holder = {'state': train.create_train_state(config, model, (28, 28, 1), np.float32, tx,
+                                              parallel.replicated(mesh))}
+  step, _ = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
+  batch = parallel.shard({'x': x, 'y': y}, parallel.batch_sharding(mesh))
+
+  def run():
+    holder['state'], m = step(holder['state'], batch)
+    jax.block_until_ready(m)
+  return run
+
+
+def keras_step(x: np.ndarray, y: np.ndarray):
+  """Keras 3 on TensorFlow: the same CNN, `train_on_batch` (a compiled tf.function step)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  layers = keras.layers
+  model = keras.Sequential([
+      keras.Input((28, 28, 1)),
+      layers.Conv2D(32, 3, padding='same', activation='relu'), layers.AveragePooling2D(2),
+      layers.Conv2D(64, 3, padding='same', activation='relu'), layers.AveragePooling2D(2),
+      layers.Flatten(), layers.Dense(256, activation='relu'), layers.Dense(10)])
+  model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  assert model.count_params() == 824_458
+  return lambda: model.train_on_batch(x, y)
+
+
+def torch_step(x: np.ndarray, y: np.ndarray):
+  """PyTorch eager on CPU: the same CNN (NCHW), SGD with momentum."""
+  import torch  # pylint: disable=g-import-not-at-top
+  nn = torch.nn
+  model = nn.Sequential(
+      nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+      nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Linear(256, 10))
+  assert sum(p.numel() for p in model.parameters()) == 824_458
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+  images = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  labels = torch.from_numpy(y.astype(np.int64))
+  loss_fn = nn.CrossEntropyLoss()
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(images), labels)
+    loss.backward()
+    opt.step()
+  return run
+
+
+def main(argv):
+  del argv
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  rng = np.random.default_rng(0)
+  x = rng.random((BATCH, 28, 28, 1), np.float32)
+  y = rng.integers(0, 10, BATCH).astype(np.int32)
+  rates = {}
+  for name, make in (('jaxnotes', jaxnotes_step), ('keras_tensorflow', keras_step),
+                     ('pytorch', torch_step)):
+    rates[name] = round(_rate(make(x, y), _BLOCK_SECONDS.value), 1)
+  fastest_other = max(v for k, v in rates.items() if k != 'jaxnotes')
+  print(json.dumps({'examples_per_sec': rates, 'batch': BATCH,
+                    'jaxnotes_vs_fastest_other': round(rates['jaxnotes'] / fastest_other, 3),
+                    'threads': {'torch': __import__('torch').get_num_threads()},
+                    'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}'}))
+
+
+if __name__ == '__main__':
+  app.run(main)
