@@ -20,6 +20,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
 
+# How a sequence model turns (batch, time, features) into the head's input.
+READOUTS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'last': lambda x: x[:, -1],  # The last time step: forecasting the next value.
+    'flatten': lambda x: x.reshape((x.shape[0], -1)),  # Every step: MNIST-1D's heads.
+}
+
 
 def _pick(table: dict[str, Any], name: str, what: str) -> Any:
   if name not in table:
@@ -29,6 +35,11 @@ def _pick(table: dict[str, Any], name: str, what: str) -> Any:
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return _pick(ACTIVATIONS, name, 'activation')
+
+
+def _with_feature_axis(x: jax.Array) -> jax.Array:
+  """(batch, time) → (batch, time, 1); (batch, time, features) unchanged."""
+  return x[..., None] if x.ndim == 2 else x
 
 
 class MLP(nn.Module):
@@ -147,7 +158,7 @@ class RNN(nn.Module):
     bidirectional: each layer reads the sequence both ways and concatenates.
     conv_features: if positive, a causal Conv1D (kernel 5) + ReLU with this many
       filters first (the course's Conv1D + LSTM).
-    readout: 'last' or 'flatten'.
+    readout: a key of READOUTS: 'last' or 'flatten'.
     outputs: units of the Dense head.
   """
   cell: str = 'simple'
@@ -161,8 +172,7 @@ class RNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    if x.ndim == 2:
-      x = x[..., None]
+    x = _with_feature_axis(x)
     if self.conv_features:
       x = nn.relu(nn.Conv(self.conv_features, (5,), padding='CAUSAL')(x))
     cell = _pick(CELLS, self.cell, 'cell')
@@ -170,7 +180,7 @@ class RNN(nn.Module):
       make = lambda: nn.RNN(cell(units, activation_fn=_activation(self.activation))
                             if self.cell == 'simple' else cell(units))
       x = nn.Bidirectional(make(), make())(x) if self.bidirectional else make()(x)
-    x = x[:, -1] if self.readout == 'last' else x.reshape((x.shape[0], -1))
+    x = _pick(READOUTS, self.readout, 'readout')(x)
     return nn.Dense(self.outputs)(x)
 
 
@@ -183,7 +193,7 @@ class Conv1D(nn.Module):
     strides: stride of each layer (1: keep the length).
     dilations: dilation of each layer (the course's WaveNet-style 1, 2, 4, ...).
     causal: pad on the left only, so step t sees nothing after t.
-    readout: 'last' (the last time step, for forecasting) or 'flatten'.
+    readout: a key of READOUTS: 'last' (for forecasting) or 'flatten'.
     outputs: units of the Dense head.
   """
   features: Sequence[int] = (25, 25, 25)
@@ -197,12 +207,11 @@ class Conv1D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    if x.ndim == 2:
-      x = x[..., None]
+    x = _with_feature_axis(x)
     for f, k, s, d in zip(self.features, self.kernel, self.strides, self.dilations, strict=True):
       padding = 'CAUSAL' if self.causal else [(1, 1)]
       x = nn.relu(nn.Conv(f, (k,), strides=(s,), kernel_dilation=(d,), padding=padding)(x))
-    x = x[:, -1] if self.readout == 'last' else x.reshape((x.shape[0], -1))
+    x = _pick(READOUTS, self.readout, 'readout')(x)
     return nn.Dense(self.outputs)(x)
 
 
@@ -358,8 +367,8 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     _pick(POOLS, model.pool, 'pool')  # AnySizeCNN's global pool takes the same names.
   if 'cell' in fields:
     _pick(CELLS, model.cell, 'cell')
-  if 'readout' in fields and model.readout not in ('last', 'flatten'):
-    raise UserError(f"readout={model.readout!r} is unknown; choose one of ['flatten', 'last']")
+  if 'readout' in fields:
+    _pick(READOUTS, model.readout, 'readout')
   if hasattr(model, 'check'):
     model.check()
   return model

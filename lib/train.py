@@ -110,8 +110,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
   lr_finder_start * 10 ** (epoch / lr_finder_epochs_per_decade), epoch fractional.
   """
   if config.lr_finder:
-    start, steps_per_decade = config.lr_finder_start, steps_per_epoch * config.lr_finder_epochs_per_decade
-    return lambda step: start * 10.0 ** (step / steps_per_decade)
+    steps_per_decade = steps_per_epoch * config.lr_finder_epochs_per_decade
+    return lambda step: config.lr_finder_start * 10.0 ** (step / steps_per_decade)
   lr = config.learning_rate
   if config.lr_schedule == 'constant':
     return optax.constant_schedule(lr)
