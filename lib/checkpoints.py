@@ -5,6 +5,7 @@ resume) and the best step that the training loop recorded (the note's "save
 your best model"). Saves are asynchronous; writes are atomic, so a crash leaves either the
 previous or the new checkpoint, never half of one.
 """
+import copy
 import dataclasses
 import logging
 import os
@@ -69,8 +70,10 @@ class Checkpoints:
       meta: JSON-serializable bookkeeping saved beside it.
       best_step: the best step so far, kept until a later save names another.
     """
+    # The JSON is written in the background while the loop goes on appending to `meta`: save
+    # a snapshot, or a resumed run could find an epoch in its history that it has yet to train.
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))),
                        metrics={'best_step': best_step})
 
   def restore(self, step: int, state: Any = None) -> tuple[Any, dict[str, Any]]:

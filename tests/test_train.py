@@ -149,6 +149,19 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   ckpt.close()
 
 
+def test_an_async_save_keeps_the_meta_as_it_was_when_save_was_called(tmp_path):
+  ckpt = checkpoints.Checkpoints(str(tmp_path), keep=2)
+  meta = {'history': [{'epoch': e} for e in range(200)]}
+  for step in range(1, 6):
+    ckpt.save(step, {'w': np.full(1000, step, np.float32)}, meta)
+    meta['history'].append({'epoch': 200 + step})  # The loop goes on while the save runs.
+  ckpt.close()
+  ckpt = checkpoints.Checkpoints(str(tmp_path), keep=2)
+  for step in (4, 5):
+    assert len(ckpt.restore(step)[1]['history']) == 199 + step
+  ckpt.close()
+
+
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
   args = [sys.executable, '-m', 'experiments', '--config=configs/celsius.py',
           f'--workdir={tmp_path}', '--config.num_epochs=100000', '--config.log_every_steps=50']
