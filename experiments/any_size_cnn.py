@@ -8,16 +8,26 @@ rescaled and placed on canvases of a few sizes, it is tested on canvases of
 sizes it never saw. jit compiles once per input shape, so training draws the
 canvas side from a few buckets, one per batch; results.json reports the
 compilations.
+
+With config.bucket_sides (configs/any_size_cnn.py:cats_vs_dogs) the same
+network trains on photos at (near) their own sizes instead: each side of an
+image snaps to the nearest bucket side, every batch holds one bucket shape
+(lib.input_pipeline.by_shape), and the test reports accuracy per shape.
 """
+from collections.abc import Callable
+import dataclasses
 import os
 import time
 from typing import Any
+
+import flax.linen as nn
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from lib import input_pipeline
 from lib import models
@@ -29,7 +39,22 @@ from lib import workdir as workdir_lib
 from lib.errors import UserError
 
 
+def _check_native(config: ml_collections.ConfigDict) -> None:
+  sides = config.bucket_sides
+  if any(not isinstance(v, int) or v < 8 for v in sides) or list(sides) != sorted(set(sides)):
+    raise UserError(f'config.bucket_sides={sides} must be increasing image sides of at least 8')
+  if not sides[0] <= config.max_side:
+    raise UserError(f'config.max_side={config.max_side} must be at least the smallest of '
+                    f'config.bucket_sides={sides}')
+  if config.normalization not in ('none', 'unit'):
+    raise UserError(f'config.normalization={config.normalization!r}: images of several sizes '
+                    "take 'none' or 'unit'")
+
+
 def _check(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
+  if config.bucket_sides:
+    _check_native(config)
+    return
   if config.normalization != 'unit':
     raise UserError(f"config.normalization={config.normalization!r}: any_size_cnn needs 'unit', "
                     'so that the blank canvas (0) matches the digits\' background')
@@ -98,6 +123,50 @@ def canvas_batches(sizes: tuple[int, ...], max_digit: int, seed: int) -> input_p
   return batch_augment
 
 
+def snap_to_buckets(sides: tuple[int, ...], max_side: int) -> Callable[[tf.Tensor], tf.Tensor]:
+  """Resizes a uint8 image to its bucket shape: few shapes, so few compilations.
+
+  An image larger than `max_side` first shrinks, aspect ratio kept, until its
+  longer side is `max_side`; then each side goes to the nearest of `sides`.
+  The result stays uint8, so the cache takes a quarter of float32's memory.
+
+  Args:
+    sides: the bucket sides, increasing.
+    max_side: the longest side an image keeps.
+
+  Returns:
+    image (H, W, C) uint8 -> image (h, w, C) uint8 with h, w in `sides`.
+  """
+  sides_t = tf.constant(sides, tf.float32)
+
+  def snap(image):
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    size *= tf.minimum(1.0, max_side / tf.reduce_max(size))
+    nearest = tf.gather(sides_t, tf.argmin(tf.abs(size[:, None] - sides_t[None, :]), axis=1))
+    resized = tf.image.resize(image, tf.cast(nearest, tf.int32), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+  return snap
+
+
+def _native_size_data(config: ml_collections.ConfigDict,
+                      builder: tfds.core.DatasetBuilder) -> input_pipeline.ImageData:
+  """The splits with a bucket per (height, width) of config.bucket_sides; 'x' cached as uint8."""
+  data = input_pipeline.image_classification(
+      config, builder, to_cache=snap_to_buckets(tuple(config.bucket_sides), config.max_side))
+  channels = builder.info.features['image'].shape[-1]
+  shapes = [(h, w, channels) for h in config.bucket_sides for w in config.bucket_sides]
+  val = input_pipeline.by_shape(data.val, shapes)
+  return dataclasses.replace(
+      data, train=input_pipeline.by_shape(data.train, shapes), val=val,
+      test=val if data.test is data.val else input_pipeline.by_shape(data.test, shapes))
+
+
+def _normalize_after_cache(mode: str) -> input_pipeline.Augment:
+  normalize = input_pipeline.normalizer(mode)
+  return lambda example, seed: {**example, 'x': normalize(example['x'])}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the fully convolutional CNN on canvases; tests it at every size of config.eval_sizes.
 
@@ -116,6 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _check(config, shape)
   num_classes = builder.info.features['label'].num_classes
   model = models.create(config.model, outputs=num_classes, **config.model_kwargs)
+  if config.bucket_sides:
+    return _train_at_native_sizes(config, workdir, model, builder, start)
   data = input_pipeline.image_classification(config, builder)
   state, summary = train.fit(
       config, workdir, model=model, task=tasks.classification, train=data.train, val=data.val,
@@ -157,5 +228,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                 augment=canvas_at(max(sizes), config.max_digit)))
     plots.image_grid(examples['x'], 1, os.path.join(plot_dir, 'canvas_examples.png'),
                      f'test digits on {max(sizes)}x{max(sizes)} canvases')
+  workdir_lib.write_results(workdir, results, config, start)
+  return results
+
+
+def _train_at_native_sizes(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
+                           builder: tfds.core.DatasetBuilder, start: float) -> dict[str, Any]:
+  """Trains on bucketed native-size images; tests the weights on each bucket shape."""
+  data = _native_size_data(config, builder)
+  normalize = _normalize_after_cache(config.normalization)
+  state, summary = train.fit(config, workdir, model=model, task=tasks.classification,
+                             train=data.train, val=data.val, test=data.test, augment=normalize)
+  mesh = parallel.make_mesh()
+  _, eval_step = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
+  eval_batch = parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
+  by_shape = {}
+  for bucket in data.test.buckets:
+    height, width = bucket.ds.element_spec['x'].shape[:2]
+    batches = train.EvalBatches(bucket, eval_batch, parallel.batch_sharding(mesh),
+                                augment=normalize, max_bytes=0)
+    by_shape[f'{height}x{width}'] = {
+        'accuracy': train.evaluate(eval_step, state, batches, prefix='')['accuracy'],
+        'examples': bucket.num_examples}
+  results = {
+      **summary,
+      'test_accuracy_by_shape': by_shape,
+      'train_examples_by_shape': {
+          'x'.join(map(str, b.ds.element_spec['x'].shape[:2])): b.num_examples
+          for b in data.train.buckets},
+      'eval_step_compiles': eval_step._cache_size(),  # pylint: disable=protected-access
+  }
+  if jax.process_index() == 0:
+    plot_dir = os.path.join(workdir, 'plots')
+    plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))
+    sides = [str(v) for v in config.bucket_sides]
+    grid = np.full((len(sides), len(sides)), np.nan)
+    for shape, entry in by_shape.items():
+      height, width = shape.split('x')
+      grid[sides.index(height), sides.index(width)] = entry['accuracy']
+    plots.heatmaps({'test accuracy': grid}, sides, sides,
+                   os.path.join(plot_dir, 'accuracy_by_shape.png'), xlabel='width (pixels)',
+                   ylabel='height (pixels)', title=f'{config.dataset}: one set of weights '
+                   '(NaN: no test image of that shape)')
   workdir_lib.write_results(workdir, results, config, start)
   return results

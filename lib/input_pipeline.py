@@ -6,8 +6,12 @@ or in-memory arrays. Each process reads only its share of a split
 each shuffled with its own seed, so the data order is a function of the step:
 a resumed run sees exactly the batches an uninterrupted run would.
 Evaluation visits every example once; the last batch is padded and masked.
+Examples of several shapes (images at their native sizes) go in buckets, one
+shape each (`by_shape`): every batch comes from one bucket, so jit compiles
+once per bucket, and the bucket of a step is drawn from the step alone, the
+same on every process and in a resumed run.
 """
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import difflib
 import math
@@ -47,11 +51,14 @@ class Split:
     local_examples: examples held by this process.
     max_local_examples: the largest share of any process; evaluation pads every
       process to it so that all run the same number of steps.
+    buckets: for examples whose 'x' comes in several shapes: one Split per
+      shape (`by_shape`), in the same order on every process; `ds` holds them all.
   """
   ds: tf.data.Dataset
   num_examples: int
   local_examples: int
   max_local_examples: int
+  buckets: tuple['Split', ...] = ()
 
 
 def from_dataset(ds: tf.data.Dataset) -> Split:
@@ -80,9 +87,38 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> Split:
   return from_dataset(tf.data.Dataset.from_tensor_slices(shares))
 
 
-def _pass_seed(seed: int, pass_index: tf.Tensor) -> tf.Tensor:
-  # One seed per (config seed, process, pass). Never 0: TF ops take 0 as "unseeded".
-  base = int(np.random.SeedSequence([seed % 2**32, jax.process_index()]).generate_state(1)[0])
+def by_shape(split: Split, shapes: Sequence[tuple[int, ...]]) -> Split:
+  """`split` with a bucket per shape of 'x' in `shapes`; buckets empty on every process are left out.
+
+  The buckets read `split.ds` (cached) through a filter, so nothing is cached twice.
+
+  Args:
+    split: examples whose 'x' has one of `shapes`.
+    shapes: the possible shapes of 'x'.
+
+  Returns:
+    The split with its buckets.
+
+  Raises:
+    ValueError: some examples have none of `shapes`.
+  """
+  buckets = []
+  for shape in shapes:
+    ds = split.ds.filter(lambda ex, s=shape: tf.reduce_all(tf.shape(ex['x']) == s))
+    ds = ds.map(lambda ex, s=shape: {**ex, 'x': tf.ensure_shape(ex['x'], s)})
+    counts = parallel.gather_from_processes(int(ds.reduce(np.int64(0), lambda n, _: n + 1)))
+    if sum(counts):
+      buckets.append(Split(ds, sum(counts), counts[jax.process_index()], max(counts)))
+  if sum(b.num_examples for b in buckets) != split.num_examples:
+    raise ValueError(f'{split.num_examples - sum(b.num_examples for b in buckets)} examples '
+                     f'have a shape outside {list(shapes)}')
+  return dataclasses.replace(split, buckets=tuple(buckets))
+
+
+def _pass_seed(seed: int, pass_index: tf.Tensor, bucket: int = 0) -> tf.Tensor:
+  # One seed per (config seed, process, bucket, pass). Never 0: TF ops take 0 as "unseeded".
+  base = int(np.random.SeedSequence([seed % 2**32, jax.process_index(), bucket]
+                                    ).generate_state(1)[0])
   return pass_index * 2**32 + base + 1
 
 
@@ -95,8 +131,60 @@ def _augmented(ds: tf.data.Dataset, augment: Augment | None, seed: tf.Tensor) ->
 
 
 def element_spec(split: Split, augment: Augment | None = None) -> dict[str, tf.TensorSpec]:
-  """One example's structure as the steps see it: after `augment`, which may add entries."""
+  """One example's structure as the steps see it: after `augment`, which may add entries.
+
+  With buckets, the first bucket's: its shapes are static, as tracing needs.
+  """
+  split = split.buckets[0] if split.buckets else split
   return _augmented(split.ds, augment, tf.constant(0, tf.int64)).element_spec
+
+
+def _batch_stream(split: Split, batch_size: int, seed: int, shuffle_buffer: int,
+                  start_batch: int, augment: Augment | None, bucket: int = 0) -> tf.data.Dataset:
+  """Endless full batches of `split`, pass after pass, from batch number `start_batch`."""
+  first_pass, skip = divmod(start_batch, split.local_examples // batch_size)
+
+  def one_pass(pass_index):
+    pass_seed = _pass_seed(seed, pass_index, bucket)
+    shuffled = split.ds.shuffle(shuffle_buffer, seed=pass_seed)
+    return _augmented(shuffled, augment, pass_seed).batch(batch_size, drop_remainder=True)
+
+  return tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass).skip(skip)
+
+
+_BLOCK = 4096  # Steps whose buckets are drawn at once.
+
+
+def _bucket_of_step(seed: int, weights: np.ndarray, start_step: int) -> Iterator[int]:
+  """The bucket of each step from `start_step` on: a draw from the step alone, by `weights`."""
+  block, offset = divmod(start_step, _BLOCK)
+  while True:
+    rng = np.random.default_rng([seed % 2**32, 0xB0C, block])
+    yield from rng.choice(len(weights), _BLOCK, p=weights)[offset:].tolist()
+    block, offset = block + 1, 0
+
+
+def _bucketed_batches(split: Split, batch_size: int, seed: int, shuffle_buffer: int,
+                      start_step: int, augment: Augment | None) -> tf.data.Dataset:
+  """Each step a batch of one bucket, drawn in proportion to the buckets' sizes.
+
+  Buckets too small for a batch on some process are only evaluated.
+  """
+  usable = [i for i, b in enumerate(split.buckets)
+            if min(parallel.gather_from_processes(b.local_examples)) >= batch_size]
+  if not usable:
+    raise UserError(f'no image size has {batch_size} training examples on every process; '
+                    'lower config.batch_size or use fewer, wider buckets')
+  weights = np.array([split.buckets[i].num_examples for i in usable], np.float64)
+  weights /= weights.sum()
+  done = np.zeros(len(usable), np.int64)  # Batches each bucket gave before start_step.
+  for step, pick in zip(range(start_step), _bucket_of_step(seed, weights, 0)):
+    done[pick] += 1
+  streams = [_batch_stream(split.buckets[i], batch_size, seed, shuffle_buffer, int(done[k]),
+                           augment, bucket=i) for k, i in enumerate(usable)]
+  picks = tf.data.Dataset.from_generator(lambda: _bucket_of_step(seed, weights, start_step),
+                                         output_signature=tf.TensorSpec([], tf.int64))
+  return tf.data.Dataset.choose_from_datasets(streams, picks, stop_on_empty_dataset=False)
 
 
 def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
@@ -106,6 +194,7 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
 
   Each pass over the split is shuffled with its own seed and cut into full
   batches (the remainder of a pass is dropped; the next pass drops others).
+  A split with buckets gives batches of one bucket each (`_bucketed_batches`).
 
   Args:
     split: the training split.
@@ -127,14 +216,10 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
     raise UserError(
         f'the training split has {split.local_examples} examples on this process, fewer '
         f'than one batch of {batch_size}; lower config.batch_size')
-  first_pass, skip = divmod(start_step, steps_per_pass)
-
-  def one_pass(pass_index):
-    pass_seed = _pass_seed(seed, pass_index)
-    shuffled = split.ds.shuffle(shuffle_buffer, seed=pass_seed)
-    return _augmented(shuffled, augment, pass_seed).batch(batch_size, drop_remainder=True)
-
-  ds = tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass).skip(skip)
+  if split.buckets:
+    ds = _bucketed_batches(split, batch_size, seed, shuffle_buffer, start_step, augment)
+  else:
+    ds = _batch_stream(split, batch_size, seed, shuffle_buffer, start_step, augment)
   if batch_augment is not None:
     ds = ds.enumerate(start_step).map(lambda step, batch: batch_augment(batch, step),
                                       num_parallel_calls=AUTOTUNE)
@@ -145,8 +230,21 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
 
 def num_eval_batches(split: Split, batch_size: int, max_batches: int | None = None) -> int:
   """Batches that cover every example of the split (at most `max_batches`)."""
-  needed = math.ceil(split.max_local_examples / batch_size)
+  if split.buckets:
+    needed = sum(num_eval_batches(b, batch_size) for b in split.buckets)
+  else:
+    needed = math.ceil(split.max_local_examples / batch_size)
   return needed if max_batches is None else min(needed, max_batches)
+
+
+def eval_bytes(split: Split, batch_size: int, max_batches: int | None = None,
+               augment: Augment | None = None) -> int:
+  """Bytes of this process's evaluation batches, padding included (with buckets, at most)."""
+  if split.buckets:
+    return sum(eval_bytes(b, batch_size, max_batches, augment) for b in split.buckets)
+  example = sum(s.shape.num_elements() * s.dtype.size
+                for s in element_spec(split, augment).values())
+  return num_eval_batches(split, batch_size, max_batches) * batch_size * example
 
 
 def eval_dataset(split: Split, batch_size: int, max_batches: int | None = None,
@@ -157,7 +255,8 @@ def eval_dataset(split: Split, batch_size: int, max_batches: int | None = None,
   Build it once and iterate it at each evaluation.
 
   Args:
-    split: the split to evaluate.
+    split: the split to evaluate; with buckets, bucket after bucket, each
+      padded on its own.
     batch_size: this process's batch size.
     max_batches: stop after this many batches (Keras' validation_steps).
     augment: applied with the fixed seed row EVAL_SEED, so every evaluation
@@ -167,6 +266,12 @@ def eval_dataset(split: Split, batch_size: int, max_batches: int | None = None,
     A dataset of padded batches.
   """
   n = num_eval_batches(split, batch_size, max_batches)
+  if split.buckets:
+    parts = [eval_dataset(b, batch_size, augment=augment) for b in split.buckets]
+    ds = parts[0]
+    for part in parts[1:]:
+      ds = ds.concatenate(part)
+    return ds.take(n)
   ds = _augmented(split.ds, augment, tf.constant(EVAL_SEED, tf.int64))
   ds = ds.map(lambda ex: {**ex, 'mask': True})
   padding = n * batch_size - split.local_examples
@@ -317,8 +422,8 @@ def image_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
   return builder
 
 
-def image_classification(config: ml_collections.ConfigDict,
-                         builder: tfds.core.DatasetBuilder) -> ImageData:
+def image_classification(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                         to_cache: Callable[[tf.Tensor], tf.Tensor] | None = None) -> ImageData:
   """Train, validation and test splits of a TFDS image classification dataset.
 
   Images become float32 'x' normalized as `config.normalization` says (with the
@@ -327,19 +432,23 @@ def image_classification(config: ml_collections.ConfigDict,
   Args:
     config: the run's config (dataset fields, normalization).
     builder: `image_builder(config)`.
+    to_cache: if given, maps each decoded image to the 'x' that is cached
+      instead (e.g. resized and still uint8, 4x smaller than float32);
+      normalizing it is then the caller's job, after the cache.
 
   Returns:
     The ImageData.
   """
   prepare(builder, config)
-  mean = std = None
-  if config.normalization == 'standardize':
-    # The whole training split on every process, so all normalize alike.
-    mean, std = image_stats(builder.as_dataset(split=config.train_split))
-  normalize = normalizer(config.normalization, mean, std)
+  if to_cache is None:
+    mean = std = None
+    if config.normalization == 'standardize':
+      # The whole training split on every process, so all normalize alike.
+      mean, std = image_stats(builder.as_dataset(split=config.train_split))
+    to_cache = normalizer(config.normalization, mean, std)
 
   def preprocess(ex: Example) -> Example:
-    return {'x': normalize(ex['image']), 'y': tf.cast(ex['label'], tf.int32)}
+    return {'x': to_cache(ex['image']), 'y': tf.cast(ex['label'], tf.int32)}
 
   train = tfds_split(builder, config.train_split, 'train_split', preprocess, drop_remainder=True)
   val = tfds_split(builder, config.eval_split, 'eval_split', preprocess, drop_remainder=False)

@@ -253,10 +253,7 @@ class EvalBatches:
                augment: input_pipeline.Augment | None = None, max_bytes: int = 256 * 2**20):
     self._ds = input_pipeline.eval_dataset(split, batch_size, max_batches, augment)
     self._sharding = sharding
-    example_bytes = sum(np.prod(s.shape) * s.dtype.size
-                        for s in input_pipeline.element_spec(split, augment).values())
-    batches = input_pipeline.num_eval_batches(split, batch_size, max_batches)
-    self._keep = batches * batch_size * example_bytes <= max_bytes
+    self._keep = input_pipeline.eval_bytes(split, batch_size, max_batches, augment) <= max_bytes
     self._kept = None
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
@@ -404,7 +401,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     value, whether it stopped early, and the final val_* and test_* metrics.
   """
   check_config(config)
-  if batch_augment is not None and config.steps_per_execution != 1:
+  if (batch_augment is not None or train.buckets) and config.steps_per_execution != 1:
     raise UserError('config.steps_per_execution must be 1 here: this experiment changes the '
                     'batch shape from step to step, and only equal batches can be stacked')
   mesh = parallel.make_mesh()
@@ -413,7 +410,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
   local_eval_batch = parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
   steps_per_epoch, total_steps = epochs_to_steps(config, train.num_examples)
   schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
-  x_spec = train.ds.element_spec['x']
+  x_spec = input_pipeline.element_spec(train, augment)['x']  # The model sees x after augment.
   state = create_train_state(config, model, tuple(x_spec.shape), x_spec.dtype.as_numpy_dtype,
                              create_optimizer(config, schedule), replicated, rng_streams)
   logging.info('model: %s params; %d steps per epoch, %d steps; %d devices',

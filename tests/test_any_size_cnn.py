@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from configs import any_size_cnn as as_config
+from configs import common
 from experiments import any_size_cnn as as_experiment
 import experiments.__main__ as launcher
 from lib import input_pipeline, models
@@ -78,3 +79,46 @@ def test_any_size_tiny_writes_results_plots_and_compile_counts(tmp_path):
 def test_canvas_smaller_than_the_image_is_a_clear_error(tmp_path):
   with mock_tfds(16), pytest.raises(UserError, match='eval_sizes'):
     launcher.run(tiny(as_config, eval_sizes=(20, 28)), str(tmp_path))
+
+
+def test_snap_to_buckets_shrinks_large_images_and_keeps_uint8():
+  snap = as_experiment.snap_to_buckets((16, 32, 48), max_side=48)
+  for (height, width), want in (((5, 49), (16, 48)), ((30, 20), (32, 16)), ((96, 72), (48, 32)),
+                                ((200, 10), (48, 16))):
+    image = tf.fill((height, width, 3), tf.constant(200, tf.uint8))
+    out = snap(image)
+    assert tuple(out.shape) == (*want, 3) and out.dtype == tf.uint8
+    assert int(tf.reduce_min(out)) == int(tf.reduce_max(out)) == 200
+
+
+def _cats_vs_dogs(**overrides):
+  config = as_config.get_config('cats_vs_dogs')
+  common.variant(config, 'tiny')
+  config.update({'download': True, 'bucket_sides': (16, 32, 48), 'max_side': 48, 'batch_size': 4,
+                 'eval_batch_size': 8, 'model_kwargs': {'features': (8, 16), 'pool': 'avg'},
+                 **overrides})
+  return config
+
+
+def test_cats_vs_dogs_at_native_sizes_on_mock_data(tmp_path):
+  with mock_tfds(120):  # Photos of random sizes from 5 to 49 pixels a side.
+    launcher.run(_cats_vs_dogs(), str(tmp_path))
+  results = read_results(tmp_path)
+  by_shape = results['test_accuracy_by_shape']
+  assert set(by_shape) <= {f'{h}x{w}' for h in (16, 32, 48) for w in (16, 32, 48)}
+  assert len(by_shape) >= 4
+  assert sum(v['examples'] for v in by_shape.values()) == 120  # Every test photo, once.
+  overall = sum(v['accuracy'] * v['examples'] for v in by_shape.values()) / 120
+  assert overall == pytest.approx(results['test_accuracy'], abs=1e-5)
+  assert 1 <= results['train_step_compiles'] <= 6  # At most one per shape of the 6 steps.
+  assert results['eval_step_compiles'] == len(by_shape)
+  for plot in ('curves', 'accuracy_by_shape'):
+    assert os.path.getsize(tmp_path / 'plots' / f'{plot}.png') > 1000
+
+
+def test_cats_vs_dogs_refuses_standardize_and_unsorted_buckets(tmp_path):
+  with mock_tfds(16):
+    with pytest.raises(UserError, match="take 'none' or 'unit'"):
+      launcher.run(_cats_vs_dogs(normalization='standardize'), str(tmp_path))
+    with pytest.raises(UserError, match='bucket_sides=.*increasing'):
+      launcher.run(_cats_vs_dogs(bucket_sides=(32, 16)), str(tmp_path))

@@ -1,6 +1,7 @@
 """The input pipeline on mock TFDS data: shapes, normalization ranges, padding, resumable order, errors."""
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import fashion_mlp, mnist_cnn
@@ -90,3 +91,50 @@ def test_unknown_dataset_is_a_clear_error():
   config.dataset = 'glue'  # Text: no image and label features.
   with pytest.raises(UserError, match="needs 'image' and 'label'"):
     input_pipeline.check_image_classification(input_pipeline.tfds_builder(config))
+
+
+def _mixed_sizes():
+  """60 examples in three shapes (30, 20, 10), 'y' numbering them, 'x' filled with the shape."""
+  shapes = [(4, 4, 1)] * 30 + [(4, 8, 1)] * 20 + [(8, 8, 1)] * 10
+  ds = tf.data.Dataset.from_generator(
+      lambda: ({'x': np.full(s, s[1] + s[0] / 10, np.float32), 'y': np.int32(i)}
+               for i, s in enumerate(shapes)),
+      output_signature={'x': tf.TensorSpec([None, None, 1], tf.float32),
+                        'y': tf.TensorSpec([], tf.int32)})
+  split = input_pipeline.from_dataset(ds)
+  return input_pipeline.by_shape(split, [(4, 4, 1), (4, 8, 1), (8, 4, 1), (8, 8, 1)])
+
+
+def test_buckets_give_one_shape_per_batch_in_proportion_and_resume_by_step():
+  split = _mixed_sizes()
+  assert [b.num_examples for b in split.buckets] == [30, 20, 10]  # The empty (8, 4) left out.
+  batches = [b for _, b in zip(range(60), input_pipeline.train_batches(
+      split, 8, seed=0, shuffle_buffer=64))]
+  shapes = [b['x'].shape[1:3] for b in batches]
+  counts = {s: shapes.count(s) for s in set(shapes)}
+  # The 10-example bucket fills a batch of 8: it trains too, at 1/6 of the steps.
+  assert set(counts) == {(4, 4), (4, 8), (8, 8)} and counts[(4, 4)] > counts[(8, 8)], counts
+  for b in batches:  # Every example in a batch has the batch's shape.
+    assert np.all(b['x'] == b['x'].shape[2] + b['x'].shape[1] / 10)
+  resumed = input_pipeline.train_batches(split, 8, seed=0, shuffle_buffer=64, start_step=37)
+  for a, b in zip(batches[37:], resumed):
+    np.testing.assert_array_equal(a['y'], b['y'])
+  other_seed = next(input_pipeline.train_batches(split, 8, seed=1, shuffle_buffer=64))
+  assert not np.array_equal(other_seed['y'], batches[0]['y'])
+
+
+def test_bucket_too_small_for_a_batch_is_evaluated_but_not_trained():
+  split = _mixed_sizes()
+  shapes = {b['x'].shape[1:3] for _, b in zip(range(40), input_pipeline.train_batches(
+      split, 16, seed=0, shuffle_buffer=64))}
+  assert shapes == {(4, 4), (4, 8)}
+  batches = list(input_pipeline.eval_batches(split, 16))
+  assert [b['x'].shape[1:3] for b in batches] == [(4, 4), (4, 4), (4, 8), (4, 8), (8, 8)]
+  seen = np.concatenate([b['y'][b['mask']] for b in batches])
+  np.testing.assert_array_equal(np.sort(seen), np.arange(60))  # Each example once.
+  assert input_pipeline.num_eval_batches(split, 16) == 5
+
+
+def test_by_shape_refuses_examples_of_another_shape():
+  with pytest.raises(ValueError, match='10 examples have a shape outside'):
+    input_pipeline.by_shape(_mixed_sizes(), [(4, 4, 1), (4, 8, 1)])
