@@ -36,6 +36,12 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   # For dense models only: XLA:CPU runs convolutions ~11x slower inside a scan.
   # steps_per_epoch is rounded down to a multiple of it.
   c.steps_per_execution = 1
+  # The training split is cut into this many equal shards, each shuffled on its
+  # own; a process reads its shards, a global batch joins one slice of each.
+  # The data order depends on the shards only: runs with the same data_shards
+  # see the same global batches on 1 or N processes (N dividing it). 0: one
+  # shard per process.
+  c.data_shards = 0
 
   # Loop.
   c.log_every_steps = 100  # Training metrics to TensorBoard and the log every this many steps.

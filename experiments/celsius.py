@@ -38,10 +38,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = workdir_lib.prepare(workdir)
   train.check_config(config)
   model = models.create(config.model, **config.model_kwargs)
-  pairs = input_pipeline.from_arrays({'x': CELSIUS[:, None], 'y': FAHRENHEIT[:, None]})
+  pairs = {'x': CELSIUS[:, None], 'y': FAHRENHEIT[:, None]}
   # No held-out data in the notebook: 'val' is the loss on the same 7 pairs, per epoch.
-  state, summary = train.fit(config, workdir, model=model, task=tasks.regression,
-                             train=pairs, val=pairs)
+  state, summary = train.fit(
+      config, workdir, model=model, task=tasks.regression,
+      train=input_pipeline.from_arrays(pairs, config.data_shards),
+      val=input_pipeline.from_arrays(pairs))
 
   def predict(celsius):
     x = jnp.asarray(celsius, jnp.float32).reshape(-1, 1)

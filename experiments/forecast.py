@@ -163,7 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            lookahead=config.seasonal_lookahead)
   train_arrays = make(0, config.split_time)
   val_arrays = make(config.split_time, len(series))
-  train_split = input_pipeline.from_arrays({k: train_arrays[k] for k in ('x', 'y')})
+  train_split = input_pipeline.from_arrays({k: train_arrays[k] for k in ('x', 'y')},
+                                             config.data_shards)
   val_split = input_pipeline.from_arrays({k: val_arrays[k] for k in ('x', 'y')})
   actual = series[config.split_time:]
   forecasts = baselines(series, config.split_time, config.period)

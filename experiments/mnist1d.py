@@ -52,7 +52,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise UserError(f'config.train_fraction={config.train_fraction} must be in (0, 1)')
   model = models.create(config.model, outputs=10, **config.model_kwargs)
   data = make_dataset(config)
-  train_split = input_pipeline.from_arrays({'x': data['x'], 'y': data['y']})
+  train_split = input_pipeline.from_arrays({'x': data['x'], 'y': data['y']},
+                                             config.data_shards)
   test_split = input_pipeline.from_arrays({'x': data['x_test'], 'y': data['y_test']})
   _, summary = train.fit(config, workdir, model=model, task=tasks.classification,
                          train=train_split, val=test_split)

@@ -2,9 +2,11 @@
 
 Sources are TFDS datasets (built offline from `config.manual_dir` when needed)
 or in-memory arrays. Each process reads only its share of a split
-(`tfds.even_splits`). Training batches come from an endless stream of passes,
-each shuffled with its own seed, so the data order is a function of the step:
-a resumed run sees exactly the batches an uninterrupted run would.
+(`tfds.even_splits`): for training, its shards of config.data_shards. Training
+batches come from an endless stream of passes over each shard, each shuffled
+with its own seed, so the data order is a function of the step and the
+shards: a resumed run sees exactly the batches an uninterrupted run would,
+and so does a run on another number of processes with the same shards.
 Evaluation visits every example once; the last batch is padded and masked.
 Examples of several shapes (images at their native sizes) go in buckets, one
 shape each (`by_shape`): every batch comes from one bucket, so jit compiles
@@ -14,6 +16,7 @@ same on every process and in a resumed run.
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import tempfile
@@ -51,6 +54,10 @@ class Split:
     local_examples: examples held by this process.
     max_local_examples: the largest share of any process; evaluation pads every
       process to it so that all run the same number of steps.
+    index: the shard that seeds this split's training order (the process's
+      index, or the shard's when a training split is cut into config.data_shards).
+    shards: a training split of several shards on this process: one Split
+      each, in shard order; `ds` holds them all.
     buckets: for examples whose 'x' comes in several shapes: one Split per
       shape (`by_shape`), in the same order on every process; `ds` holds them all.
   """
@@ -58,7 +65,14 @@ class Split:
   num_examples: int
   local_examples: int
   max_local_examples: int
+  index: int = 0
+  shards: tuple['Split', ...] = ()
   buckets: tuple['Split', ...] = ()
+
+
+def _count(ds: tf.data.Dataset) -> int:
+  n = int(ds.cardinality())
+  return n if n >= 0 else int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
 
 def from_dataset(ds: tf.data.Dataset) -> Split:
@@ -72,25 +86,63 @@ def from_dataset(ds: tf.data.Dataset) -> Split:
   Returns:
     The Split.
   """
-  ds = ds.cache()
-  local = int(ds.cardinality())
-  if local < 0:
-    local = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
-  counts = parallel.gather_from_processes(local)
-  return Split(ds, sum(counts), local, max(counts))
+  return from_shards({jax.process_index(): ds})
 
 
-def from_arrays(arrays: dict[str, np.ndarray]) -> Split:
-  """A Split of in-memory arrays (equal first dimension); each process takes its share."""
-  shares = {k: np.array_split(v, jax.process_count())[jax.process_index()]
-            for k, v in arrays.items()}
-  return from_dataset(tf.data.Dataset.from_tensor_slices(shares))
+def from_shards(shards: dict[int, tf.data.Dataset]) -> Split:
+  """Caches and counts this process's shards of a split (shard index -> examples).
+
+  Args:
+    shards: the shards of `parallel.local_shards`, preprocessed; every process
+      passes as many.
+
+  Returns:
+    The Split; with several shards, one Split per shard in `shards`.
+  """
+  parts = []
+  for index, ds in shards.items():
+    ds = ds.cache()
+    n = _count(ds)
+    parts.append(Split(ds, n, n, n, index=index))
+  counts = parallel.gather_from_processes(sum(p.local_examples for p in parts))
+  local = counts[jax.process_index()]
+  if len(parts) == 1:
+    return dataclasses.replace(parts[0], num_examples=sum(counts), max_local_examples=max(counts))
+  ds = functools.reduce(tf.data.Dataset.concatenate, [p.ds for p in parts])
+  return Split(ds, sum(counts), local, max(counts), index=parts[0].index, shards=tuple(parts))
+
+
+def from_arrays(arrays: dict[str, np.ndarray], num_shards: int | None = None) -> Split:
+  """A Split of in-memory arrays (equal first dimension); each process takes its share.
+
+  Args:
+    arrays: the examples.
+    num_shards: for a training split, config.data_shards (0: one per process);
+      None spreads the examples over the processes as evaluation does.
+
+  Returns:
+    The Split.
+  """
+  if num_shards is None:
+    shares = {k: np.array_split(v, jax.process_count())[jax.process_index()]
+              for k, v in arrays.items()}
+    return from_dataset(tf.data.Dataset.from_tensor_slices(shares))
+  indices = parallel.local_shards(num_shards)
+  size = len(next(iter(arrays.values()))) // (num_shards or jax.process_count())
+  return from_shards({i: tf.data.Dataset.from_tensor_slices(
+      {k: v[i * size:(i + 1) * size] for k, v in arrays.items()}) for i in indices})
+
+
+def _of_shape(ds: tf.data.Dataset, shape: tuple[int, ...]) -> tf.data.Dataset:
+  ds = ds.filter(lambda ex: tf.reduce_all(tf.shape(ex['x']) == shape))
+  return ds.map(lambda ex: {**ex, 'x': tf.ensure_shape(ex['x'], shape)})
 
 
 def by_shape(split: Split, shapes: Sequence[tuple[int, ...]]) -> Split:
-  """`split` with a bucket per shape of 'x' in `shapes`; buckets empty on every process are left out.
+  """`split` with a bucket per shape of 'x' in `shapes`; shapes absent from the whole split are left out.
 
-  The buckets read `split.ds` (cached) through a filter, so nothing is cached twice.
+  The buckets read `split.ds` (cached) through a filter, so nothing is cached
+  twice. Each shard of a training split gets the same buckets.
 
   Args:
     split: examples whose 'x' has one of `shapes`.
@@ -102,23 +154,32 @@ def by_shape(split: Split, shapes: Sequence[tuple[int, ...]]) -> Split:
   Raises:
     ValueError: some examples have none of `shapes`.
   """
-  buckets = []
-  for shape in shapes:
-    ds = split.ds.filter(lambda ex, s=shape: tf.reduce_all(tf.shape(ex['x']) == s))
-    ds = ds.map(lambda ex, s=shape: {**ex, 'x': tf.ensure_shape(ex['x'], s)})
-    counts = parallel.gather_from_processes(int(ds.reduce(np.int64(0), lambda n, _: n + 1)))
-    if sum(counts):
-      buckets.append(Split(ds, sum(counts), counts[jax.process_index()], max(counts)))
-  if sum(b.num_examples for b in buckets) != split.num_examples:
-    raise ValueError(f'{split.num_examples - sum(b.num_examples for b in buckets)} examples '
-                     f'have a shape outside {list(shapes)}')
-  return dataclasses.replace(split, buckets=tuple(buckets))
+  shards = split.shards or (split,)
+  local = np.array([[_count(_of_shape(s.ds, shape)) for shape in shapes] for s in shards])
+  per_process = parallel.gather_arrays(local.sum(0))  # (processes, shapes)
+  totals = per_process.sum(0)
+  if totals.sum() != split.num_examples:
+    raise ValueError(f'{split.num_examples - totals.sum()} examples have a shape outside '
+                     f'{list(shapes)}')
+  kept = np.flatnonzero(totals)
+
+  def buckets(s: Split, counts: np.ndarray, global_counts: bool) -> tuple[Split, ...]:
+    return tuple(Split(_of_shape(s.ds, shapes[k]),
+                       int(totals[k]) if global_counts else int(counts[k]), int(counts[k]),
+                       int(per_process[:, k].max()) if global_counts else int(counts[k]),
+                       index=s.index) for k in kept)
+
+  if not split.shards:
+    return dataclasses.replace(split, buckets=buckets(split, local[0], True))
+  return dataclasses.replace(
+      split, buckets=buckets(split, local.sum(0), True),
+      shards=tuple(dataclasses.replace(s, buckets=buckets(s, row, False))
+                   for s, row in zip(shards, local)))
 
 
-def _pass_seed(seed: int, pass_index: tf.Tensor, bucket: int = 0) -> tf.Tensor:
-  # One seed per (config seed, process, bucket, pass). Never 0: TF ops take 0 as "unseeded".
-  base = int(np.random.SeedSequence([seed % 2**32, jax.process_index(), bucket]
-                                    ).generate_state(1)[0])
+def _pass_seed(seed: int, pass_index: tf.Tensor, shard: int, bucket: int = 0) -> tf.Tensor:
+  # One seed per (config seed, shard, bucket, pass). Never 0: TF ops take 0 as "unseeded".
+  base = int(np.random.SeedSequence([seed % 2**32, shard, bucket]).generate_state(1)[0])
   return pass_index * 2**32 + base + 1
 
 
@@ -145,7 +206,7 @@ def _batch_stream(split: Split, batch_size: int, seed: int, shuffle_buffer: int,
   first_pass, skip = divmod(start_batch, split.local_examples // batch_size)
 
   def one_pass(pass_index):
-    pass_seed = _pass_seed(seed, pass_index, bucket)
+    pass_seed = _pass_seed(seed, pass_index, split.index, bucket)
     shuffled = split.ds.shuffle(shuffle_buffer, seed=pass_seed)
     return _augmented(shuffled, augment, pass_seed).batch(batch_size, drop_remainder=True)
 
@@ -164,23 +225,26 @@ def _bucket_of_step(seed: int, weights: np.ndarray, start_step: int) -> Iterator
     block, offset = block + 1, 0
 
 
-def _bucketed_batches(split: Split, batch_size: int, seed: int, shuffle_buffer: int,
-                      start_step: int, augment: Augment | None) -> tf.data.Dataset:
-  """Each step a batch of one bucket, drawn in proportion to the buckets' sizes.
-
-  Buckets too small for a batch on some process are only evaluated.
-  """
-  usable = [i for i, b in enumerate(split.buckets)
-            if min(parallel.gather_from_processes(b.local_examples)) >= batch_size]
+def _usable_buckets(split: Split, shard_batch: int) -> list[int]:
+  """The buckets that fill a batch in every shard of every process; the others are only evaluated."""
+  shards = split.shards or (split,)
+  local = np.array([[b.local_examples for b in s.buckets] for s in shards])
+  least = parallel.gather_arrays(local).min((0, 1))
+  usable = [int(k) for k in np.flatnonzero(least >= shard_batch)]
   if not usable:
-    raise UserError(f'no image size has {batch_size} training examples on every process; '
+    raise UserError(f'no image size has {shard_batch} training examples in every data shard; '
                     'lower config.batch_size or use fewer, wider buckets')
-  weights = np.array([split.buckets[i].num_examples for i in usable], np.float64)
-  weights /= weights.sum()
+  return usable
+
+
+def _bucketed_batches(shard: Split, batch_size: int, seed: int, shuffle_buffer: int,
+                      start_step: int, augment: Augment | None, usable: list[int],
+                      weights: np.ndarray) -> tf.data.Dataset:
+  """Each step a batch of one bucket of `usable`, drawn from the step alone by `weights`."""
   done = np.zeros(len(usable), np.int64)  # Batches each bucket gave before start_step.
-  for step, pick in zip(range(start_step), _bucket_of_step(seed, weights, 0)):
+  for _, pick in zip(range(start_step), _bucket_of_step(seed, weights, 0)):
     done[pick] += 1
-  streams = [_batch_stream(split.buckets[i], batch_size, seed, shuffle_buffer, int(done[k]),
+  streams = [_batch_stream(shard.buckets[i], batch_size, seed, shuffle_buffer, int(done[k]),
                            augment, bucket=i) for k, i in enumerate(usable)]
   picks = tf.data.Dataset.from_generator(lambda: _bucket_of_step(seed, weights, start_step),
                                          output_signature=tf.TensorSpec([], tf.int64))
@@ -192,15 +256,18 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
                   batch_augment: BatchAugment | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches of this process, starting at global step `start_step`.
 
-  Each pass over the split is shuffled with its own seed and cut into full
-  batches (the remainder of a pass is dropped; the next pass drops others).
-  A split with buckets gives batches of one bucket each (`_bucketed_batches`).
+  Each shard is shuffled pass after pass with seeds of its own and cut into
+  full batches (the remainder of a pass is dropped; the next pass drops
+  others); a process's batch joins the batches of its shards, in shard order.
+  The global batch of a step is therefore the same however many processes
+  share the shards. A split with buckets gives batches of one bucket each, the
+  bucket drawn from the step in proportion to the buckets' sizes.
 
   Args:
     split: the training split.
     batch_size: this process's batch size.
     seed: the run's seed.
-    shuffle_buffer: examples in the shuffle buffer (the split size shuffles fully).
+    shuffle_buffer: examples in each shard's shuffle buffer (its size shuffles fully).
     start_step: steps already trained; their batches are skipped.
     stack: if positive, yield this many consecutive batches stacked on a new
       leading axis (for config.steps_per_execution).
@@ -211,15 +278,27 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
   Returns:
     An iterator of dicts of numpy arrays.
   """
-  steps_per_pass = split.local_examples // batch_size
-  if steps_per_pass < 1:
+  shards = split.shards or (split,)
+  if batch_size % len(shards):
+    raise UserError(f'this process reads {len(shards)} data shards, which cannot split its '
+                    f'batch of {batch_size} evenly; make config.batch_size a multiple of '
+                    'config.data_shards')
+  shard_batch = batch_size // len(shards)
+  smallest = min(s.local_examples for s in shards)
+  if smallest < shard_batch:
     raise UserError(
-        f'the training split has {split.local_examples} examples on this process, fewer '
-        f'than one batch of {batch_size}; lower config.batch_size')
+        f'a shard of the training split has {smallest} examples, fewer than its share '
+        f'{shard_batch} of a batch; lower config.batch_size (or config.data_shards)')
   if split.buckets:
-    ds = _bucketed_batches(split, batch_size, seed, shuffle_buffer, start_step, augment)
+    usable = _usable_buckets(split, shard_batch)
+    weights = np.array([split.buckets[k].num_examples for k in usable], np.float64)
+    streams = [_bucketed_batches(s, shard_batch, seed, shuffle_buffer, start_step, augment,
+                                 usable, weights / weights.sum()) for s in shards]
   else:
-    ds = _batch_stream(split, batch_size, seed, shuffle_buffer, start_step, augment)
+    streams = [_batch_stream(s, shard_batch, seed, shuffle_buffer, start_step, augment)
+               for s in shards]
+  ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
+      lambda *batches: tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *batches))
   if batch_augment is not None:
     ds = ds.enumerate(start_step).map(lambda step, batch: batch_augment(batch, step),
                                       num_parallel_calls=AUTOTUNE)
@@ -338,7 +417,8 @@ def prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict
 
 
 def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
-               preprocess: Callable[[Example], Example], *, drop_remainder: bool) -> Split:
+               preprocess: Callable[[Example], Example], *,
+               num_shards: int | None = None) -> Split:
   """This process's share of a prepared TFDS split, preprocessed and cached.
 
   Args:
@@ -346,20 +426,24 @@ def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
     split: a TFDS split string, e.g. 'train', 'test' or 'train[90%:]'.
     field: the config field that named the split, for error messages.
     preprocess: maps a TFDS example to {'x': ..., 'y': ...}.
-    drop_remainder: give every process exactly the same number of examples
-      (training), instead of spreading the remainder (evaluation).
+    num_shards: for training, config.data_shards (0: one per process): equal
+      shards (the remainder dropped), this process's read as
+      `parallel.local_shards` says. None (evaluation): the examples spread
+      over the processes, none dropped.
 
   Returns:
     The Split.
   """
+  indices = [jax.process_index()] if num_shards is None else parallel.local_shards(num_shards)
   try:
-    share = tfds.even_splits(split, n=jax.process_count(),
-                             drop_remainder=drop_remainder)[jax.process_index()]
-    ds = builder.as_dataset(split=share, shuffle_files=False)
+    names = tfds.even_splits(split, n=jax.process_count() if num_shards is None else
+                             num_shards or jax.process_count(), drop_remainder=num_shards is not None)
+    shards = {i: builder.as_dataset(split=names[i], shuffle_files=False) for i in indices}
   except (ValueError, KeyError, AssertionError) as e:
     raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
                     + str(e).strip().splitlines()[0]) from None
-  return from_dataset(ds.map(preprocess, num_parallel_calls=AUTOTUNE))
+  return from_shards({i: ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+                      for i, ds in shards.items()})
 
 
 def check_normalization(name: str) -> None:
@@ -450,10 +534,11 @@ def image_classification(config: ml_collections.ConfigDict, builder: tfds.core.D
   def preprocess(ex: Example) -> Example:
     return {'x': to_cache(ex['image']), 'y': tf.cast(ex['label'], tf.int32)}
 
-  train = tfds_split(builder, config.train_split, 'train_split', preprocess, drop_remainder=True)
-  val = tfds_split(builder, config.eval_split, 'eval_split', preprocess, drop_remainder=False)
+  train = tfds_split(builder, config.train_split, 'train_split', preprocess,
+                     num_shards=config.data_shards)
+  val = tfds_split(builder, config.eval_split, 'eval_split', preprocess)
   test = (val if config.test_split == config.eval_split else
-          tfds_split(builder, config.test_split, 'test_split', preprocess, drop_remainder=False))
+          tfds_split(builder, config.test_split, 'test_split', preprocess))
   label = builder.info.features['label']
   return ImageData(train, val, test, label.num_classes, list(label.names),
                    tuple(builder.info.features['image'].shape))

@@ -57,15 +57,36 @@ def shard(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, ja
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def local_shards(num_shards: int) -> list[int]:
+  """The training-data shards this process reads, of `num_shards` (0: one per process).
+
+  The training order is a function of the shards, not of the processes, so a
+  run with the same shards gives the same global batches on 1 or N processes.
+
+  Raises:
+    UserError: the processes cannot split the shards evenly.
+  """
+  processes = jax.process_count()
+  num_shards = num_shards or processes
+  if num_shards < 1 or num_shards % processes:
+    raise UserError(f'config.data_shards={num_shards} must be a multiple of the {processes} '
+                    'processes (0: one shard per process)')
+  per_process = num_shards // processes
+  return list(range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process))
+
+
+def gather_arrays(values: np.ndarray) -> np.ndarray:
+  """`values` of every process stacked on a new leading axis, in process order."""
+  if jax.process_count() == 1:
+    return np.asarray(values)[None]
+  return np.asarray(multihost_utils.process_allgather(np.asarray(values)))
+
+
 def gather_from_processes(value: int) -> list[int]:
   """An integer from every process, in process order ([value] on one process)."""
-  if jax.process_count() == 1:
-    return [value]
-  return [int(v) for v in multihost_utils.process_allgather(np.int64(value))]
+  return [int(v) for v in gather_arrays(np.int64(value))]
 
 
 def sum_over_processes(values: np.ndarray) -> np.ndarray:
   """The elementwise sum of `values` over all processes (`values` itself on one process)."""
-  if jax.process_count() == 1:
-    return np.asarray(values)
-  return np.asarray(multihost_utils.process_allgather(np.asarray(values))).sum(0)
+  return gather_arrays(values).sum(0)

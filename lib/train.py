@@ -413,9 +413,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
   x_spec = input_pipeline.element_spec(train, augment)['x']  # The model sees x after augment.
   state = create_train_state(config, model, tuple(x_spec.shape), x_spec.dtype.as_numpy_dtype,
                              create_optimizer(config, schedule), replicated, rng_streams)
-  logging.info('model: %s params; %d steps per epoch, %d steps; %d devices',
-               f'{models.count_params(state.params):,}', steps_per_epoch, total_steps,
-               jax.device_count())
+  logging.info('model: %s params; %d steps per epoch, %d steps; %d devices; process %d of %d '
+               'reads shards %s of the training data', f'{models.count_params(state.params):,}',
+               steps_per_epoch, total_steps, jax.device_count(), jax.process_index(),
+               jax.process_count(), [s.index for s in train.shards or (train,)])
 
   # The task's value names, found by tracing once without computing.
   example = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype.as_numpy_dtype)

@@ -71,6 +71,24 @@ def test_training_order_is_seeded_reshuffled_each_pass_and_resumable():
   assert not np.array_equal(np.stack(first(5, seed=1)), np.stack(run[:5]))
 
 
+def test_data_shards_fix_the_global_batch_whatever_the_processes():
+  arrays = {'x': np.arange(40, dtype=np.float32), 'y': np.zeros(40)}
+  split = input_pipeline.from_arrays(arrays, num_shards=2)  # One process holds both shards.
+  assert [s.index for s in split.shards] == [0, 1] and split.num_examples == 40
+  batches = [b['x'] for _, b in zip(range(6), input_pipeline.train_batches(
+      split, 8, seed=0, shuffle_buffer=40))]
+  for b in batches:  # Half of each batch from each shard, in shard order.
+    assert np.all(b[:4] < 20) and np.all(b[4:] >= 20)
+  # Each shard's order is that of a process that holds only it: what 2 processes would read.
+  alone = input_pipeline.Split(split.shards[1].ds, 20, 20, 20, index=1)
+  for b, other in zip(batches, input_pipeline.train_batches(alone, 4, seed=0, shuffle_buffer=40)):
+    np.testing.assert_array_equal(b[4:], other['x'])
+  with pytest.raises(UserError, match='batch of 5 evenly'):
+    next(input_pipeline.train_batches(split, 5, seed=0, shuffle_buffer=40))
+  with pytest.raises(UserError, match='data_shards=-3 must be a multiple'):
+    input_pipeline.from_arrays(arrays, num_shards=-3)
+
+
 def test_missing_data_offline_says_how_to_pass_manual_dir(tmp_path):
   config = mnist_cnn.get_config('tiny')
   config.data_dir = str(tmp_path)
