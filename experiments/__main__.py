@@ -18,7 +18,7 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 import experiments
-from lib.errors import UserError
+from lib.errors import is_disk_full, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: configs/NAME.py or configs/NAME.py:VARIANT.',
@@ -58,6 +58,16 @@ def main(argv: list[str]) -> None:
     run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     sys.exit(f'error: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_disk_full(e):
+      raise
+    logging.flush()
+    sys.stderr.write(
+        f'error: no space left on the device of --workdir={_WORKDIR.value} '
+        f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); free space and run the same '
+        'command again: it resumes from the last complete checkpoint\n')
+    sys.stderr.flush()
+    os._exit(1)  # Background writers may be stuck on the full disk: do not wait for them.
   logging.info('done: results.json, plots/, checkpoints/ and TensorBoard events are in %s',
                os.path.abspath(_WORKDIR.value))
 

@@ -13,8 +13,11 @@ import shutil
 from typing import Any
 
 from absl import logging as absl_logging
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+from lib.errors import DiskFull
 
 
 
@@ -61,6 +64,9 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
   def save(self, step: int, state: Any, meta: dict[str, Any], best_step: int | None = None) -> None:
     """Starts saving in the background; the next save or `close()` waits for it.
 
@@ -70,11 +76,28 @@ class Checkpoints:
       meta: JSON-serializable bookkeeping saved beside it.
       best_step: the best step so far, kept until a later save names another.
     """
+    self._check_free_space(step, state)
     # The JSON is written in the background while the loop goes on appending to `meta`: save
     # a snapshot, or a resumed run could find an epoch in its history that it has yet to train.
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))),
                        metrics={'best_step': best_step})
+
+  def _check_free_space(self, step: int, state: Any) -> None:
+    """Raises DiskFull before a save that would fill the disk.
+
+    Checked here because a write that fails inside orbax's writer threads
+    prints their tracebacks, and leaves a half-written temporary directory.
+    """
+    needed = sum(x.nbytes for x in jax.tree.leaves(state)) + 16 * 2**20  # + metadata, margin
+    free = shutil.disk_usage(os.path.dirname(self.directory)).free
+    if free < needed:
+      raise DiskFull(
+          f'no space left for checkpoint {step} in {self.directory}: it needs about '
+          f'{needed / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free. '
+          + (f'The last complete checkpoint (step {last}) is kept; free space and run the same '
+             'command again to resume' if (last := self._manager.latest_step()) is not None else
+             'No checkpoint was saved yet; free space and run the same command again'))
 
   def restore(self, step: int, state: Any = None) -> tuple[Any, dict[str, Any]]:
     """Restores `step` into arrays shaped and sharded like `state` (as saved if None)."""

@@ -1,4 +1,5 @@
 """Errors that the launcher reports on one line, without a stack trace."""
+import errno
 
 
 class UserError(Exception):
@@ -15,3 +16,24 @@ class NonFiniteLossError(UserError):
 
 class Interrupted(UserError):
   """The run got SIGINT or SIGTERM, saved a checkpoint and stopped; rerunning resumes."""
+
+
+class DiskFull(UserError):
+  """The workdir's disk (or quota) is full; the last complete checkpoint is kept."""
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from, says the disk or the quota is full.
+
+  Libraries wrap the OSError (orbax in a ValueError, TensorFlow in its own
+  errors), so the chain and the message are both read.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(s in str(error) for s in ('No space left on device', 'Disk quota exceeded')):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

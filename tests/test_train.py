@@ -1,5 +1,6 @@
 """The training engine: steps, the loop's bookkeeping, resume, NaN guard, signals."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import pytest
 from configs import celsius, mnist_cnn
 from experiments import celsius as celsius_experiment
 from lib import checkpoints, input_pipeline, models, parallel, tasks, train
-from lib.errors import NonFiniteLossError, UserError
-from tests.conftest import REPO, mock_tfds, read_results, tiny
+from lib.errors import DiskFull, NonFiniteLossError, UserError
+from tests.conftest import REPO, mock_tfds, read_results, run_cli, tiny
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
@@ -228,6 +229,37 @@ def test_corrupted_latest_checkpoint_resumes_from_the_previous_good_one(tmp_path
   assert (tmp_path / 'broken' / 'checkpoints_unreadable' / '6').is_dir()  # Kept for a look.
   jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
   assert resumed_summary['history'] == straight_summary['history']
+
+
+def test_a_full_disk_stops_before_the_save_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+  config = tiny(mnist_cnn, num_epochs=3, model_kwargs={'features': (4, 8), 'dense': 16})
+  real = shutil.disk_usage
+  calls = []
+
+  def disk_fills_after_the_first_save(path):
+    calls.append(path)
+    usage = real(path)
+    return usage._replace(free=usage.free if len(calls) == 1 else 2**20)
+
+  monkeypatch.setattr(checkpoints.shutil, 'disk_usage', disk_fills_after_the_first_save)
+  with pytest.raises(DiskFull, match=r'no space left for checkpoint 6 .* MiB are free\. The '
+                     r'last complete checkpoint \(step 3\) is kept'):
+    _mock_classifier_fit(tmp_path, config)
+  monkeypatch.undo()
+  ckpt = checkpoints.Checkpoints(str(tmp_path), keep=2)
+  assert ckpt.all_steps() == [3]
+  _, meta = ckpt.restore(3)
+  assert len(meta['history']) == 1
+  ckpt.close()
+
+
+def test_a_full_disk_anywhere_is_one_line_from_the_launcher(tmp_path):
+  os.symlink('/dev/full', tmp_path / 'results.json.tmp')  # Every write there: ENOSPC.
+  run = run_cli('--config=configs/celsius.py:tiny', f'--workdir={tmp_path}')
+  assert run.returncode == 1
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: no space left on the device of --workdir={tmp_path} (OSError'), last
+  assert 'Traceback' not in run.stderr
 
 
 def test_kill_9_then_the_same_command_ends_like_an_uninterrupted_run(tmp_path):
