@@ -3,12 +3,15 @@
   pip install torch==2.13.0   # CPU build; benchmark-only, not in requirements.txt
   python -m benchmarks.frameworks
 
+jaxnotes runs twice: with XLA's convolution (flax.linen.Conv, the GPU/TPU
+default) and with lib.conv's im2col convolution (the CPU default).
 The same network (the Flax MNIST example's CNN: conv 32 → avg-pool → conv 64 →
 avg-pool → dense 256 → dense 10, 824,458 params), batch 128, SGD 0.1 with
 momentum 0.9, on one device-resident random batch. Each figure is the median
 examples/s of 5 timed blocks of at least --block_seconds after warm-up. Prints
 one JSON line with each framework's rate and its ratio to the fastest other one.
 """
+import functools
 import json
 import os
 import statistics
@@ -41,10 +44,13 @@ def _rate(step, block_seconds: float, blocks: int = 5, warmup: int = 10) -> floa
   return statistics.median(rates)
 
 
-def jaxnotes_step(x: np.ndarray, y: np.ndarray):
-  """The engine's train step, built as lib.train.fit builds it; returns a blocking step()."""
+def jaxnotes_step(x: np.ndarray, y: np.ndarray, conv: str):
+  """The engine's train step, built as lib.train.fit builds it; returns a blocking step().
+
+  `conv` is the model's convolution: 'xla' (flax.linen.Conv's) or 'im2col' (lib.conv's).
+  """
   config = mnist_cnn.get_config()
-  model = models.create(config.model, outputs=10, **config.model_kwargs)
+  model = models.create(config.model, outputs=10, **{**config.model_kwargs, 'conv': conv})
   mesh = parallel.make_mesh()
   tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10**6, 1))
   holder = {'state': train.create_train_state(config, model, (28, 28, 1), np.float32, tx,
@@ -103,12 +109,14 @@ def main(argv):
   x = rng.random((BATCH, 28, 28, 1), np.float32)
   y = rng.integers(0, 10, BATCH).astype(np.int32)
   rates = {}
-  for name, make in (('jaxnotes', jaxnotes_step), ('keras_tensorflow', keras_step),
-                     ('pytorch', torch_step)):
+  for name, make in (('jaxnotes_xla_conv', functools.partial(jaxnotes_step, conv='xla')),
+                     ('jaxnotes_im2col_conv', functools.partial(jaxnotes_step, conv='im2col')),
+                     ('keras_tensorflow', keras_step), ('pytorch', torch_step)):
     rates[name] = round(_rate(make(x, y), _BLOCK_SECONDS.value), 1)
-  fastest_other = max(v for k, v in rates.items() if k != 'jaxnotes')
+  fastest_other = max(v for k, v in rates.items() if not k.startswith('jaxnotes'))
   print(json.dumps({'examples_per_sec': rates, 'batch': BATCH,
-                    'jaxnotes_vs_fastest_other': round(rates['jaxnotes'] / fastest_other, 3),
+                    'vs_fastest_other': {k: round(v / fastest_other, 3) for k, v in rates.items()
+                                         if k.startswith('jaxnotes')},
                     'threads': {'torch': __import__('torch').get_num_threads()},
                     'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}'}))
 

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lib import conv as conv_lib
 from lib.errors import UserError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -87,11 +88,13 @@ class CNN(nn.Module):
     dense: units of the hidden Dense layer.
     pool: 'avg' (the Flax example) or 'max' (the Udacity Fashion-MNIST notebook).
     outputs: number of classes.
+    conv: the convolution, a key of lib.conv.IMPLEMENTATIONS ('auto': im2col on CPU).
   """
   features: Sequence[int] = (32, 64)
   dense: int = 256
   pool: str = 'avg'
   outputs: int = 10
+  conv: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -99,7 +102,7 @@ class CNN(nn.Module):
     pool = _pick(POOLS, self.pool, 'pool')
     size = x.shape[1:3]
     for channels in self.features:
-      x = nn.relu(nn.Conv(channels, (3, 3))(x))
+      x = nn.relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x))
       x = pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     built = self.variables.get('params', {}).get('Dense_0', {}).get('kernel')
@@ -124,18 +127,20 @@ class AnySizeCNN(nn.Module):
     outputs: number of classes.
     pool: the global pool, 'max' (where the object is does not matter, nor how
       much empty canvas surrounds it) or 'avg'.
+    conv: the convolution, a key of lib.conv.IMPLEMENTATIONS ('auto': im2col on CPU).
   """
   features: Sequence[int] = (16, 32, 64)
   outputs: int = 10
   pool: str = 'max'
+  conv: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     for channels in self.features:
-      x = nn.relu(nn.Conv(channels, (3, 3))(x))
+      x = nn.relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
-    x = nn.Conv(self.outputs, (1, 1))(x)
+    x = conv_lib.Conv(self.outputs, (1, 1), impl=self.conv)(x)
     return jnp.max(x, axis=(1, 2)) if self.pool == 'max' else jnp.mean(x, axis=(1, 2))
 
 
@@ -292,10 +297,13 @@ class ConvAutoencoder(nn.Module):
     features: channels of each stride-2 conv block (the decoder reverses them).
     shape: the image shape (height, width, channels); height and width must be
       multiples of 2 ** len(features).
+    conv: the encoder's convolution, a key of lib.conv.IMPLEMENTATIONS ('auto':
+      im2col on CPU).
   """
   latents: int = 32
   features: Sequence[int] = (32, 64)
   shape: Sequence[int] = (28, 28, 1)
+  conv: str = 'auto'
 
   def check(self) -> None:
     """Raises UserError for an image size the stride-2 blocks cannot halve evenly."""
@@ -306,7 +314,8 @@ class ConvAutoencoder(nn.Module):
 
   def setup(self):
     scale = 2 ** len(self.features)
-    self.encoder_convs = [nn.Conv(f, (3, 3), strides=2) for f in self.features]
+    self.encoder_convs = [conv_lib.Conv(f, (3, 3), strides=2, impl=self.conv)
+                          for f in self.features]
     self.encoder_out = nn.Dense(self.latents)
     self.code_shape = (self.shape[0] // scale, self.shape[1] // scale, self.features[-1])
     self.decoder_in = nn.Dense(math.prod(self.code_shape))
@@ -369,6 +378,8 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     _pick(CELLS, model.cell, 'cell')
   if 'readout' in fields:
     _pick(READOUTS, model.readout, 'readout')
+  if 'conv' in fields:
+    _pick(dict.fromkeys(conv_lib.IMPLEMENTATIONS), model.conv, 'conv')
   if hasattr(model, 'check'):
     model.check()
   return model

@@ -1,0 +1,92 @@
+"""A 2-D convolution with flax.linen.Conv's params and function, and a fast CPU path.
+
+XLA:CPU runs the forward convolution well but the backward ones (the kernel
+and input gradients) several times slower than a matmul of the same FLOPs.
+`im2col` writes the convolution as what it is on CPU anyway: the kh*kw shifted
+(strided) slices of the padded input, side by side, times the kernel as one
+matrix. Its gradients are then one matmul each plus slices and pads, which
+XLA:CPU runs at matmul speed. On GPU and TPU XLA's own convolution is fast and
+stays the default.
+"""
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+# 'auto': 'im2col' on CPU, 'xla' elsewhere.
+IMPLEMENTATIONS = ('auto', 'xla', 'im2col')
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+def resolve(impl: str) -> str:
+  """The implementation `impl` means on this process's default backend."""
+  if impl == 'auto':
+    return 'im2col' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                padding: Padding) -> jax.Array:
+  """`lax.conv_general_dilated` in NHWC/HWIO (no dilation, one group) as slices and a matmul.
+
+  Args:
+    x: (batch, height, width, in_channels).
+    kernel: (kh, kw, in_channels, out_channels).
+    strides: (sh, sw).
+    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
+
+  Returns:
+    (batch, out_height, out_width, out_channels).
+  """
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = strides
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  n, height, width, _ = x.shape
+  out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+  if kh == kw == 1 and sh == sw == 1:
+    patches = x
+  else:  # Column (i, j, c) of the patches meets row (i, j, c) of the reshaped kernel.
+    patches = jnp.concatenate(
+        [lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin),
+                   (1, sh, sw, 1)) for i in range(kh) for j in range(kw)], axis=-1)
+  out = patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+  return out.reshape(n, out_h, out_w, cout)
+
+
+class Conv(nn.Module):
+  """`flax.linen.Conv` for 2-D NHWC inputs: the same params ('kernel' HWIO, 'bias'), init and outputs.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (kh, kw).
+    strides: (sh, sw) or one int for both.
+    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
+    use_bias: add a bias.
+    impl: 'auto', 'xla' (lax.conv_general_dilated, as nn.Conv) or 'im2col'.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: Padding = 'SAME'
+  use_bias: bool = True
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel_size
+    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+    kernel = self.param('kernel', nn.linear.default_kernel_init,
+                        (kh, kw, x.shape[-1], self.features))
+    if resolve(self.impl) == 'im2col':
+      y = im2col_conv(x, kernel, strides, self.padding)
+    else:
+      y = lax.conv_general_dilated(x, kernel, strides, self.padding,
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    return y
