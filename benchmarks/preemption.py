@@ -32,6 +32,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
+import jax.numpy as jnp
 
 from configs import any_size_cnn, autoencoder, mnist_cnn, vae
 from lib import checkpoints, models, parallel, train
@@ -41,6 +42,7 @@ _SAVES = flags.DEFINE_integer('saves', 5, 'Saves timed per model.')
 _STEPS = flags.DEFINE_integer('steps', 400, 'Training steps of the preemption runs.')
 _CHECKPOINT_STEPS = flags.DEFINE_integer('checkpoint_steps', 100, 'Steps between checkpoints.')
 _STOP_AT = flags.DEFINE_integer('stop_at', 250, 'The step after which the run is stopped.')
+_PREEMPTION = flags.DEFINE_bool('preemption', True, 'Also time the preemption runs.')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,6 +66,13 @@ def _checkpoint_times(name, model, shape, config, workdir):
       config, model, shape, 'float32', train.create_optimizer(config, lambda _: 1e-3),
       parallel.replicated(parallel.make_mesh()),
       rng_streams=('sample',) if 'vae' in name else ())
+  # Random values everywhere: a fresh optimizer state is zeros, which orbax's compression
+  # would shrink to nothing; a trained one is not.
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
+  state = jax.tree.unflatten(tree, [
+      jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+      for k, x in zip(keys, leaves)])
   ckpt = checkpoints.Checkpoints(workdir, keep=2)
   blocking, complete = [], []
   for step in range(1, _SAVES.value + 2):
@@ -113,6 +122,8 @@ def main(argv):
     for i, (name, model, shape, config) in enumerate(_models()):
       print(json.dumps(_checkpoint_times(name, model, shape, config, os.path.join(tmp, str(i)))),
             flush=True)
+    if not _PREEMPTION.value:
+      return
     straight, _ = _timed_run(os.path.join(tmp, 'straight'))
     for stop in (signal.SIGTERM, signal.SIGKILL):
       workdir = os.path.join(tmp, stop.name)
