@@ -3,8 +3,10 @@
   pip install torch==2.13.0   # CPU build; benchmark-only, not in requirements.txt
   python -m benchmarks.frameworks
 
-jaxnotes runs twice: with XLA's convolution (flax.linen.Conv, the GPU/TPU
-default) and with lib.conv's im2col convolution (the CPU default).
+jaxnotes runs twice: with XLA's convolution (`conv='xla'`) and with lib.conv's
+im2col convolution; by default XLA:CPU is configured as the launcher configures
+it (lib.conv.configure_cpu: YNNPACK's convolutions off), --noconfigure_cpu
+leaves it as installed.
 The same network (the Flax MNIST example's CNN: conv 32 → avg-pool → conv 64 →
 avg-pool → dense 256 → dense 10, 824,458 params), batch 128, SGD 0.1 with
 momentum 0.9, on one device-resident random batch. Each figure is the median
@@ -25,9 +27,12 @@ import jax
 import numpy as np
 
 from configs import mnist_cnn
-from lib import models, parallel, tasks, train
+from lib import conv, models, parallel, tasks, train
 
 _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
+_CONFIGURE_CPU = flags.DEFINE_bool(
+    'configure_cpu', True, 'Turn YNNPACK convolutions off as the launcher does '
+    '(lib.conv.configure_cpu); --noconfigure_cpu times XLA:CPU as installed.')
 BATCH = 128
 
 
@@ -103,6 +108,8 @@ def torch_step(x: np.ndarray, y: np.ndarray):
 
 def main(argv):
   del argv
+  if _CONFIGURE_CPU.value:
+    conv.configure_cpu()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   rng = np.random.default_rng(0)
@@ -118,6 +125,7 @@ def main(argv):
                     'vs_fastest_other': {k: round(v / fastest_other, 3) for k, v in rates.items()
                                          if k.startswith('jaxnotes')},
                     'threads': {'torch': __import__('torch').get_num_threads()},
+                    'xla_flags': os.environ.get('XLA_FLAGS', ''),
                     'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}'}))
 
 

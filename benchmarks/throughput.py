@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from configs import fashion_mlp, forecast, mnist_cnn, vae
 from experiments import vae as vae_experiment
-from lib import input_pipeline, models, parallel, tasks, train
+from lib import conv, input_pipeline, models, parallel, tasks, train
 
 
 def _classification_loss(model, params, x, y, key):
@@ -122,6 +122,7 @@ def _median_rate(step, batch_size: int, block_seconds: float, blocks: int = 5) -
 
 def main(argv):
   del argv
+  conv.configure_cpu()  # As the launcher does.
   tf.config.set_visible_devices([], 'GPU')
   workload = WORKLOADS[_WORKLOAD.value]
   config = workload.config()

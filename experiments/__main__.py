@@ -18,7 +18,10 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 import experiments
+from lib import conv
 from lib.errors import is_disk_full, UserError
+
+conv.configure_cpu()  # Before JAX's first computation: XLA:CPU's flags are read then.
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: configs/NAME.py or configs/NAME.py:VARIANT.',

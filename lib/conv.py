@@ -1,30 +1,66 @@
-"""A 2-D convolution with flax.linen.Conv's params and function, and a fast CPU path.
+"""Convolutions on CPU: XLA's own kernels instead of YNNPACK's, and an im2col alternative.
 
-XLA:CPU runs the forward convolution well but the backward ones (the kernel
-and input gradients) several times slower than a matmul of the same FLOPs.
-`im2col` writes the convolution as what it is on CPU anyway: the kh*kw shifted
-(strided) slices of the padded input, side by side, times the kernel as one
-matrix. Its gradients are then one matmul each plus slices and pads, which
-XLA:CPU runs at matmul speed. On GPU and TPU XLA's own convolution is fast and
-stays the default.
+XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default, whose backward
+convolutions are slow on this project's CPU: the MNIST CNN step runs at ~1,800
+examples/s. Two ways out, both measured in benchmarks/frameworks.py:
+
+* `configure_cpu()` turns YNNPACK's convolution fusion off (it keeps its dot,
+  elementwise and reduce fusions), so XLA runs convolutions in its own Eigen
+  kernels: ~2,600 examples/s. The launcher calls it before JAX starts. It is a
+  process-wide XLA:CPU flag and leaves GPU and TPU alone.
+* `Conv(impl='im2col')` writes the convolution as the kh*kw shifted, strided
+  slices of the padded input side by side times the kernel as one matrix; its
+  gradients are matmuls plus slices and pads: ~2,100 examples/s with YNNPACK
+  on, the faster choice where the flag is not in effect.
+
+`Conv(impl='auto')` takes whichever is faster in this process.
 """
 from collections.abc import Sequence
+import os
+import re
 
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 
-# 'auto': 'im2col' on CPU, 'xla' elsewhere.
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col')
 
 Padding = str | Sequence[tuple[int, int]]
 
+_YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+# YNNPACK fusions kept: all but 'individual_convolution'.
+_CPU_FLAGS = f'--{_YNN_FLAG}=individual_dot,eltwise,reduce'
+
+
+def _backends_started() -> bool:
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  return xla_bridge.backends_are_initialized()
+
+
+def configure_cpu() -> None:
+  """Turns YNNPACK's convolutions off in XLA:CPU: call before JAX's first computation.
+
+  Does nothing if XLA_FLAGS already sets the YNN fusion types (the user's
+  choice wins) or if JAX's backends have started (too late for XLA_FLAGS).
+  """
+  flags = os.environ.get('XLA_FLAGS', '')
+  if _YNN_FLAG not in flags and not _backends_started():
+    os.environ['XLA_FLAGS'] = f'{flags} {_CPU_FLAGS}'.strip()
+
+
+def xla_convolutions_are_fast() -> bool:
+  """Whether XLA_FLAGS keeps convolutions out of YNNPACK (read when JAX starts)."""
+  match = re.search(_YNN_FLAG + r'=(\S*)', os.environ.get('XLA_FLAGS', ''))
+  return match is not None and 'individual_convolution' not in match.group(1)
+
 
 def resolve(impl: str) -> str:
-  """The implementation `impl` means on this process's default backend."""
+  """The implementation `impl` means here: 'auto' is 'im2col' on a CPU whose XLA still
+  sends convolutions to YNNPACK, else 'xla' (GPU, TPU, or CPU after configure_cpu)."""
   if impl == 'auto':
-    return 'im2col' if jax.default_backend() == 'cpu' else 'xla'
+    slow_xla = jax.default_backend() == 'cpu' and not xla_convolutions_are_fast()
+    return 'im2col' if slow_xla else 'xla'
   return impl
 
 

@@ -88,7 +88,7 @@ class CNN(nn.Module):
     dense: units of the hidden Dense layer.
     pool: 'avg' (the Flax example) or 'max' (the Udacity Fashion-MNIST notebook).
     outputs: number of classes.
-    conv: the convolution, a key of lib.conv.IMPLEMENTATIONS ('auto': im2col on CPU).
+    conv: the convolution, a key of lib.conv.IMPLEMENTATIONS ('auto': lib.conv.resolve).
   """
   features: Sequence[int] = (32, 64)
   dense: int = 256
@@ -127,7 +127,7 @@ class AnySizeCNN(nn.Module):
     outputs: number of classes.
     pool: the global pool, 'max' (where the object is does not matter, nor how
       much empty canvas surrounds it) or 'avg'.
-    conv: the convolution, a key of lib.conv.IMPLEMENTATIONS ('auto': im2col on CPU).
+    conv: the convolution, a key of lib.conv.IMPLEMENTATIONS ('auto': lib.conv.resolve).
   """
   features: Sequence[int] = (16, 32, 64)
   outputs: int = 10
@@ -298,7 +298,7 @@ class ConvAutoencoder(nn.Module):
     shape: the image shape (height, width, channels); height and width must be
       multiples of 2 ** len(features).
     conv: the encoder's convolution, a key of lib.conv.IMPLEMENTATIONS ('auto':
-      im2col on CPU).
+      lib.conv.resolve).
   """
   latents: int = 32
   features: Sequence[int] = (32, 64)

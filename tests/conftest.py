@@ -12,6 +12,10 @@ import tensorflow_datasets as tfds
 
 tf.config.set_visible_devices([], 'GPU')
 
+from lib import conv  # pylint: disable=g-import-not-at-top
+
+conv.configure_cpu()  # As the launcher does, before JAX's first computation.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 
