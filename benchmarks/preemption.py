@@ -79,10 +79,11 @@ def _checkpoint_times(name, model, shape, config, workdir):
     start = time.perf_counter()
     ckpt.save(step, state, {'history': []})
     returned = time.perf_counter()
-    ckpt.close() if step == _SAVES.value + 1 else ckpt._manager.wait_until_finished()  # pylint: disable=protected-access
+    ckpt.wait_until_finished()
     if step > 1:  # The first save also creates the directories.
       blocking.append(returned - start)
       complete.append(time.perf_counter() - start)
+  ckpt.close()
   size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
              os.walk(os.path.join(workdir, 'checkpoints', str(_SAVES.value + 1))) for f in fs)
   return {'benchmark': 'checkpoint', 'model': name, 'params': models.count_params(state.params),

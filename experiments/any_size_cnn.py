@@ -167,6 +167,25 @@ def _normalize_after_cache(mode: str) -> input_pipeline.Augment:
   return lambda example, seed: {**example, 'x': normalize(example['x'])}
 
 
+def _shape_name(bucket: input_pipeline.Split) -> str:
+  return 'x'.join(map(str, bucket.ds.element_spec['x'].shape[:2]))
+
+
+def _test_accuracies(config: ml_collections.ConfigDict, state: train.TrainState,
+                     tests: dict[Any, tuple[input_pipeline.Split, input_pipeline.Augment]]
+                     ) -> tuple[dict[Any, float], int]:
+  """Accuracy of `state` on each (split, augment) of `tests`, and the eval step's compilations."""
+  mesh = parallel.make_mesh()
+  _, eval_step = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
+  eval_batch = parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
+  accuracy = {}
+  for name, (split, augment) in tests.items():
+    batches = train.EvalBatches(split, eval_batch, parallel.batch_sharding(mesh), augment=augment,
+                                max_bytes=0)
+    accuracy[name] = train.evaluate(eval_step, state, batches, prefix='')['accuracy']
+  return accuracy, eval_step._cache_size()  # pylint: disable=protected-access
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the fully convolutional CNN on canvases; tests it at every size of config.eval_sizes.
 
@@ -193,14 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       test=data.test, batch_augment=canvas_batches(config.train_sizes, config.max_digit,
                                                    config.seed))
 
-  mesh = parallel.make_mesh()
-  _, eval_step = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
-  eval_batch = parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
-  by_size = {}
-  for size in config.eval_sizes:
-    batches = train.EvalBatches(data.test, eval_batch, parallel.batch_sharding(mesh),
-                                augment=canvas_at(size, config.max_digit), max_bytes=0)
-    by_size[size] = train.evaluate(eval_step, state, batches, prefix='')['accuracy']
+  by_size, eval_compiles = _test_accuracies(
+      config, state, {size: (data.test, canvas_at(size, config.max_digit))
+                      for size in config.eval_sizes})
 
   # The notes' contrast: the Flatten + Dense CNN, built for 28x28, refuses other sizes.
   flatten_cnn = models.create('cnn', outputs=num_classes)
@@ -213,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results = {
       **summary,
       'test_accuracy_by_size': {str(s): a for s, a in by_size.items()},
-      'eval_step_compiles': eval_step._cache_size(),  # pylint: disable=protected-access
+      'eval_step_compiles': eval_compiles,
       'flatten_cnn_error': refusal,
   }
   if jax.process_index() == 0:
@@ -239,24 +253,15 @@ def _train_at_native_sizes(config: ml_collections.ConfigDict, workdir: str, mode
   normalize = _normalize_after_cache(config.normalization)
   state, summary = train.fit(config, workdir, model=model, task=tasks.classification,
                              train=data.train, val=data.val, test=data.test, augment=normalize)
-  mesh = parallel.make_mesh()
-  _, eval_step = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
-  eval_batch = parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
-  by_shape = {}
-  for bucket in data.test.buckets:
-    height, width = bucket.ds.element_spec['x'].shape[:2]
-    batches = train.EvalBatches(bucket, eval_batch, parallel.batch_sharding(mesh),
-                                augment=normalize, max_bytes=0)
-    by_shape[f'{height}x{width}'] = {
-        'accuracy': train.evaluate(eval_step, state, batches, prefix='')['accuracy'],
-        'examples': bucket.num_examples}
+  accuracy, eval_compiles = _test_accuracies(
+      config, state, {_shape_name(b): (b, normalize) for b in data.test.buckets})
+  by_shape = {_shape_name(b): {'accuracy': accuracy[_shape_name(b)], 'examples': b.num_examples}
+              for b in data.test.buckets}
   results = {
       **summary,
       'test_accuracy_by_shape': by_shape,
-      'train_examples_by_shape': {
-          'x'.join(map(str, b.ds.element_spec['x'].shape[:2])): b.num_examples
-          for b in data.train.buckets},
-      'eval_step_compiles': eval_step._cache_size(),  # pylint: disable=protected-access
+      'train_examples_by_shape': {_shape_name(b): b.num_examples for b in data.train.buckets},
+      'eval_step_compiles': eval_compiles,
   }
   if jax.process_index() == 0:
     plot_dir = os.path.join(workdir, 'plots')

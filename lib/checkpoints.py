@@ -99,9 +99,13 @@ class Checkpoints:
              'command again to resume' if (last := self._manager.latest_step()) is not None else
              'No checkpoint was saved yet; free space and run the same command again'))
 
+  def wait_until_finished(self) -> None:
+    """Waits until every save started so far is complete on disk."""
+    self._manager.wait_until_finished()
+
   def restore(self, step: int, state: Any = None) -> tuple[Any, dict[str, Any]]:
     """Restores `step` into arrays shaped and sharded like `state` (as saved if None)."""
-    self._manager.wait_until_finished()  # The step may still be being written.
+    self.wait_until_finished()  # The step may still be being written.
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
@@ -136,5 +140,5 @@ class Checkpoints:
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""
-    self._manager.wait_until_finished()
+    self.wait_until_finished()
     self._manager.close()

@@ -127,10 +127,17 @@ def from_arrays(arrays: dict[str, np.ndarray], num_shards: int | None = None) ->
     shares = {k: np.array_split(v, jax.process_count())[jax.process_index()]
               for k, v in arrays.items()}
     return from_dataset(tf.data.Dataset.from_tensor_slices(shares))
-  indices = parallel.local_shards(num_shards)
-  size = len(next(iter(arrays.values()))) // (num_shards or jax.process_count())
+  indices, total = parallel.local_shards(num_shards)
+  size = len(next(iter(arrays.values()))) // total
   return from_shards({i: tf.data.Dataset.from_tensor_slices(
       {k: v[i * size:(i + 1) * size] for k, v in arrays.items()}) for i in indices})
+
+
+def _shape_counts(ds: tf.data.Dataset, shapes: Sequence[tuple[int, ...]]) -> np.ndarray:
+  """How many examples of `ds` have each of `shapes` as the shape of 'x', in one pass."""
+  table = tf.constant(shapes, tf.int32)
+  return ds.reduce(tf.zeros(len(shapes), tf.int64), lambda n, ex: n + tf.cast(tf.reduce_all(
+      table == tf.shape(ex['x'])[None], axis=1), tf.int64)).numpy()
 
 
 def _of_shape(ds: tf.data.Dataset, shape: tuple[int, ...]) -> tf.data.Dataset:
@@ -155,7 +162,7 @@ def by_shape(split: Split, shapes: Sequence[tuple[int, ...]]) -> Split:
     ValueError: some examples have none of `shapes`.
   """
   shards = split.shards or (split,)
-  local = np.array([[_count(_of_shape(s.ds, shape)) for shape in shapes] for s in shards])
+  local = np.stack([_shape_counts(s.ds, shapes) for s in shards])  # (local shards, shapes)
   per_process = parallel.gather_arrays(local.sum(0))  # (processes, shapes)
   totals = per_process.sum(0)
   if totals.sum() != split.num_examples:
@@ -239,11 +246,11 @@ def _usable_buckets(split: Split, shard_batch: int) -> list[int]:
 
 def _bucketed_batches(shard: Split, batch_size: int, seed: int, shuffle_buffer: int,
                       start_step: int, augment: Augment | None, usable: list[int],
-                      weights: np.ndarray) -> tf.data.Dataset:
-  """Each step a batch of one bucket of `usable`, drawn from the step alone by `weights`."""
-  done = np.zeros(len(usable), np.int64)  # Batches each bucket gave before start_step.
-  for _, pick in zip(range(start_step), _bucket_of_step(seed, weights, 0)):
-    done[pick] += 1
+                      weights: np.ndarray, done: np.ndarray) -> tf.data.Dataset:
+  """Each step a batch of one bucket of `usable`, drawn from the step alone by `weights`.
+
+  `done[k]` is the number of batches bucket usable[k] gave before `start_step`.
+  """
   streams = [_batch_stream(shard.buckets[i], batch_size, seed, shuffle_buffer, int(done[k]),
                            augment, bucket=i) for k, i in enumerate(usable)]
   picks = tf.data.Dataset.from_generator(lambda: _bucket_of_step(seed, weights, start_step),
@@ -292,8 +299,11 @@ def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: i
   if split.buckets:
     usable = _usable_buckets(split, shard_batch)
     weights = np.array([split.buckets[k].num_examples for k in usable], np.float64)
+    weights /= weights.sum()
+    picks = np.fromiter(_bucket_of_step(seed, weights, 0), np.int64, count=start_step)
+    done = np.bincount(picks, minlength=len(usable))
     streams = [_bucketed_batches(s, shard_batch, seed, shuffle_buffer, start_step, augment,
-                                 usable, weights / weights.sum()) for s in shards]
+                                 usable, weights, done) for s in shards]
   else:
     streams = [_batch_stream(s, shard_batch, seed, shuffle_buffer, start_step, augment)
                for s in shards]
@@ -434,10 +444,12 @@ def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
   Returns:
     The Split.
   """
-  indices = [jax.process_index()] if num_shards is None else parallel.local_shards(num_shards)
+  if num_shards is None:
+    indices, total = [jax.process_index()], jax.process_count()
+  else:
+    indices, total = parallel.local_shards(num_shards)
   try:
-    names = tfds.even_splits(split, n=jax.process_count() if num_shards is None else
-                             num_shards or jax.process_count(), drop_remainder=num_shards is not None)
+    names = tfds.even_splits(split, n=total, drop_remainder=num_shards is not None)
     shards = {i: builder.as_dataset(split=names[i], shuffle_files=False) for i in indices}
   except (ValueError, KeyError, AssertionError) as e:
     raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '

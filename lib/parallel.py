@@ -57,11 +57,14 @@ def shard(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, ja
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def local_shards(num_shards: int) -> list[int]:
+def local_shards(num_shards: int) -> tuple[list[int], int]:
   """The training-data shards this process reads, of `num_shards` (0: one per process).
 
   The training order is a function of the shards, not of the processes, so a
   run with the same shards gives the same global batches on 1 or N processes.
+
+  Returns:
+    (this process's shard indices, the number of shards).
 
   Raises:
     UserError: the processes cannot split the shards evenly.
@@ -72,7 +75,8 @@ def local_shards(num_shards: int) -> list[int]:
     raise UserError(f'config.data_shards={num_shards} must be a multiple of the {processes} '
                     'processes (0: one shard per process)')
   per_process = num_shards // processes
-  return list(range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process))
+  first = jax.process_index() * per_process
+  return list(range(first, first + per_process)), num_shards
 
 
 def gather_arrays(values: np.ndarray) -> np.ndarray:

@@ -61,18 +61,17 @@ def test_configure_cpu_leaves_a_users_choice_and_a_started_jax_alone(monkeypatch
   monkeypatch.setenv('XLA_FLAGS', '')
   conv.configure_cpu()  # JAX has started in this process: too late, so nothing changes.
   assert os.environ['XLA_FLAGS'] == ''
-  out = subprocess.run([sys.executable, '-c', 'import os; from lib import conv; '
-                        'conv.configure_cpu(); print(os.environ["XLA_FLAGS"])'], cwd=REPO,
-                       env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
-                       capture_output=True, text=True, check=True).stdout.strip()
-  assert out == ('--xla_force_host_platform_device_count=2 '
-                 '--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce')
+  def configured(xla_flags):  # A fresh process: JAX has not started there.
+    return subprocess.run(
+        [sys.executable, '-c', 'import os; from lib import conv; conv.configure_cpu(); '
+         'print(os.environ["XLA_FLAGS"])'], cwd=REPO, env={**os.environ, 'XLA_FLAGS': xla_flags},
+        capture_output=True, text=True, check=True).stdout.strip()
+
+  assert configured('--xla_force_host_platform_device_count=2') == (
+      '--xla_force_host_platform_device_count=2 '
+      '--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce')
   mine = '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
-  out = subprocess.run([sys.executable, '-c', 'import os; from lib import conv; '
-                        'conv.configure_cpu(); print(os.environ["XLA_FLAGS"])'], cwd=REPO,
-                       env={**os.environ, 'XLA_FLAGS': mine}, capture_output=True, text=True,
-                       check=True).stdout.strip()
-  assert out == mine
+  assert configured(mine) == mine
 
 
 @pytest.mark.parametrize('name,kwargs,shape', [
