@@ -4,9 +4,10 @@
   python -m benchmarks.frameworks
 
 jaxnotes runs twice: with XLA's convolution (`conv='xla'`) and with lib.conv's
-im2col convolution; by default XLA:CPU is configured as the launcher configures
-it (lib.conv.configure_cpu: YNNPACK's convolutions off), --noconfigure_cpu
-leaves it as installed.
+im2col convolution. The process runs with the launcher's CPU settings
+(lib.cpu.configure: malloc reuses freed memory, YNNPACK's convolutions off), which
+apply to all three frameworks alike; `JAXNOTES_CPU_DEFAULTS=0 python -m
+benchmarks.frameworks` times everything as installed.
 The same network (the Flax MNIST example's CNN: conv 32 → avg-pool → conv 64 →
 avg-pool → dense 256 → dense 10, 824,458 params), batch 128, SGD 0.1 with
 momentum 0.9, on one device-resident random batch. Each figure is the median
@@ -19,6 +20,9 @@ import os
 import statistics
 import time
 
+from lib import cpu
+
+CPU_SETTINGS = cpu.configure()  # Before JAX, TF, torch or numpy start.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
@@ -27,12 +31,9 @@ import jax
 import numpy as np
 
 from configs import mnist_cnn
-from lib import conv, models, parallel, tasks, train
+from lib import models, parallel, tasks, train
 
 _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
-_CONFIGURE_CPU = flags.DEFINE_bool(
-    'configure_cpu', True, 'Turn YNNPACK convolutions off as the launcher does '
-    '(lib.conv.configure_cpu); --noconfigure_cpu times XLA:CPU as installed.')
 BATCH = 128
 
 
@@ -108,8 +109,6 @@ def torch_step(x: np.ndarray, y: np.ndarray):
 
 def main(argv):
   del argv
-  if _CONFIGURE_CPU.value:
-    conv.configure_cpu()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   rng = np.random.default_rng(0)
@@ -125,7 +124,7 @@ def main(argv):
                     'vs_fastest_other': {k: round(v / fastest_other, 3) for k, v in rates.items()
                                          if k.startswith('jaxnotes')},
                     'threads': {'torch': __import__('torch').get_num_threads()},
-                    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+                    'cpu_settings': CPU_SETTINGS, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
                     'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}'}))
 
 

@@ -27,6 +27,9 @@ import sys
 import tempfile
 import time
 
+from lib import cpu
+
+cpu.configure()  # As the launcher does, before JAX, TF or numpy start.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top

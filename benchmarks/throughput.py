@@ -10,13 +10,18 @@ step_ms, compile_s, params, the bare Flax step's examples/s and the ratio. Each 
 median of 5 timed blocks of at least --block_seconds after warm-up, on the
 same device-resident batch. With --manual_dir it also times one epoch of the
 real input pipeline feeding the same step (`pipeline_overhead`: that epoch's
-time over the pure step time for as many steps, minus 1).
+time over the pure step time for as many steps, minus 1). The process runs with
+the launcher's CPU settings (lib.cpu.configure); JAXNOTES_CPU_DEFAULTS=0 times
+XLA:CPU and malloc as installed.
 """
 import json
 import os
 import statistics
 import time
 
+from lib import cpu
+
+CPU_SETTINGS = cpu.configure()  # As the launcher does, before JAX, TF or numpy start.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
@@ -33,7 +38,7 @@ import tensorflow as tf
 
 from configs import fashion_mlp, forecast, mnist_cnn, vae
 from experiments import vae as vae_experiment
-from lib import conv, input_pipeline, models, parallel, tasks, train
+from lib import input_pipeline, models, parallel, tasks, train
 
 
 def _classification_loss(model, params, x, y, key):
@@ -122,7 +127,6 @@ def _median_rate(step, batch_size: int, block_seconds: float, blocks: int = 5) -
 
 def main(argv):
   del argv
-  conv.configure_cpu()  # As the launcher does.
   tf.config.set_visible_devices([], 'GPU')
   workload = WORKLOADS[_WORKLOAD.value]
   config = workload.config()
@@ -191,6 +195,7 @@ def main(argv):
       'compile_s': round(compile_s, 3), 'params': models.count_params(state.params),
       'bare_flax_examples_per_sec': round(bare_rate, 1), 'vs_bare_flax': round(rate / bare_rate, 3),
       'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+      'cpu_settings': CPU_SETTINGS,
   }
 
   if _MANUAL_DIR.value and 'dataset' not in config:

@@ -8,6 +8,9 @@ import os
 import pkgutil
 import sys
 
+from lib import cpu
+
+cpu.configure()  # First: malloc and XLA:CPU settings must precede JAX's and TF's threads.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF only feeds data here; keep its logs quiet.
 
 from absl import app  # pylint: disable=g-import-not-at-top
@@ -18,10 +21,7 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 import experiments
-from lib import conv
 from lib.errors import is_disk_full, UserError
-
-conv.configure_cpu()  # Before JAX's first computation: XLA:CPU's flags are read then.
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: configs/NAME.py or configs/NAME.py:VARIANT.',

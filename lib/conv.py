@@ -4,10 +4,10 @@ XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default, whose backward
 convolutions are slow on this project's CPU: the MNIST CNN step runs at ~1,800
 examples/s. Two ways out, both measured in benchmarks/frameworks.py:
 
-* `configure_cpu()` turns YNNPACK's convolution fusion off (it keeps its dot,
-  elementwise and reduce fusions), so XLA runs convolutions in its own Eigen
-  kernels: ~2,600 examples/s. The launcher calls it before JAX starts. It is a
-  process-wide XLA:CPU flag and leaves GPU and TPU alone.
+* `lib.cpu.configure()` turns YNNPACK's convolution fusion off (it keeps its
+  dot, elementwise and reduce fusions), so XLA runs convolutions in its own
+  Eigen kernels: ~2,600 examples/s. The launcher calls it before JAX starts. It
+  is a process-wide XLA:CPU flag and leaves GPU and TPU alone.
 * `Conv(impl='im2col')` writes the convolution as the kh*kw shifted, strided
   slices of the padded input side by side times the kernel as one matrix; its
   gradients are matmuls plus slices and pads: ~2,100 examples/s with YNNPACK
@@ -16,50 +16,24 @@ examples/s. Two ways out, both measured in benchmarks/frameworks.py:
 `Conv(impl='auto')` takes whichever is faster in this process.
 """
 from collections.abc import Sequence
-import os
-import re
 
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 
+from lib import cpu
+
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col')
 
 Padding = str | Sequence[tuple[int, int]]
 
-_YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
-# YNNPACK fusions kept: all but 'individual_convolution'.
-_CPU_FLAGS = f'--{_YNN_FLAG}=individual_dot,eltwise,reduce'
-
-
-def _backends_started() -> bool:
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  return xla_bridge.backends_are_initialized()
-
-
-def configure_cpu() -> None:
-  """Turns YNNPACK's convolutions off in XLA:CPU: call before JAX's first computation.
-
-  Does nothing if XLA_FLAGS already sets the YNN fusion types (the user's
-  choice wins) or if JAX's backends have started (too late for XLA_FLAGS).
-  """
-  flags = os.environ.get('XLA_FLAGS', '')
-  if _YNN_FLAG not in flags and not _backends_started():
-    os.environ['XLA_FLAGS'] = f'{flags} {_CPU_FLAGS}'.strip()
-
-
-def xla_convolutions_are_fast() -> bool:
-  """Whether XLA_FLAGS keeps convolutions out of YNNPACK (read when JAX starts)."""
-  match = re.search(_YNN_FLAG + r'=(\S*)', os.environ.get('XLA_FLAGS', ''))
-  return match is not None and 'individual_convolution' not in match.group(1)
-
 
 def resolve(impl: str) -> str:
   """The implementation `impl` means here: 'auto' is 'im2col' on a CPU whose XLA still
-  sends convolutions to YNNPACK, else 'xla' (GPU, TPU, or CPU after configure_cpu)."""
+  sends convolutions to YNNPACK, else 'xla' (GPU, TPU, or CPU after lib.cpu.configure)."""
   if impl == 'auto':
-    slow_xla = jax.default_backend() == 'cpu' and not xla_convolutions_are_fast()
+    slow_xla = jax.default_backend() == 'cpu' and not cpu.xla_convolutions_are_fast()
     return 'im2col' if slow_xla else 'xla'
   return impl
 

@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+from lib import cpu
+
+cpu.configure()  # As the launcher does, before JAX, TF or numpy start.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import pytest  # pylint: disable=g-import-not-at-top
@@ -11,10 +14,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 tf.config.set_visible_devices([], 'GPU')
-
-from lib import conv  # pylint: disable=g-import-not-at-top
-
-conv.configure_cpu()  # As the launcher does, before JAX's first computation.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')

@@ -1,16 +1,11 @@
 """lib.conv: the im2col convolution computes flax.linen.Conv's function, params and gradients."""
-import os
-import subprocess
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lib import conv, models
-from tests.conftest import REPO
+from lib import conv, cpu, models
 
 # (input shape, kernel, strides, padding): the codebase's convolutions, then harder cases.
 CASES = [
@@ -48,30 +43,13 @@ def test_im2col_matches_nn_conv_outputs_and_gradients(shape, kernel_size, stride
 
 def test_auto_takes_im2col_only_where_xla_sends_convolutions_to_ynnpack(monkeypatch):
   assert jax.default_backend() == 'cpu'
-  assert conv.xla_convolutions_are_fast()  # tests/conftest.py configured XLA:CPU as the launcher.
+  assert cpu.xla_convolutions_are_fast()  # tests/conftest.py configured XLA:CPU as the launcher.
   assert conv.resolve('auto') == 'xla'
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')  # YNNPACK's default.
   assert conv.resolve('auto') == 'im2col'
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_convolution')
   assert conv.resolve('auto') == 'im2col'
   assert conv.resolve('xla') == 'xla'
-
-
-def test_configure_cpu_leaves_a_users_choice_and_a_started_jax_alone(monkeypatch):
-  monkeypatch.setenv('XLA_FLAGS', '')
-  conv.configure_cpu()  # JAX has started in this process: too late, so nothing changes.
-  assert os.environ['XLA_FLAGS'] == ''
-  def configured(xla_flags):  # A fresh process: JAX has not started there.
-    return subprocess.run(
-        [sys.executable, '-c', 'import os; from lib import conv; conv.configure_cpu(); '
-         'print(os.environ["XLA_FLAGS"])'], cwd=REPO, env={**os.environ, 'XLA_FLAGS': xla_flags},
-        capture_output=True, text=True, check=True).stdout.strip()
-
-  assert configured('--xla_force_host_platform_device_count=2') == (
-      '--xla_force_host_platform_device_count=2 '
-      '--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce')
-  mine = '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
-  assert configured(mine) == mine
 
 
 @pytest.mark.parametrize('name,kwargs,shape', [

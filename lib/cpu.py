@@ -1,0 +1,90 @@
+"""Settings that make training fast on CPU, applied once, before JAX, TF or numpy start.
+
+Two causes of slow CPU steps, both measured on the MNIST CNN step
+(benchmarks/frameworks.py, README "Benchmarks"):
+
+* Page faults. XLA:CPU allocates each step's temporary buffers anew (~40 MB for
+  the MNIST CNN). glibc's malloc serves allocations that large by mmap, or from
+  per-thread arenas that it trims, so every step maps fresh pages and the kernel
+  zero-fills them on first touch: ~10,000 page faults per step, about a third of
+  the step time on this project's VM. `configure` makes malloc keep freed memory
+  in one heap and reuse it (no mmap, no trimming, one arena): the next step finds
+  its pages mapped. The price: the process keeps its peak heap until it exits.
+* YNNPACK convolutions. XLA:CPU (jaxlib 0.10) sends convolutions to YNNPACK,
+  whose backward convolutions are slow here; `configure` turns YNNPACK's
+  convolution fusion off and keeps its dot, elementwise and reduce fusions.
+
+`configure` leaves alone what the user chose: XLA_FLAGS that set the YNNPACK
+fusions, and malloc settings from the environment (MALLOC_*, GLIBC_TUNABLES, or
+an allocator in LD_PRELOAD). JAXNOTES_CPU_DEFAULTS=0 turns it off altogether.
+The malloc settings apply only where no accelerator plugin for JAX is installed
+(on GPU and TPU hosts the step's buffers live on the device), and only with
+glibc; the XLA flag is read by XLA:CPU alone, so it leaves GPU and TPU untouched.
+"""
+import ctypes
+import ctypes.util
+import importlib.metadata
+import os
+import platform
+import re
+import sys
+
+YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+# YNNPACK fusions kept: all but 'individual_convolution'.
+_XLA_FLAGS = f'--{YNN_FLAG}=individual_dot,eltwise,reduce'
+
+# mallopt(3) parameters.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_USER_MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_MMAP_THRESHOLD_',
+                    'MALLOC_TRIM_THRESHOLD_', 'GLIBC_TUNABLES', 'LD_PRELOAD')
+_ACCELERATOR_PLUGINS = re.compile(r'libtpu|jax[-_](cuda|rocm)')
+
+
+def configure() -> dict[str, bool]:
+  """Applies the CPU settings this process can still take; call before importing JAX.
+
+  Returns:
+    What was applied: {'xla_flags': ..., 'malloc': ...}.
+  """
+  if os.environ.get('JAXNOTES_CPU_DEFAULTS', '1') == '0':
+    return {'xla_flags': False, 'malloc': False}
+  malloc = _reuse_freed_memory()  # First: it must precede the threads JAX starts.
+  return {'xla_flags': _set_xla_flags(), 'malloc': malloc}
+
+
+def _backends_started() -> bool:
+  if 'jax' not in sys.modules:
+    return False
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  return xla_bridge.backends_are_initialized()
+
+
+def _set_xla_flags() -> bool:
+  flags = os.environ.get('XLA_FLAGS', '')
+  if YNN_FLAG in flags or _backends_started():  # The user's choice, or too late to read.
+    return False
+  os.environ['XLA_FLAGS'] = f'{flags} {_XLA_FLAGS}'.strip()
+  return True
+
+
+def _accelerator_plugin_installed() -> bool:
+  return any(_ACCELERATOR_PLUGINS.search((d.metadata['Name'] or '').lower())
+             for d in importlib.metadata.distributions())
+
+
+def _reuse_freed_memory() -> bool:
+  if (platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc'
+      or any(os.environ.get(name) for name in _USER_MALLOC_ENV)
+      or _accelerator_plugin_installed()):
+    return False
+  libc = ctypes.CDLL(ctypes.util.find_library('c'))
+  # One arena: glibc fixes the arena limit when a second thread first allocates,
+  # hence "before JAX, TF or numpy start" (they start threads).
+  return all(libc.mallopt(param, value) == 1 for param, value in (
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+
+
+def xla_convolutions_are_fast() -> bool:
+  """Whether XLA_FLAGS keeps convolutions out of YNNPACK (read when JAX starts)."""
+  match = re.search(YNN_FLAG + r'=(\S*)', os.environ.get('XLA_FLAGS', ''))
+  return match is not None and 'individual_convolution' not in match.group(1)
