@@ -3,21 +3,26 @@
   pip install torch==2.13.0   # CPU build; benchmark-only, not in requirements.txt
   python -m benchmarks.frameworks
 
-jaxnotes runs twice: with XLA's convolution (`conv='xla'`) and with lib.conv's
-im2col convolution. The process runs with the launcher's CPU settings
-(lib.cpu.configure: malloc reuses freed memory, YNNPACK's convolutions off), which
-apply to all three frameworks alike; `JAXNOTES_CPU_DEFAULTS=0 python -m
-benchmarks.frameworks` times everything as installed.
 The same network (the Flax MNIST example's CNN: conv 32 → avg-pool → conv 64 →
 avg-pool → dense 256 → dense 10, 824,458 params), batch 128, SGD 0.1 with
-momentum 0.9, on one device-resident random batch. Each figure is the median
-examples/s of 5 timed blocks of at least --block_seconds after warm-up. Prints
-one JSON line with each framework's rate and its ratio to the fastest other one.
+momentum 0.9, on one device-resident random batch. jaxnotes runs with XLA's
+convolution (`conv='xla'`, the launcher's choice) and with lib.conv's im2col.
+
+lib.cpu.configure (malloc reuses freed memory; YNNPACK's convolutions off) is
+process-wide and helps or hurts each framework differently, so every framework
+runs in a fresh process twice per round, with those settings and as installed
+(JAXNOTES_CPU_DEFAULTS=0), the rounds interleaved so that a VM's drift hits all
+alike. A figure is the median examples/s of 5 timed blocks of at least
+--block_seconds after warm-up, then the median over rounds. The ratio compares
+jaxnotes as the launcher runs it with each other framework at its better setting.
+Prints one JSON line.
 """
 import functools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 from lib import cpu
@@ -34,6 +39,9 @@ from configs import mnist_cnn
 from lib import models, parallel, tasks, train
 
 _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
+_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds of fresh processes per framework and setting.')
+_ONE = flags.DEFINE_string('one', None, 'Time this framework in this process and print its '
+                           'rate (what each child process does).')
 BATCH = 128
 
 
@@ -107,24 +115,46 @@ def torch_step(x: np.ndarray, y: np.ndarray):
   return run
 
 
-def main(argv):
-  del argv
+STEPS = {'jaxnotes_xla_conv': functools.partial(jaxnotes_step, conv='xla'),
+         'jaxnotes_im2col_conv': functools.partial(jaxnotes_step, conv='im2col'),
+         'keras_tensorflow': keras_step, 'pytorch': torch_step}
+
+
+def _time_one(name: str) -> dict:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   rng = np.random.default_rng(0)
   x = rng.random((BATCH, 28, 28, 1), np.float32)
   y = rng.integers(0, 10, BATCH).astype(np.int32)
-  rates = {}
-  for name, make in (('jaxnotes_xla_conv', functools.partial(jaxnotes_step, conv='xla')),
-                     ('jaxnotes_im2col_conv', functools.partial(jaxnotes_step, conv='im2col')),
-                     ('keras_tensorflow', keras_step), ('pytorch', torch_step)):
-    rates[name] = round(_rate(make(x, y), _BLOCK_SECONDS.value), 1)
-  fastest_other = max(v for k, v in rates.items() if not k.startswith('jaxnotes'))
-  print(json.dumps({'examples_per_sec': rates, 'batch': BATCH,
-                    'vs_fastest_other': {k: round(v / fastest_other, 3) for k, v in rates.items()
-                                         if k.startswith('jaxnotes')},
-                    'threads': {'torch': __import__('torch').get_num_threads()},
-                    'cpu_settings': CPU_SETTINGS, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  return {'examples_per_sec': _rate(STEPS[name](x, y), _BLOCK_SECONDS.value),
+          'cpu_settings': CPU_SETTINGS}
+
+
+def _child(name: str, configured: bool) -> float:
+  env = {**os.environ, 'JAXNOTES_CPU_DEFAULTS': '1' if configured else '0'}
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.frameworks', f'--one={name}',
+                        f'--block_seconds={_BLOCK_SECONDS.value}'], env=env, check=True,
+                       capture_output=True, text=True).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert any(result['cpu_settings'].values()) == configured, result
+  return result['examples_per_sec']
+
+
+def main(argv):
+  del argv
+  if _ONE.value:
+    print(json.dumps(_time_one(_ONE.value)))
+    return
+  runs = {(name, setting): [] for name in STEPS for setting in ('configured', 'as_installed')}
+  for _ in range(_ROUNDS.value):
+    for name, setting in runs:
+      runs[name, setting].append(_child(name, setting == 'configured'))
+  rates = {f'{name}/{setting}': round(statistics.median(r), 1) for (name, setting), r in runs.items()}
+  best_other = max(v for k, v in rates.items() if not k.startswith('jaxnotes'))
+  ours = rates['jaxnotes_xla_conv/configured']
+  print(json.dumps({'examples_per_sec': rates, 'rounds': {f'{n}/{s}': [round(v) for v in r]
+                                                          for (n, s), r in runs.items()},
+                    'jaxnotes_vs_fastest_other': round(ours / best_other, 3), 'batch': BATCH,
                     'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}'}))
 
 
