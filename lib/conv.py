@@ -1,19 +1,14 @@
-"""Convolutions on CPU: XLA's own kernels instead of YNNPACK's, and an im2col alternative.
+"""`Conv`: flax.linen.Conv's function and params, by XLA's convolution or by im2col.
 
-XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default, whose backward
-convolutions are slow on this project's CPU: the MNIST CNN step runs at ~1,800
-examples/s. Two ways out, both measured in benchmarks/frameworks.py:
-
-* `lib.cpu.configure()` turns YNNPACK's convolution fusion off (it keeps its
-  dot, elementwise and reduce fusions), so XLA runs convolutions in its own
-  Eigen kernels: ~2,600 examples/s. The launcher calls it before JAX starts. It
-  is a process-wide XLA:CPU flag and leaves GPU and TPU alone.
-* `Conv(impl='im2col')` writes the convolution as the kh*kw shifted, strided
-  slices of the padded input side by side times the kernel as one matrix; its
-  gradients are matmuls plus slices and pads: ~2,100 examples/s with YNNPACK
-  on, the faster choice where the flag is not in effect.
-
-`Conv(impl='auto')` takes whichever is faster in this process.
+On CPU, XLA's convolution is fast once `lib.cpu.configure()` (which the launcher
+calls before JAX starts) keeps lone convolutions out of YNNPACK; GPU and TPU run
+it natively. `Conv(impl='im2col')` writes the convolution as the kh*kw shifted,
+strided slices of the padded input side by side times the kernel as one matrix;
+its gradients are matmuls plus slices and pads. `Conv(impl='auto')` takes
+im2col only on a CPU whose XLA still sends lone convolutions to YNNPACK, from an
+earlier measurement in one shared process (2,138 vs 1,791 examples/s); measured
+in fresh processes (benchmarks/frameworks.py, README) im2col is the slower one
+there too (1,820 vs 2,901), so that exception is in question.
 """
 from collections.abc import Sequence
 

@@ -29,9 +29,9 @@ import platform
 import re
 import sys
 
-YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+_YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
 # YNNPACK fusions kept: all but 'individual_convolution'.
-_XLA_FLAGS = f'--{YNN_FLAG}=individual_dot,eltwise,reduce'
+_XLA_FLAGS = f'--{_YNN_FLAG}=individual_dot,eltwise,reduce'
 
 # mallopt(3) parameters.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -61,7 +61,7 @@ def _backends_started() -> bool:
 
 def _set_xla_flags() -> bool:
   flags = os.environ.get('XLA_FLAGS', '')
-  if YNN_FLAG in flags or _backends_started():  # The user's choice, or too late to read.
+  if _YNN_FLAG in flags or _backends_started():  # The user's choice, or too late to read.
     return False
   os.environ['XLA_FLAGS'] = f'{flags} {_XLA_FLAGS}'.strip()
   return True
@@ -86,5 +86,5 @@ def _reuse_freed_memory() -> bool:
 
 def xla_convolutions_are_fast() -> bool:
   """Whether XLA_FLAGS keeps convolutions out of YNNPACK (read when JAX starts)."""
-  match = re.search(YNN_FLAG + r'=(\S*)', os.environ.get('XLA_FLAGS', ''))
+  match = re.search(_YNN_FLAG + r'=(\S*)', os.environ.get('XLA_FLAGS', ''))
   return match is not None and 'individual_convolution' not in match.group(1)

@@ -31,7 +31,8 @@ print(json.dumps({'applied': applied, 'faults': faults[1:]}))
 
 def _run(code: str, **env: str) -> dict:
   environ = {k: v for k, v in os.environ.items()
-             if k not in ('XLA_FLAGS', 'JAXNOTES_CPU_DEFAULTS') and not k.startswith('MALLOC_')}
+             if k not in ('XLA_FLAGS', 'JAXNOTES_CPU_DEFAULTS', 'GLIBC_TUNABLES', 'LD_PRELOAD')
+             and not k.startswith('MALLOC_')}
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env={**environ, **env},
                        capture_output=True, text=True, check=True).stdout
   return json.loads(out.strip().splitlines()[-1])
