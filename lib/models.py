@@ -6,13 +6,38 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from lib import conv as conv_lib
 from lib.errors import UserError
 
+
+
+@jax.custom_jvp
+def relu(x: jax.Array) -> jax.Array:
+  """`nn.relu`: the same values (as floats) and the same gradient, cheaper on XLA:CPU.
+
+  XLA's CSE merges the zero in nn.relu's max(x, 0) with the zero in its
+  gradient's select(x > 0, g, 0); a broadcast with two users stays out of
+  XLA:CPU's YNNPACK fusions, so every step wrote out a tensor of zeros the size
+  of each ReLU's input (12.8 MB for the MNIST CNN's first layer). -0.0 is
+  another constant, and max(x, -0.0) == max(x, 0.0) for every x: the MNIST CNN
+  trains 4% faster on CPU (README, issue 3), and GPU/TPU run the same ops.
+
+  Args:
+    x: any array.
+
+  Returns:
+    max(x, 0) elementwise.
+  """
+  return jnp.maximum(x, -0.0)
+
+
+relu.defjvps(lambda g, ans, x: lax.select(x > 0, g, lax.full_like(g, 0)))  # As jax.nn.relu.
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'relu': nn.relu,
+    'relu': relu,
     'tanh': jnp.tanh,
     'sigmoid': nn.sigmoid,
     'linear': lambda x: x,
@@ -102,7 +127,7 @@ class CNN(nn.Module):
     pool = _pick(POOLS, self.pool, 'pool')
     size = x.shape[1:3]
     for channels in self.features:
-      x = nn.relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x))
+      x = relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x))
       x = pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     built = self.variables.get('params', {}).get('Dense_0', {}).get('kernel')
@@ -111,7 +136,7 @@ class CNN(nn.Module):
           f'cnn takes only the image size it was built for: a {size[0]}x{size[1]} image '
           f'flattens to {x.shape[-1]} features, but its Dense layer takes {built.shape[0]}; '
           'use model any_size_cnn (fully convolutional) for other sizes')
-    x = nn.relu(nn.Dense(self.dense)(x))
+    x = relu(nn.Dense(self.dense)(x))
     return nn.Dense(self.outputs)(x)
 
 
@@ -138,7 +163,7 @@ class AnySizeCNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     for channels in self.features:
-      x = nn.relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x))
+      x = relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
     x = conv_lib.Conv(self.outputs, (1, 1), impl=self.conv)(x)
     return jnp.max(x, axis=(1, 2)) if self.pool == 'max' else jnp.mean(x, axis=(1, 2))
@@ -179,7 +204,7 @@ class RNN(nn.Module):
     del train
     x = _with_feature_axis(x)
     if self.conv_features:
-      x = nn.relu(nn.Conv(self.conv_features, (5,), padding='CAUSAL')(x))
+      x = relu(nn.Conv(self.conv_features, (5,), padding='CAUSAL')(x))
     cell = _pick(CELLS, self.cell, 'cell')
     for units in self.units:
       make = lambda: nn.RNN(cell(units, activation_fn=_activation(self.activation))
@@ -215,7 +240,7 @@ class Conv1D(nn.Module):
     x = _with_feature_axis(x)
     for f, k, s, d in zip(self.features, self.kernel, self.strides, self.dilations, strict=True):
       padding = 'CAUSAL' if self.causal else [(1, 1)]
-      x = nn.relu(nn.Conv(f, (k,), strides=(s,), kernel_dilation=(d,), padding=padding)(x))
+      x = relu(nn.Conv(f, (k,), strides=(s,), kernel_dilation=(d,), padding=padding)(x))
     x = _pick(READOUTS, self.readout, 'readout')(x)
     return nn.Dense(self.outputs)(x)
 
@@ -325,15 +350,15 @@ class ConvAutoencoder(nn.Module):
   def encode(self, x: jax.Array) -> jax.Array:
     """The latent code, (batch, latents)."""
     for conv in self.encoder_convs:
-      x = nn.relu(conv(x))
+      x = relu(conv(x))
     return self.encoder_out(x.reshape((x.shape[0], -1)))
 
   def decode(self, z: jax.Array) -> jax.Array:
     """Pixels in [0, 1], (batch, *shape)."""
-    x = nn.relu(self.decoder_in(z)).reshape((z.shape[0], *self.code_shape))
+    x = relu(self.decoder_in(z)).reshape((z.shape[0], *self.code_shape))
     for i, conv in enumerate(self.decoder_convs):
       x = conv(x)
-      x = nn.sigmoid(x) if i == len(self.decoder_convs) - 1 else nn.relu(x)
+      x = nn.sigmoid(x) if i == len(self.decoder_convs) - 1 else relu(x)
     return x
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
