@@ -5,10 +5,12 @@ calls before JAX starts) keeps lone convolutions out of YNNPACK; GPU and TPU run
 it natively. `Conv(impl='im2col')` writes the convolution as the kh*kw shifted,
 strided slices of the padded input side by side times the kernel as one matrix;
 its gradients are matmuls plus slices and pads. `Conv(impl='auto')` takes
-im2col only on a CPU whose XLA still sends lone convolutions to YNNPACK, from an
-earlier measurement in one shared process (2,138 vs 1,791 examples/s); measured
-in fresh processes (benchmarks/frameworks.py, README) im2col is the slower one
-there too (1,820 vs 2,901), so that exception is in question.
+im2col only on a CPU whose XLA still sends lone convolutions to YNNPACK (the
+user's own XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0). The MNIST CNN's step,
+benchmarks/frameworks.py, fresh processes, two runs of 3 rounds: as installed,
+im2col 2,120 and 1,991 examples/s vs XLA's 2,002 and 1,951 (level within the
+VM's noise); with lib.cpu's settings, XLA's 4,389 and 4,542 vs im2col 3,114
+and 2,880.
 """
 from collections.abc import Sequence
 

@@ -8,8 +8,9 @@ Two causes of slow CPU steps, both measured on the MNIST CNN step
   per-thread arenas that it trims, so every step maps fresh pages and the kernel
   zero-fills them on first touch: ~10,000 page faults per step, about a third of
   the step time on this project's VM. `configure` makes malloc keep freed memory
-  in one heap and reuse it (no mmap, no trimming, one arena): the next step finds
-  its pages mapped. The price: the process keeps its peak heap until it exits.
+  and reuse it (no mmap, no trimming, at most 4 arenas shared by all threads):
+  the next step finds its pages mapped. The price: the process keeps its peak
+  heap until it exits.
 * YNNPACK convolutions. XLA:CPU (jaxlib 0.10) sends convolutions to YNNPACK,
   whose backward convolutions are slow here; `configure` turns YNNPACK's
   convolution fusion off and keeps its dot, elementwise and reduce fusions.
@@ -78,10 +79,14 @@ def _reuse_freed_memory() -> bool:
       or _accelerator_plugin_installed()):
     return False
   libc = ctypes.CDLL(ctypes.util.find_library('c'))
-  # One arena: glibc fixes the arena limit when a second thread first allocates,
+  # Few arenas, so that threads share them: an arena of its own per thread gives
+  # memory back whatever the trim threshold (MNIST CNN step, 2 cores: 8 arenas,
+  # 8,192 page faults; 4 or 2 arenas, 191; 1, none). One arena makes threads wait
+  # for its lock: the dense VAE step ran 16% slower than as installed with 1, ~3%
+  # with 4. glibc fixes the arena limit when a second thread first allocates,
   # hence "before JAX, TF or numpy start" (they start threads).
   return all(libc.mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+      (_M_ARENA_MAX, 4), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
 
 
 def xla_convolutions_are_fast() -> bool:
