@@ -13,7 +13,6 @@ from lib import conv as conv_lib
 from lib.errors import UserError
 
 
-
 @jax.custom_jvp
 def relu(x: jax.Array) -> jax.Array:
   """`nn.relu`: the same values (as floats) and the same gradient, cheaper on XLA:CPU.
