@@ -24,7 +24,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 from lib import cpu
 
@@ -38,6 +37,7 @@ import jax
 import numpy as np
 
 from configs import mnist_cnn
+from benchmarks import timing
 from lib import models, parallel, tasks, train
 
 _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
@@ -45,19 +45,6 @@ _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds of fresh processes per frame
 _ONE = flags.DEFINE_string('one', None, 'Time this framework in this process and print its '
                            'rate (what each child process does).')
 BATCH = 128
-
-
-def _rate(step, block_seconds: float, blocks: int = 5, warmup: int = 10) -> float:
-  for _ in range(warmup):
-    step()
-  rates = []
-  for _ in range(blocks):
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < block_seconds:
-      step()
-      n += 1
-    rates.append(n * BATCH / (time.perf_counter() - start))
-  return statistics.median(rates)
 
 
 def jaxnotes_step(x: np.ndarray, y: np.ndarray, conv: str):
@@ -129,7 +116,10 @@ def _time_one(name: str) -> dict:
   rng = np.random.default_rng(0)
   x = rng.random((BATCH, 28, 28, 1), np.float32)
   y = rng.integers(0, 10, BATCH).astype(np.int32)
-  return {'examples_per_sec': _rate(STEPS[name](x, y), _BLOCK_SECONDS.value),
+  step = STEPS[name](x, y)
+  for _ in range(10):  # Warm-up.
+    step()
+  return {'examples_per_sec': timing.median_rate(step, BATCH, _BLOCK_SECONDS.value),
           'cpu_settings': CPU_SETTINGS}
 
 

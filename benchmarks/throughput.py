@@ -8,9 +8,10 @@
 Prints one JSON line: workload, batch, steps_per_execution, examples_per_sec,
 step_ms, compile_s, params, the bare Flax step's examples/s and the ratio. Each figure is the
 median of 5 timed blocks of at least --block_seconds after warm-up, on the
-same device-resident batch. With --manual_dir it also times one epoch of the
-real input pipeline feeding the same step (`pipeline_overhead`: that epoch's
-time over the pure step time for as many steps, minus 1). The process runs with
+same device-resident batch. With --manual_dir it also times --rounds epochs of
+the real input pipeline feeding the same step, each next to as many steps on
+the device-resident batch (`pipeline_overhead`: the median over rounds of the
+epoch's time over those steps' time, minus 1). The process runs with
 the launcher's CPU settings (lib.cpu.configure); JAXNOTES_CPU_DEFAULTS=0 times
 XLA:CPU and malloc as installed.
 """
@@ -37,6 +38,7 @@ import optax
 import tensorflow as tf
 
 from configs import fashion_mlp, forecast, mnist_cnn, vae
+from benchmarks import timing
 from experiments import vae as vae_experiment
 from lib import input_pipeline, models, parallel, tasks, train
 
@@ -99,30 +101,10 @@ _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a tim
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Original dataset files: also time '
                                   'an epoch through the real input pipeline.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir for --manual_dir.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'With --manual_dir: epochs timed, each next to as '
+                               'many steps on one device-resident batch.')
 _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     'steps_per_execution', None, 'Training steps per compiled call; default: the config\'s.')
-
-
-def _median_rate(step, batch_size: int, block_seconds: float, blocks: int = 5) -> float:
-  """Examples per second: median over blocks of >= block_seconds.
-
-  Args:
-    step: runs one call and returns something to wait on.
-    batch_size: examples per call.
-    block_seconds: least length of a block.
-    blocks: timed blocks.
-  """
-  rates = []
-  for _ in range(blocks):
-    n, start = 0, time.perf_counter()
-    while True:
-      out = step()
-      n += 1
-      if n % 10 == 0 and time.perf_counter() - start >= block_seconds:
-        break
-    jax.block_until_ready(out)
-    rates.append(n * batch_size / (time.perf_counter() - start))
-  return statistics.median(rates)
 
 
 def main(argv):
@@ -187,8 +169,8 @@ def main(argv):
 
   for _ in range(20):  # Warm-up.
     jax.block_until_ready((engine(), bare_once()))
-  bare_rate = _median_rate(bare_once, config.batch_size, _BLOCK_SECONDS.value)
-  rate = _median_rate(engine, config.batch_size * per_call, _BLOCK_SECONDS.value)
+  bare_rate = timing.median_rate(bare_once, config.batch_size, _BLOCK_SECONDS.value)
+  rate = timing.median_rate(engine, config.batch_size * per_call, _BLOCK_SECONDS.value)
   result = {
       'workload': _WORKLOAD.value, 'batch': config.batch_size, 'steps_per_execution': per_call,
       'examples_per_sec': round(rate, 1), 'step_ms': round(1000 * config.batch_size / rate, 3),
@@ -208,14 +190,27 @@ def main(argv):
     stream = input_pipeline.train_batches(data.train, config.batch_size, seed=0,
                                           shuffle_buffer=config.shuffle_buffer, start_step=steps,
                                           stack=stack, augment=workload.augment)
-    start = time.perf_counter()
-    for _ in range(steps // per_call):  # As lib.train.fit: next batches, shard, steps, check loss.
-      holder['state'], m = train_steps(holder['state'], parallel.shard(next(stream), train_sharding))
-      np.asarray(m.loss.total)
-    epoch_s = time.perf_counter() - start
-    pure_s = steps * config.batch_size / rate
-    result.update(epoch_steps=steps, epoch_s=round(epoch_s, 2), pure_step_s=round(pure_s, 2),
-                  pipeline_overhead=round(epoch_s / pure_s - 1, 4))
+
+    def epoch(next_batch):
+      start, pending = time.perf_counter(), None
+      for _ in range(steps // per_call):  # As lib.train.fit: next batches, shard, steps, and
+        holder['state'], m = train_steps(holder['state'], next_batch())
+        if pending is not None:  # the loss checked one call late, so the host runs ahead.
+          np.asarray(pending)
+        pending = m.loss.total
+      np.asarray(pending)
+      return time.perf_counter() - start
+
+    # An epoch through the pipeline next to as many steps on the device-resident batch, round
+    # after round, so that the VM's drift between rounds cancels in each round's ratio.
+    rounds = [(epoch(lambda: parallel.shard(next(stream), train_sharding)),
+               epoch(lambda: batches)) for _ in range(_ROUNDS.value)]
+    overheads = [epoch_s / pure_s - 1 for epoch_s, pure_s in rounds]
+    result.update(epoch_steps=steps,
+                  epoch_s=round(statistics.median(e for e, _ in rounds), 2),
+                  pure_step_s=round(statistics.median(p for _, p in rounds), 2),
+                  pipeline_overhead=round(statistics.median(overheads), 4),
+                  pipeline_overhead_per_round=[round(o, 4) for o in overheads])
   print(json.dumps(result))
 
 
