@@ -12,8 +12,12 @@ Two causes of slow CPU steps, both measured on the MNIST CNN step
   the next step finds its pages mapped. The price: the process keeps its peak
   heap until it exits.
 * YNNPACK convolutions. XLA:CPU (jaxlib 0.10) sends convolutions to YNNPACK,
-  whose backward convolutions are slow here; `configure` turns YNNPACK's
-  convolution fusion off and keeps its dot, elementwise and reduce fusions.
+  whose backward convolutions are slow here; `configure` takes convolutions
+  out of XLA:CPU's default YNNPACK fusions and leaves the rest as installed.
+  Adding YNNPACK's elementwise and reduce fusions (this module's choice until
+  2026-11-24) made the MNIST CNN's step ~7% faster but dense models' steps
+  15-30% slower (fresh processes, interleaved: vae 24,600 vs 29,100 examples/s,
+  mlp 91,000 vs 120,000); a convnet user can still ask for them in XLA_FLAGS.
 
 `configure` leaves alone what the user chose: XLA_FLAGS that set the YNNPACK
 fusions, and malloc settings from the environment (MALLOC_*, GLIBC_TUNABLES, or
@@ -31,8 +35,8 @@ import re
 import sys
 
 _YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
-# YNNPACK fusions kept: all but 'individual_convolution'.
-_XLA_FLAGS = f'--{_YNN_FLAG}=individual_dot,eltwise,reduce'
+# XLA's default YNNPACK fusions less lone convolutions ('-' edits the default set).
+_XLA_FLAGS = f'--{_YNN_FLAG}=-individual_convolution'
 
 # mallopt(3) parameters.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -92,4 +96,9 @@ def _reuse_freed_memory() -> bool:
 def xla_convolutions_are_fast() -> bool:
   """Whether XLA_FLAGS keeps convolutions out of YNNPACK (read when JAX starts)."""
   match = re.search(_YNN_FLAG + r'=(\S*)', os.environ.get('XLA_FLAGS', ''))
-  return match is not None and 'individual_convolution' not in match.group(1)
+  if match is None:  # XLA's default set, which has convolutions.
+    return False
+  kinds = [k for k in match.group(1).split(',') if k]
+  if kinds and all(k[0] in '+-' for k in kinds):  # Edits of the default set.
+    return '-individual_convolution' in kinds
+  return 'individual_convolution' not in kinds and '+individual_convolution' not in kinds

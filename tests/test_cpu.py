@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import REPO
 
-_YNN = '--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce'
+_YNN = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 
 # Allocates, touches and frees a 64 MiB buffer 5 times; prints what configure() applied and
 # the page faults of the last 4 rounds.
@@ -56,8 +56,11 @@ def test_xla_flags_keep_convolutions_out_of_ynnpack_unless_the_user_chose():
           'print(json.dumps([os.environ["XLA_FLAGS"], cpu.xla_convolutions_are_fast()]))')
   assert _run(code, XLA_FLAGS='--xla_force_host_platform_device_count=2') == [
       f'--xla_force_host_platform_device_count=2 {_YNN}', True]
-  mine = '--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution'
-  assert _run(code, XLA_FLAGS=mine) == [mine, False]
+  for kinds, fast in [('individual_dot,individual_convolution', False),
+                      ('individual_dot,eltwise,reduce', True), ('+eltwise', False),
+                      ('-individual_convolution,+eltwise', True), ('', True)]:
+    mine = f'--xla_cpu_experimental_ynn_fusion_type={kinds}'
+    assert _run(code, XLA_FLAGS=mine) == [mine, fast]
 
 
 def test_nothing_changes_once_jax_has_started():
