@@ -9,8 +9,9 @@ im2col only on a CPU whose XLA still sends lone convolutions to YNNPACK (the
 user's own XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0). The MNIST CNN's step,
 benchmarks/frameworks.py, fresh processes, two runs of 3 rounds: as installed,
 im2col 2,120 and 1,991 examples/s vs XLA's 2,002 and 1,951 (level within the
-VM's noise); with lib.cpu's settings, XLA's 4,389 and 4,542 vs im2col 3,114
-and 2,880.
+VM's noise; 1,614 vs 1,966 in a later run of 2 rounds); with lib.cpu's settings,
+XLA's 4,389 and 4,542 vs im2col 3,114 and 2,880 (its earlier XLA flag), 3,806
+vs 2,061 (its current one).
 """
 from collections.abc import Sequence
 

@@ -16,8 +16,8 @@ Two causes of slow CPU steps, both measured on the MNIST CNN step
   out of XLA:CPU's default YNNPACK fusions and leaves the rest as installed.
   Adding YNNPACK's elementwise and reduce fusions (this module's choice until
   2026-11-24) made the MNIST CNN's step ~7% faster but dense models' steps
-  15-30% slower (fresh processes, interleaved: vae 24,600 vs 29,100 examples/s,
-  mlp 91,000 vs 120,000); a convnet user can still ask for them in XLA_FLAGS.
+  15-30% slower (fresh processes, interleaved: vae 24,800 vs 29,100 examples/s,
+  mlp 91,800 vs 120,700); a convnet user can still ask for them in XLA_FLAGS.
 
 `configure` leaves alone what the user chose: XLA_FLAGS that set the YNNPACK
 fusions, and malloc settings from the environment (MALLOC_*, GLIBC_TUNABLES, or
