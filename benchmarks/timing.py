@@ -23,8 +23,8 @@ def median_rate(step: Callable[[], Any], examples_per_call: int, block_seconds: 
   """
   rates = []
   for _ in range(blocks):
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < block_seconds:
+    n, start, out = 0, time.perf_counter(), None
+    while n == 0 or time.perf_counter() - start < block_seconds:
       out = step()
       n += 1
     jax.block_until_ready(out)
