@@ -1,4 +1,4 @@
-"""`Conv`: flax.linen.Conv's function and params, by XLA's convolution or by im2col.
+"""`Conv`: flax.linen.Conv's function and params, by XLA's convolution, im2col or a CPU kernel.
 
 On CPU, XLA's convolution is fast once `lib.cpu.configure()` (which the launcher
 calls before JAX starts) keeps lone convolutions out of YNNPACK; GPU and TPU run
@@ -14,26 +14,80 @@ XLA's 4,389 and 4,542 vs im2col 3,114 and 2,880 (its earlier XLA flag), 3,806
 vs 2,061 (its current one).
 """
 from collections.abc import Sequence
+import functools
 
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 
+from lib import conv_kernel
 from lib import cpu
 
-IMPLEMENTATIONS = ('auto', 'xla', 'im2col')
+IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
 
 Padding = str | Sequence[tuple[int, int]]
 
 
 def resolve(impl: str) -> str:
-  """The implementation `impl` means here: 'auto' is 'im2col' on a CPU whose XLA still
-  sends convolutions to YNNPACK, else 'xla' (GPU, TPU, or CPU after lib.cpu.configure)."""
-  if impl == 'auto':
-    slow_xla = jax.default_backend() == 'cpu' and not cpu.xla_convolutions_are_fast()
-    return 'im2col' if slow_xla else 'xla'
-  return impl
+  """The implementation `impl` means here.
+
+  'auto' is 'xla' on GPU and TPU. On CPU it is 'im2col' where XLA still sends
+  convolutions to YNNPACK; else 'kernel' on one device where lib.conv_kernel is
+  available (its custom call does not split over devices), else 'xla'.
+  """
+  if impl != 'auto':
+    return impl
+  if jax.default_backend() != 'cpu':
+    return 'xla'
+  if not cpu.xla_convolutions_are_fast():
+    return 'im2col'
+  return 'kernel' if jax.device_count() == 1 and conv_kernel.available() else 'xla'
+
+
+def _explicit(padding: Padding, x_shape: Sequence[int], kernel_size: Sequence[int],
+              strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x_shape[1:3], kernel_size, strides, padding)
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def xla_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+             padding: Padding) -> jax.Array:
+  """`lax.conv_general_dilated` in NHWC/HWIO, as nn.Conv calls it."""
+  return lax.conv_general_dilated(x, kernel, strides, padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def kernel_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  """XLA's convolution whose kernel gradient is lib.conv_kernel's (CPU only; see `resolve`).
+
+  Args:
+    x: (batch, height, width, in_channels) float32; in_channels a multiple of 4.
+    kernel: (kh, kw, in_channels, out_channels) float32; out_channels a multiple of 16.
+    strides: (sh, sw).
+    padding: ((top, bottom), (left, right)), explicit.
+
+  Returns:
+    (batch, out_height, out_width, out_channels), as `xla_conv`.
+  """
+  return xla_conv(x, kernel, strides, padding)
+
+
+def _kernel_conv_fwd(x, kernel, strides, padding):
+  return xla_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _kernel_conv_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  # XLA's input gradient is at matmul speed; where x needs none (the first layer) XLA drops it.
+  dx = jax.vjp(lambda x: xla_conv(x, kernel, strides, padding), x)[1](dy)[0]
+  return dx, conv_kernel.weight_grad(x, dy, kernel.shape[:2], strides, padding)
+
+
+kernel_conv.defvjp(_kernel_conv_fwd, _kernel_conv_bwd)
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
@@ -51,9 +105,8 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   """
   kh, kw, cin, cout = kernel.shape
   sh, sw = strides
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), padding)
-  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  padding = _explicit(padding, x.shape, (kh, kw), strides)
+  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
   n, height, width, _ = x.shape
   out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
   if kh == kw == 1 and sh == sw == 1:
@@ -75,7 +128,9 @@ class Conv(nn.Module):
     strides: (sh, sw) or one int for both.
     padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
     use_bias: add a bias.
-    impl: 'auto', 'xla' (lax.conv_general_dilated, as nn.Conv) or 'im2col'.
+    impl: 'auto' (see `resolve`), 'xla' (lax.conv_general_dilated, as nn.Conv),
+      'im2col', or 'kernel' (XLA's, with lib.conv_kernel's kernel gradient on CPU where the
+      channels allow it, else XLA's).
   """
   features: int
   kernel_size: Sequence[int]
@@ -90,11 +145,14 @@ class Conv(nn.Module):
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     kernel = self.param('kernel', nn.linear.default_kernel_init,
                         (kh, kw, x.shape[-1], self.features))
-    if resolve(self.impl) == 'im2col':
+    impl = resolve(self.impl)
+    if impl == 'im2col':
       y = im2col_conv(x, kernel, strides, self.padding)
+    elif (impl == 'kernel' and x.dtype == kernel.dtype == jnp.float32 and
+          conv_kernel.supports(x.shape, self.features) and conv_kernel.available()):
+      y = kernel_conv(x, kernel, strides, _explicit(self.padding, x.shape, (kh, kw), strides))
     else:
-      y = lax.conv_general_dilated(x, kernel, strides, self.padding,
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = xla_conv(x, kernel, strides, self.padding)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros_init(), (self.features,))
     return y

@@ -1,11 +1,11 @@
-"""lib.conv: the im2col convolution computes flax.linen.Conv's function, params and gradients."""
+"""lib.conv: im2col and the CPU kernel compute flax.linen.Conv's function, params and gradients."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lib import conv, cpu, models
+from lib import conv, conv_kernel, cpu, models
 
 # (input shape, kernel, strides, padding): the codebase's convolutions, then harder cases.
 CASES = [
@@ -41,10 +41,65 @@ def test_im2col_matches_nn_conv_outputs_and_gradients(shape, kernel_size, stride
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+needs_kernel = pytest.mark.skipif(
+    not conv_kernel.available(),
+    reason='lib.conv_kernel is not available here (needs x86-64 with AVX-512 and a C++ compiler)')
+
+# (input shape, kernel, strides, padding, features) the kernel takes: in-channels a multiple
+# of 4, features of 16; between them every register tiling it picks.
+KERNEL_CASES = [
+    ((4, 14, 14, 32), (3, 3), (1, 1), 'SAME', 64),  # cnn: second block.
+    ((3, 14, 14, 16), (3, 3), (2, 2), 'SAME', 32),  # conv_autoencoder: second encoder conv.
+    ((2, 9, 7, 64), (3, 3), (1, 1), 'SAME', 128),  # any_size_cnn: fourth block.
+    ((2, 13, 11, 12), (5, 3), (2, 1), 'SAME', 48),
+    ((2, 12, 12, 4), (3, 3), (3, 2), ((2, 0), (1, 3)), 32),
+    ((2, 13, 11, 8), (3, 3), (1, 1), 'VALID', 16),
+    ((2, 7, 9, 16), (1, 1), (1, 1), 'SAME', 16),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize('shape,kernel_size,strides,padding,features', KERNEL_CASES)
+def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, features):
+  x = jax.random.normal(jax.random.PRNGKey(1), shape)
+  reference = nn.Conv(features, kernel_size, strides=strides, padding=padding)
+  ours = conv.Conv(features, kernel_size, strides=strides, padding=padding, impl='kernel')
+  params = reference.init(jax.random.PRNGKey(0), x)
+  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.PRNGKey(0), x), params)
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), reference.apply(params, x).shape)
+
+  def grads(module):
+    loss = lambda p, x: jnp.sum(module.apply(p, x) * cotangent)
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+  step = jax.jit(jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * cotangent)))
+  assert conv_kernel.TARGET in step.lower(params, x).as_text()  # The kernel, not XLA's.
+  got, want = grads(ours), grads(reference)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # Fixed chunks summed in order: the same bits every time.
+  jax.tree.map(np.testing.assert_array_equal, grads(ours), got)
+
+
+def test_kernel_off_or_unbuildable_means_xla(monkeypatch, tmp_path):
+  monkeypatch.setenv('JAXNOTES_CONV_KERNEL', '0')
+  assert not conv_kernel.available.__wrapped__()
+  monkeypatch.delenv('JAXNOTES_CONV_KERNEL')
+  monkeypatch.setenv('JAXNOTES_CACHE', str(tmp_path))
+  monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+  assert not conv_kernel.available.__wrapped__()
+  assert not list(tmp_path.glob('*.so'))
+
+
+def test_kernel_takes_only_the_channels_it_tiles():
+  assert conv_kernel.supports((8, 14, 14, 32), 64)
+  assert not conv_kernel.supports((8, 28, 28, 1), 32)  # The first layer: XLA's gradient.
+  assert not conv_kernel.supports((8, 14, 14, 32), 10)
+
+
 def test_auto_takes_im2col_only_where_xla_sends_convolutions_to_ynnpack(monkeypatch):
   assert jax.default_backend() == 'cpu'
   assert cpu.xla_convolutions_are_fast()  # tests/conftest.py configured XLA:CPU as the launcher.
-  assert conv.resolve('auto') == 'xla'
+  assert conv.resolve('auto') == ('kernel' if conv_kernel.available() else 'xla')
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')  # YNNPACK's default.
   assert conv.resolve('auto') == 'im2col'
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_convolution')
@@ -65,8 +120,13 @@ def test_models_give_the_same_outputs_with_either_convolution(name, kwargs, shap
   jax.tree.map(np.testing.assert_array_equal, fast.init(jax.random.PRNGKey(1), x), variables)
   np.testing.assert_allclose(fast.apply(variables, x), xla.apply(variables, x), rtol=1e-4,
                              atol=1e-5)
+  if conv_kernel.available():  # Its forward is XLA's; its kernel gradients must match too.
+    kernel = models.create(name, conv='kernel', **kwargs)
+    loss = lambda model: jax.grad(lambda v: jnp.sum(model.apply(v, x) ** 2))(variables)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                 loss(kernel), loss(xla))
 
 
 def test_unknown_convolution_is_a_clear_error():
-  with pytest.raises(Exception, match=r"conv='fft' is unknown; choose one of \['auto', 'im2col', 'xla'\]"):
+  with pytest.raises(Exception, match=r"conv='fft' is unknown; choose one of \['auto', 'im2col', 'kernel', 'xla'\]"):
     models.create('cnn', conv='fft')

@@ -1,0 +1,96 @@
+"""The CPU convolution weight-gradient kernel (lib/conv_kernel.cc): built, loaded and called.
+
+The C++ source is compiled on first use with the C++ compiler (`$CXX`, else
+`g++`) against the XLA FFI headers that jaxlib ships, into a cache folder
+(`$JAXNOTES_CACHE`, else `~/.cache/jaxnotes`) under a name that hashes the
+source, the command and the jaxlib version; later processes load the cached
+library (~10 s once, then nothing). Where it cannot be had (not x86-64, no
+AVX-512, no compiler, JAXNOTES_CONV_KERNEL=0) `available()` is False, with one
+logged line saying why, and lib.conv uses XLA's convolution alone.
+"""
+from collections.abc import Sequence
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import subprocess
+import tempfile
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+TARGET = 'jaxnotes_conv_weight_grad'
+SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
+
+
+def _build() -> pathlib.Path:
+  command = [os.environ.get('CXX', 'g++'), '-O3', '-std=c++17', '-shared', '-fPIC',
+             f'-I{jax.ffi.include_dir()}']
+  key = hashlib.sha256(SOURCE.read_bytes() + ' '.join(command).encode() +
+                       jaxlib.__version__.encode()).hexdigest()[:16]
+  cache = pathlib.Path(os.environ.get('JAXNOTES_CACHE', '~/.cache/jaxnotes')).expanduser()
+  library = cache / f'conv_kernel-{key}.so'
+  if not library.exists():
+    cache.mkdir(parents=True, exist_ok=True)
+    # Built beside and renamed into place: processes that build at once never load half a file.
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+      built = pathlib.Path(tmp) / library.name
+      subprocess.run([*command, str(SOURCE), '-o', str(built)], check=True, capture_output=True,
+                     text=True)
+      os.replace(built, library)
+  return library
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the kernel is built, runs on this CPU and is registered with XLA:CPU (once per process)."""
+  if os.environ.get('JAXNOTES_CONV_KERNEL') == '0':
+    return False
+  if platform.machine().lower() not in ('x86_64', 'amd64'):
+    logging.info('lib.conv_kernel: not an x86-64 CPU; XLA computes the convolutions')
+    return False
+  try:
+    library = ctypes.CDLL(str(_build()))
+  except (OSError, subprocess.CalledProcessError) as e:
+    lines = (getattr(e, 'stderr', '') or str(e)).splitlines()
+    detail = next((line for line in lines if 'error' in line), lines[-1] if lines else '')
+    logging.warning('lib.conv_kernel: could not build or load %s (%s); XLA computes the '
+                    'convolutions', SOURCE.name, detail.strip())
+    return False
+  if not library.JaxnotesConvKernelSupported():
+    logging.info('lib.conv_kernel: this CPU has no AVX-512; XLA computes the convolutions')
+    return False
+  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.JaxnotesConvWgrad),
+                              platform='cpu')
+  return True
+
+
+def supports(x_shape: Sequence[int], features: int) -> bool:
+  """Whether the kernel takes this convolution: input channels a multiple of 4, outputs of 16."""
+  return x_shape[-1] % 4 == 0 and features % 16 == 0
+
+
+def weight_grad(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
+                padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """The kernel gradient of `lax.conv_general_dilated(x, kernel, strides, padding)` (NHWC/HWIO).
+
+  Args:
+    x: (batch, height, width, channels) float32, the convolution's input.
+    dy: (batch, out_height, out_width, features) float32, the gradient of its output.
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+    padding: ((top, bottom), (left, right)), explicit.
+
+  Returns:
+    (kh, kw, channels, features): sum over the batch and positions of input patch x dy.
+  """
+  shape = (*kernel_size, x.shape[-1], dy.shape[-1])
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(shape, jnp.float32),
+                          vmap_method='sequential')
+  return call(x, dy, sh=np.int64(strides[0]), sw=np.int64(strides[1]),
+              pt=np.int64(padding[0][0]), pl=np.int64(padding[1][0]))
