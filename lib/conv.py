@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from lib import conv_kernel
 from lib import cpu
+from lib.activations import relu
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
 
@@ -90,6 +91,45 @@ def _kernel_conv_bwd(strides, padding, residuals, dy):
 kernel_conv.defvjp(_kernel_conv_fwd, _kernel_conv_bwd)
 
 
+def _pad_same(x: jax.Array, kernel_size: Sequence[int]) -> jax.Array:
+  pads = _explicit('SAME', x.shape, kernel_size, (1, 1))
+  return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+
+
+@jax.custom_vjp
+def conv_relu_avg_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """2x2 average pool of ReLU(conv 'SAME' stride 1 + bias), by lib.conv_kernel's fused block.
+
+  CPU only, where `conv_kernel.block_supports` (the first layer of an image CNN).
+
+  Args:
+    x: (batch, height, width, channels) float32.
+    kernel: (kh, kw, channels, features) float32.
+    bias: (features,) float32.
+
+  Returns:
+    (batch, height // 2, width // 2, features).
+  """
+  return conv_kernel.block_forward(_pad_same(x, kernel.shape[:2]), kernel, bias)
+
+
+def _block_fwd(x, kernel, bias):
+  return conv_relu_avg_pool(x, kernel, bias), (x, kernel, bias)
+
+
+def _block_bwd(residuals, dout):
+  x, kernel, bias = residuals
+  # The input's gradient by XLA; for a network's first layer (the images) XLA drops it unused.
+  def plain(x):
+    y = relu(xla_conv(x, kernel, (1, 1), 'SAME') + bias)
+    return lax.reduce_window(y, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID') * 0.25
+  dx = jax.vjp(plain, x)[1](dout)[0]
+  return (dx, *conv_kernel.block_backward(_pad_same(x, kernel.shape[:2]), kernel, bias, dout))
+
+
+conv_relu_avg_pool.defvjp(_block_fwd, _block_bwd)
+
+
 def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
                 padding: Padding) -> jax.Array:
   """`lax.conv_general_dilated` in NHWC/HWIO (no dilation, one group) as slices and a matmul.
@@ -131,6 +171,9 @@ class Conv(nn.Module):
     impl: 'auto' (see `resolve`), 'xla' (lax.conv_general_dilated, as nn.Conv),
       'im2col', or 'kernel' (XLA's, with lib.conv_kernel's kernel gradient on CPU where the
       channels allow it, else XLA's).
+    relu_avg_pool: return the 2x2 average pool (stride 2) of lib.activations.relu of the
+      output; with impl 'kernel' (and 'auto' where it means 'kernel') and a block
+      lib.conv_kernel.block_supports (few input channels, 'SAME', stride 1), in one pass.
   """
   features: int
   kernel_size: Sequence[int]
@@ -138,6 +181,7 @@ class Conv(nn.Module):
   padding: Padding = 'SAME'
   use_bias: bool = True
   impl: str = 'auto'
+  relu_avg_pool: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -146,13 +190,21 @@ class Conv(nn.Module):
     kernel = self.param('kernel', nn.linear.default_kernel_init,
                         (kh, kw, x.shape[-1], self.features))
     impl = resolve(self.impl)
+    kernel_path = (impl == 'kernel' and x.dtype == kernel.dtype == jnp.float32 and
+                   conv_kernel.available())
+    bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,))
+            if self.use_bias else None)
+    if (self.relu_avg_pool and kernel_path and bias is not None and strides == (1, 1) and
+        self.padding == 'SAME' and conv_kernel.block_supports(x.shape, (kh, kw), self.features)):
+      return conv_relu_avg_pool(x, kernel, bias)
     if impl == 'im2col':
       y = im2col_conv(x, kernel, strides, self.padding)
-    elif (impl == 'kernel' and x.dtype == kernel.dtype == jnp.float32 and
-          conv_kernel.supports(x.shape, self.features) and conv_kernel.available()):
+    elif kernel_path and conv_kernel.supports(x.shape, self.features):
       y = kernel_conv(x, kernel, strides, _explicit(self.padding, x.shape, (kh, kw), strides))
     else:
       y = xla_conv(x, kernel, strides, self.padding)
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    if bias is not None:
+      y = y + bias
+    if self.relu_avg_pool:
+      y = nn.avg_pool(relu(y), (2, 2), strides=(2, 2))
     return y

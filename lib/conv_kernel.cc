@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -88,11 +89,37 @@ ChunkFn PickChunk(int64_t c, int64_t k) {
   return c % 16 == 0 ? &Chunk<16, 1> : c % 8 == 0 ? &Chunk<8, 1> : &Chunk<4, 1>;
 }
 
-struct Work {
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t chunks = 0, size = 0;
-  std::vector<float> partial;  // chunks x size
-};
+// Runs fn(c, n0, n1) for `chunks` fixed slices [n0, n1) of [0, n), on this thread and XLA's pool.
+// Tasks that start after every chunk is taken return at once, so this never waits for a task
+// the pool has not started: the calling thread takes chunks itself until none is left.
+template <typename Fn>
+void ForChunks(ffi::ThreadPool& pool, int64_t n, int64_t chunks, Fn fn) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto state = std::make_shared<State>();
+  auto run = [state, n, chunks, fn] {
+    for (int64_t c; (c = state->next.fetch_add(1)) < chunks;) {
+      fn(c, n * c / chunks, n * (c + 1) / chunks);
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([run] { run(); });
+  run();
+  while (state->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+}
+
+// Each chunk sums into its own slice of `partial` and the slices are added in order: the result
+// does not depend on which thread took which chunk.
+void SumChunks(const std::vector<float>& partial, int64_t chunks, float* out) {
+  const int64_t size = partial.size() / chunks;
+  std::copy_n(partial.data(), size, out);
+  for (int64_t c = 1; c < chunks; ++c)
+    for (int64_t e = 0; e < size; ++e) out[e] += partial[c * size + e];
+}
+
+int64_t Chunks(int64_t n) { return std::min<int64_t>(n, 16); }
 
 ffi::Error WgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                      ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt,
@@ -106,35 +133,165 @@ ffi::Error WgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   }
   const Geometry g{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], dyd[3], wd[0], wd[1], sh, sw, pt, pl};
   const ChunkFn chunk = PickChunk(g.c, g.k);
-  auto work = std::make_shared<Work>();
-  work->chunks = std::min<int64_t>(g.n, 16);
-  work->size = g.kh * g.kw * g.c * g.k;
-  work->partial.resize(work->chunks * work->size);
+  const int64_t chunks = Chunks(g.n), size = g.kh * g.kw * g.c * g.k;
+  std::vector<float> partial(chunks * size);
   const float* xp = x.typed_data();
   const float* dyp = dy.typed_data();
-  // Tasks that start after every chunk is taken return at once, so this call never waits for a
-  // task the pool has not started: it takes chunks itself until none is left.
-  auto run = [work, chunk, g, xp, dyp]() {
-    for (int64_t c; (c = work->next.fetch_add(1)) < work->chunks;) {
-      chunk(xp, dyp, work->partial.data() + c * work->size, g, g.n * c / work->chunks,
-            g.n * (c + 1) / work->chunks);
-      work->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->chunks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([run] { run(); });
-  run();
-  while (work->done.load(std::memory_order_acquire) < work->chunks) std::this_thread::yield();
-  float* out = dw->typed_data();
-  std::copy_n(work->partial.data(), work->size, out);
-  for (int64_t c = 1; c < work->chunks; ++c) {
-    const float* p = work->partial.data() + c * work->size;
-    for (int64_t e = 0; e < work->size; ++e) out[e] += p[e];
+  float* pp = partial.data();
+  ForChunks(pool, g.n, chunks, [=](int64_t c, int64_t n0, int64_t n1) {
+    chunk(xp, dyp, pp + c * size, g, n0, n1);
+  });
+  SumChunks(partial, chunks, dw->typed_data());
+  return ffi::Error::Success();
+}
+
+// The first block of an image CNN, conv (few input channels) + bias -> ReLU -> 2x2 average pool,
+// as one pass: XLA writes the conv's output, the ReLU's and their gradients (12.8 MB each for
+// the MNIST CNN) to memory; here they live in registers, and the backward pass recomputes the
+// conv (9 multiply-adds per value) instead of reading it back. T = kh*kw*C taps, 16 output
+// channels per pass; xp is the input padded for the conv ('SAME'), (N, H+kh-1, W+kw-1, C).
+struct Block {
+  int64_t n, hp, wp, c, kh, kw, k, ph, pw;  // ph, pw: pooled output size.
+  int64_t Offset(int64_t t) const { return ((t / c / kw) * wp + (t / c) % kw) * c + t % c; }
+  const float* At(const float* xp, int64_t n_, int64_t h, int64_t w) const {
+    return xp + ((n_ * hp + h) * wp + w) * c;
   }
+};
+
+template <int T>
+__attribute__((target("avx512f"))) void BlockForward(const float* xp, const float* w,
+                                                     const float* b, float* out, const Block& g,
+                                                     int64_t n0, int64_t n1) {
+  int64_t off[T];
+  for (int t = 0; t < T; ++t) off[t] = g.Offset(t);
+  const __m512 quarter = _mm512_set1_ps(0.25f), zero = _mm512_setzero_ps();
+  for (int64_t k0 = 0; k0 < g.k; k0 += 16) {
+    __m512 wv[T];
+    for (int t = 0; t < T; ++t) wv[t] = _mm512_loadu_ps(w + t * g.k + k0);
+    const __m512 bv = _mm512_loadu_ps(b + k0);
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t i = 0; i < g.ph; ++i)
+        for (int64_t j = 0; j < g.pw; ++j) {
+          __m512 sum = zero;
+          for (int d = 0; d < 4; ++d) {
+            const float* p = g.At(xp, n, 2 * i + d / 2, 2 * j + d % 2);
+            __m512 y = bv;
+            for (int t = 0; t < T; ++t) y = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), wv[t], y);
+            sum = _mm512_add_ps(sum, _mm512_max_ps(y, zero));
+          }
+          _mm512_storeu_ps(out + ((n * g.ph + i) * g.pw + j) * g.k + k0, _mm512_mul_ps(sum, quarter));
+        }
+  }
+}
+
+// Sums, over images [n0, n1), the kernel (dw, T x K) and bias (db, K) gradients of the block.
+template <int T>
+__attribute__((target("avx512f"))) void BlockBackward(const float* xp, const float* w,
+                                                      const float* b, const float* dout,
+                                                      float* dw, float* db, const Block& g,
+                                                      int64_t n0, int64_t n1) {
+  int64_t off[T];
+  for (int t = 0; t < T; ++t) off[t] = g.Offset(t);
+  const __m512 quarter = _mm512_set1_ps(0.25f), zero = _mm512_setzero_ps();
+  for (int64_t k0 = 0; k0 < g.k; k0 += 16) {
+    __m512 wv[T], gw[T];
+    for (int t = 0; t < T; ++t) wv[t] = _mm512_loadu_ps(w + t * g.k + k0), gw[t] = zero;
+    const __m512 bv = _mm512_loadu_ps(b + k0);
+    __m512 gb = zero;
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t i = 0; i < g.ph; ++i)
+        for (int64_t j = 0; j < g.pw; ++j) {
+          const __m512 gp = _mm512_mul_ps(
+              _mm512_loadu_ps(dout + ((n * g.ph + i) * g.pw + j) * g.k + k0), quarter);
+          for (int d = 0; d < 4; ++d) {
+            const float* p = g.At(xp, n, 2 * i + d / 2, 2 * j + d % 2);
+            __m512 y = bv;
+            for (int t = 0; t < T; ++t) y = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), wv[t], y);
+            // As lib.models.relu's gradient: g where y > 0, else 0 (NaN included).
+            const __m512 gy = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), gp);
+            gb = _mm512_add_ps(gb, gy);
+            for (int t = 0; t < T; ++t) gw[t] = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), gy, gw[t]);
+          }
+        }
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(dw + t * g.k + k0, gw[t]);
+    _mm512_storeu_ps(db + k0, gb);
+  }
+}
+
+// The block's geometry, or an error unless x is (N, H+kh-1, W+kw-1, C) with H, W even,
+// w (kh, kw, C, K), kh*kw*C one of 9, 18, 27 and K % 16 == 0.
+std::optional<Block> BlockGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd) {
+  if (xd.size() != 4 || wd.size() != 4 || wd[2] != xd[3] || wd[3] % 16 != 0) return std::nullopt;
+  const int64_t taps = wd[0] * wd[1] * wd[2], h = xd[1] - wd[0] + 1, w = xd[2] - wd[1] + 1;
+  if ((taps != 9 && taps != 18 && taps != 27) || h <= 0 || w <= 0 || h % 2 || w % 2)
+    return std::nullopt;
+  return Block{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], h / 2, w / 2};
+}
+
+constexpr char kBlockShapes[] =
+    "conv block: needs padded x (N,H+KH-1,W+KW-1,C), w (KH,KW,C,K), b (K) with H, W even, "
+    "KH*KW*C in {9, 18, 27}, K % 16 == 0";
+
+ffi::Error BlockForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
+                            ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                            ffi::ResultBuffer<ffi::F32> out) {
+  const auto g = BlockGeometry(xp.dimensions(), w.dimensions());
+  if (!g) return ffi::Error::InvalidArgument(kBlockShapes);
+  const int64_t taps = g->kh * g->kw * g->c;
+  auto fn = taps == 9 ? &BlockForward<9> : taps == 18 ? &BlockForward<18> : &BlockForward<27>;
+  const float *x = xp.typed_data(), *wp = w.typed_data(), *bp = b.typed_data();
+  float* o = out->typed_data();
+  const Block geometry = *g;
+  ForChunks(pool, geometry.n, Chunks(geometry.n), [=](int64_t, int64_t n0, int64_t n1) {
+    fn(x, wp, bp, o, geometry, n0, n1);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error BlockBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
+                             ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                             ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dw,
+                             ffi::ResultBuffer<ffi::F32> db) {
+  const auto g = BlockGeometry(xp.dimensions(), w.dimensions());
+  if (!g) return ffi::Error::InvalidArgument(kBlockShapes);
+  const int64_t taps = g->kh * g->kw * g->c;
+  auto fn = taps == 9 ? &BlockBackward<9> : taps == 18 ? &BlockBackward<18> : &BlockBackward<27>;
+  const Block geometry = *g;
+  const int64_t chunks = Chunks(geometry.n), size = (taps + 1) * geometry.k;
+  std::vector<float> partial(chunks * size);  // Per chunk: dw (taps x K), then db (K).
+  const float *x = xp.typed_data(), *wp = w.typed_data(), *bp = b.typed_data(),
+              *dp = dout.typed_data();
+  float* pp = partial.data();
+  ForChunks(pool, geometry.n, chunks, [=](int64_t c, int64_t n0, int64_t n1) {
+    float* slice = pp + c * size;
+    fn(x, wp, bp, dp, slice, slice + taps * geometry.k, geometry, n0, n1);
+  });
+  std::vector<float> total(size);
+  SumChunks(partial, chunks, total.data());
+  std::copy_n(total.data(), taps * geometry.k, dw->typed_data());
+  std::copy_n(total.data() + taps * geometry.k, geometry.k, db->typed_data());
   return ffi::Error::Success();
 }
 
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvBlockForward, BlockForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvBlockBackward, BlockBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvWgrad, WgradImpl,
                               ffi::Ffi::Bind()

@@ -25,6 +25,7 @@ import jaxlib
 import numpy as np
 
 TARGET = 'jaxnotes_conv_weight_grad'
+BLOCK_FORWARD, BLOCK_BACKWARD = 'jaxnotes_conv_block_forward', 'jaxnotes_conv_block_backward'
 SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
 
 
@@ -65,8 +66,10 @@ def available() -> bool:
   if not library.JaxnotesConvKernelSupported():
     logging.info('lib.conv_kernel: this CPU has no AVX-512; XLA computes the convolutions')
     return False
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.JaxnotesConvWgrad),
-                              platform='cpu')
+  for target, handler in [(TARGET, library.JaxnotesConvWgrad),
+                          (BLOCK_FORWARD, library.JaxnotesConvBlockForward),
+                          (BLOCK_BACKWARD, library.JaxnotesConvBlockBackward)]:
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform='cpu')
   return True
 
 
@@ -94,3 +97,30 @@ def weight_grad(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int], strides
                           vmap_method='sequential')
   return call(x, dy, sh=np.int64(strides[0]), sw=np.int64(strides[1]),
               pt=np.int64(padding[0][0]), pl=np.int64(padding[1][0]))
+
+
+def block_supports(x_shape: Sequence[int], kernel_size: Sequence[int], features: int) -> bool:
+  """Whether the fused block kernels take conv 'SAME' stride 1 on x_shape + ReLU + 2x2 avg-pool.
+
+  The first layers of image models: 3x3 taps times 1 to 3 input channels; even
+  height and width (the pool's windows tile the image), features a multiple of 16.
+  """
+  return (kernel_size[0] * kernel_size[1] * x_shape[-1] in (9, 18, 27) and features % 16 == 0
+          and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0)
+
+
+def block_forward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """avg_pool_2x2(relu(conv_valid(x_padded, kernel) + bias)) in one pass (see `block_supports`)."""
+  n, h, w, _ = x_padded.shape
+  kh, kw, _, k = kernel.shape
+  out = jax.ShapeDtypeStruct((n, (h - kh + 1) // 2, (w - kw + 1) // 2, k), jnp.float32)
+  return jax.ffi.ffi_call(BLOCK_FORWARD, out, vmap_method='sequential')(x_padded, kernel, bias)
+
+
+def block_backward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array,
+                   dout: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The kernel and bias gradients of `block_forward` given its output's gradient `dout`."""
+  shapes = (jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
+            jax.ShapeDtypeStruct(bias.shape, jnp.float32))
+  return jax.ffi.ffi_call(BLOCK_BACKWARD, shapes, vmap_method='sequential')(
+      x_padded, kernel, bias, dout)

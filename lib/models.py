@@ -6,35 +6,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from jax import lax
 import jax.numpy as jnp
 
 from lib import conv as conv_lib
+from lib.activations import relu
 from lib.errors import UserError
-
-
-@jax.custom_jvp
-def relu(x: jax.Array) -> jax.Array:
-  """`nn.relu`: the same values (as floats) and the same gradient, cheaper on XLA:CPU.
-
-  XLA's CSE merges the zero in nn.relu's max(x, 0) with the zero in its
-  gradient's select(x > 0, g, 0); with YNNPACK's elementwise fusions on, a
-  broadcast with two users stayed out of them, so every step wrote out a tensor
-  of zeros the size of each ReLU's input (12.8 MB for the MNIST CNN's first
-  layer). -0.0 is another constant, and max(x, -0.0) == max(x, 0.0) for every x:
-  the MNIST CNN's step is 4-5% faster on CPU with either YNNPACK setting (paired,
-  README, issue 3), and GPU/TPU run the same ops.
-
-  Args:
-    x: any array.
-
-  Returns:
-    max(x, 0) elementwise.
-  """
-  return jnp.maximum(x, -0.0)
-
-
-relu.defjvps(lambda g, ans, x: lax.select(x > 0, g, lax.full_like(g, 0)))  # As jax.nn.relu.
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'relu': relu,
@@ -127,8 +103,10 @@ class CNN(nn.Module):
     pool = _pick(POOLS, self.pool, 'pool')
     size = x.shape[1:3]
     for channels in self.features:
-      x = relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x))
-      x = pool(x, (2, 2), strides=(2, 2))
+      if self.pool == 'avg':  # One pass on CPU where lib.conv_kernel takes the block.
+        x = conv_lib.Conv(channels, (3, 3), impl=self.conv, relu_avg_pool=True)(x)
+      else:
+        x = pool(relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x)), (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     built = self.variables.get('params', {}).get('Dense_0', {}).get('kernel')
     if built is not None and built.shape[0] != x.shape[-1]:

@@ -80,6 +80,45 @@ def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, 
   jax.tree.map(np.testing.assert_array_equal, grads(ours), got)
 
 
+@needs_kernel
+@pytest.mark.parametrize('shape,features', [
+    ((4, 28, 28, 1), 32),  # cnn's first block (MNIST).
+    ((3, 10, 12, 3), 16),  # RGB.
+    ((2, 8, 6, 2), 48),
+])
+def test_fused_block_matches_conv_relu_avg_pool(shape, features):
+  x = jax.random.normal(jax.random.PRNGKey(1), shape)
+
+  def reference(p, x):
+    y = conv.xla_conv(x, p['kernel'], (1, 1), 'SAME')
+    return nn.avg_pool(models.relu(y + p['bias']), (2, 2), strides=(2, 2))
+  block = conv.Conv(features, (3, 3), impl='kernel', relu_avg_pool=True)
+  params = block.init(jax.random.PRNGKey(0), x)
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+                        params)
+  want = reference(params['params'], x)
+  step = jax.jit(lambda p, x: block.apply(p, x))
+  assert conv_kernel.BLOCK_FORWARD in step.lower(params, x).as_text()
+  np.testing.assert_allclose(step(params, x), want, rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), want.shape)
+  # The input's gradient too (XLA's, for a block that is not a network's first layer).
+  got = jax.jit(jax.grad(lambda p, x: jnp.sum(block.apply(p, x) * cotangent), (0, 1)))(params, x)
+  want = jax.grad(lambda p, x: jnp.sum(reference(p['params'], x) * cotangent), (0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_block_falls_back_where_the_kernel_does_not_tile():
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 9, 1))  # Odd sides: the pool drops a row.
+  block = conv.Conv(16, (3, 3), impl='kernel', relu_avg_pool=True)
+  params = block.init(jax.random.PRNGKey(0), x)
+  assert conv_kernel.BLOCK_FORWARD not in jax.jit(block.apply).lower(params, x).as_text()
+  want = nn.avg_pool(models.relu(conv.Conv(16, (3, 3), impl='xla').apply(params, x)), (2, 2),
+                     strides=(2, 2))
+  np.testing.assert_allclose(block.apply(params, x), want, rtol=1e-6)
+  assert block.apply(params, x).shape == (2, 4, 4, 16)
+
+
 def test_kernel_off_or_unbuildable_means_xla(monkeypatch, tmp_path):
   monkeypatch.setenv('JAXNOTES_CONV_KERNEL', '0')
   assert not conv_kernel.available.__wrapped__()
@@ -94,6 +133,10 @@ def test_kernel_takes_only_the_channels_it_tiles():
   assert conv_kernel.supports((8, 14, 14, 32), 64)
   assert not conv_kernel.supports((8, 28, 28, 1), 32)  # The first layer: XLA's gradient.
   assert not conv_kernel.supports((8, 14, 14, 32), 10)
+  assert conv_kernel.block_supports((8, 28, 28, 1), (3, 3), 32)
+  assert conv_kernel.block_supports((8, 32, 32, 3), (3, 3), 64)
+  assert not conv_kernel.block_supports((8, 14, 14, 32), (3, 3), 64)  # Many channels: matmuls.
+  assert not conv_kernel.block_supports((8, 27, 28, 1), (3, 3), 32)
 
 
 def test_auto_takes_im2col_only_where_xla_sends_convolutions_to_ynnpack(monkeypatch):
