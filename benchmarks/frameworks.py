@@ -5,8 +5,11 @@
 
 The same network (the Flax MNIST example's CNN: conv 32 → avg-pool → conv 64 →
 avg-pool → dense 256 → dense 10, 824,458 params), batch 128, SGD 0.1 with
-momentum 0.9, on one device-resident random batch. jaxnotes runs with XLA's
-convolution (`conv='xla'`, the launcher's choice) and with lib.conv's im2col.
+momentum 0.9, on one device-resident random batch. jaxnotes runs with the
+launcher's choice (`conv='auto'`: on one CPU device with lib.cpu's settings,
+lib.conv_kernel's fused first block and weight-gradient kernel beside XLA's
+convolutions), with XLA's convolutions alone (`conv='xla'`, flax.linen.Conv's)
+and with lib.conv's im2col.
 
 lib.cpu.configure (malloc reuses freed memory; YNNPACK's convolutions off) is
 process-wide and helps or hurts each framework differently, so every framework
@@ -50,7 +53,7 @@ BATCH = 128
 def jaxnotes_step(x: np.ndarray, y: np.ndarray, conv: str):
   """The engine's train step, built as lib.train.fit builds it; returns a blocking step().
 
-  `conv` is the model's convolution: 'xla' (flax.linen.Conv's) or 'im2col' (lib.conv's).
+  `conv` is the model's convolution, a key of lib.conv.IMPLEMENTATIONS.
   """
   config = mnist_cnn.get_config()
   model = models.create(config.model, outputs=10, **{**config.model_kwargs, 'conv': conv})
@@ -105,8 +108,9 @@ def torch_step(x: np.ndarray, y: np.ndarray):
 
 
 # In the order each round runs them: jaxnotes next to what it is compared with.
-STEPS = {'jaxnotes_xla_conv': functools.partial(jaxnotes_step, conv='xla'),
+STEPS = {'jaxnotes': functools.partial(jaxnotes_step, conv='auto'),
          'keras_tensorflow': keras_step, 'pytorch': torch_step,
+         'jaxnotes_xla_conv': functools.partial(jaxnotes_step, conv='xla'),
          'jaxnotes_im2col_conv': functools.partial(jaxnotes_step, conv='im2col')}
 
 
@@ -145,7 +149,7 @@ def main(argv):
   rates = {f'{name}/{setting}': round(statistics.median(r), 1) for (name, setting), r in runs.items()}
   # Per round, so that the VM's drift between rounds cancels: jaxnotes as the launcher runs
   # it over the fastest other framework at that framework's better setting.
-  ratios = [runs['jaxnotes_xla_conv', 'configured'][i] / max(
+  ratios = [runs['jaxnotes', 'configured'][i] / max(
       rate[i] for (name, _), rate in runs.items() if not name.startswith('jaxnotes'))
             for i in range(_ROUNDS.value)]
   print(json.dumps({'examples_per_sec': rates, 'rounds': {f'{n}/{s}': [round(v) for v in r]

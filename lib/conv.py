@@ -1,17 +1,17 @@
 """`Conv`: flax.linen.Conv's function and params, by XLA's convolution, im2col or a CPU kernel.
 
-On CPU, XLA's convolution is fast once `lib.cpu.configure()` (which the launcher
-calls before JAX starts) keeps lone convolutions out of YNNPACK; GPU and TPU run
-it natively. `Conv(impl='im2col')` writes the convolution as the kh*kw shifted,
-strided slices of the padded input side by side times the kernel as one matrix;
-its gradients are matmuls plus slices and pads. `Conv(impl='auto')` takes
-im2col only on a CPU whose XLA still sends lone convolutions to YNNPACK (the
-user's own XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0). The MNIST CNN's step,
-benchmarks/frameworks.py, fresh processes, two runs of 3 rounds: as installed,
-im2col 2,120 and 1,991 examples/s vs XLA's 2,002 and 1,951 (level within the
-VM's noise; 1,614 vs 1,966 in a later run of 2 rounds); with lib.cpu's settings,
-XLA's 4,389 and 4,542 vs im2col 3,114 and 2,880 (its earlier XLA flag), 3,806
-vs 2,061 (its current one).
+GPU and TPU run XLA's convolution ('xla'). On CPU, with lib.cpu's settings (the
+launcher's), 'auto' is 'kernel' on one device where lib.conv_kernel builds: XLA
+computes the forward and input-gradient convolutions (near this CPU's matmul
+speed once lib.cpu keeps lone convolutions out of YNNPACK), lib.conv_kernel the
+weight gradients (XLA's ran at ~115 GFLOP/s, the kernel at ~190) and, with
+`relu_avg_pool=True`, a whole first block (conv from 1-3 channels + bias +
+ReLU + 2x2 average pool, forward and backward) in one pass. The MNIST CNN's step,
+paired in one process: 1.46x XLA's convolutions (README, issue 3).
+`impl='im2col'` writes the convolution as the kh*kw shifted, strided slices of
+the padded input side by side times the kernel as one matrix; 'auto' takes it on
+a CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
+XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), where it and XLA's are level.
 """
 from collections.abc import Sequence
 import functools
