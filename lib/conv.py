@@ -5,8 +5,8 @@ launcher's), 'auto' is 'kernel' on one device where lib.conv_kernel builds: XLA
 computes the forward and input-gradient convolutions (near this CPU's matmul
 speed once lib.cpu keeps lone convolutions out of YNNPACK), lib.conv_kernel the
 weight gradients (XLA's ran at ~115 GFLOP/s, the kernel at ~190) and, with
-`relu_avg_pool=True`, a whole first block (conv from 1-3 channels + bias +
-ReLU + 2x2 average pool, forward and backward) in one pass. The MNIST CNN's step,
+`relu_pool='avg'` or `'max'`, a whole first block (conv from 1-3 channels + bias
++ ReLU + 2x2 pool, forward and backward) in one pass. The MNIST CNN's step,
 paired in one process: 1.46x XLA's convolutions (README, issue 3).
 `impl='im2col'` writes the convolution as the kh*kw shifted, strided slices of
 the padded input side by side times the kernel as one matrix; 'auto' takes it on
@@ -96,9 +96,17 @@ def _pad_same(x: jax.Array, kernel_size: Sequence[int]) -> jax.Array:
   return jnp.pad(x, ((0, 0), *pads, (0, 0)))
 
 
-@jax.custom_vjp
-def conv_relu_avg_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-  """2x2 average pool of ReLU(conv 'SAME' stride 1 + bias), by lib.conv_kernel's fused block.
+POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
+
+
+def relu_pool(y: jax.Array, pool: str) -> jax.Array:
+  """The 2x2 pool ('avg' or 'max', stride 2, 'VALID') of lib.activations.relu(y)."""
+  return POOLS[pool](relu(y), (2, 2), strides=(2, 2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, pool: str) -> jax.Array:
+  """`relu_pool(conv 'SAME' stride 1 + bias, pool)` by lib.conv_kernel's fused block.
 
   CPU only, where `conv_kernel.block_supports` (the first layer of an image CNN).
 
@@ -106,28 +114,28 @@ def conv_relu_avg_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.
     x: (batch, height, width, channels) float32.
     kernel: (kh, kw, channels, features) float32.
     bias: (features,) float32.
+    pool: 'avg' or 'max'.
 
   Returns:
     (batch, height // 2, width // 2, features).
   """
-  return conv_kernel.block_forward(_pad_same(x, kernel.shape[:2]), kernel, bias)
+  return conv_kernel.block_forward(_pad_same(x, kernel.shape[:2]), kernel, bias, pool)
 
 
-def _block_fwd(x, kernel, bias):
-  return conv_relu_avg_pool(x, kernel, bias), (x, kernel, bias)
+def _block_fwd(x, kernel, bias, pool):
+  return conv_relu_pool(x, kernel, bias, pool), (x, kernel, bias)
 
 
-def _block_bwd(residuals, dout):
+def _block_bwd(pool, residuals, dout):
   x, kernel, bias = residuals
   # The input's gradient by XLA; for a network's first layer (the images) XLA drops it unused.
-  def plain(x):
-    y = relu(xla_conv(x, kernel, (1, 1), 'SAME') + bias)
-    return lax.reduce_window(y, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID') * 0.25
+  plain = lambda x: relu_pool(xla_conv(x, kernel, (1, 1), 'SAME') + bias, pool)
   dx = jax.vjp(plain, x)[1](dout)[0]
-  return (dx, *conv_kernel.block_backward(_pad_same(x, kernel.shape[:2]), kernel, bias, dout))
+  padded = _pad_same(x, kernel.shape[:2])
+  return (dx, *conv_kernel.block_backward(padded, kernel, bias, pool, dout))
 
 
-conv_relu_avg_pool.defvjp(_block_fwd, _block_bwd)
+conv_relu_pool.defvjp(_block_fwd, _block_bwd)
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
@@ -171,9 +179,10 @@ class Conv(nn.Module):
     impl: 'auto' (see `resolve`), 'xla' (lax.conv_general_dilated, as nn.Conv),
       'im2col', or 'kernel' (XLA's, with lib.conv_kernel's kernel gradient on CPU where the
       channels allow it, else XLA's).
-    relu_avg_pool: return the 2x2 average pool (stride 2) of lib.activations.relu of the
-      output; with impl 'kernel' (and 'auto' where it means 'kernel') and a block
-      lib.conv_kernel.block_supports (few input channels, 'SAME', stride 1), in one pass.
+    relu_pool: None, or 'avg' / 'max': return `relu_pool(output, relu_pool)`, the 2x2
+      pool of its ReLU; with impl 'kernel' (and 'auto' where it means 'kernel') and a
+      block lib.conv_kernel.block_supports (few input channels, 'SAME', stride 1), in
+      one pass.
   """
   features: int
   kernel_size: Sequence[int]
@@ -181,7 +190,7 @@ class Conv(nn.Module):
   padding: Padding = 'SAME'
   use_bias: bool = True
   impl: str = 'auto'
-  relu_avg_pool: bool = False
+  relu_pool: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -194,9 +203,9 @@ class Conv(nn.Module):
                    conv_kernel.available())
     bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,))
             if self.use_bias else None)
-    if (self.relu_avg_pool and kernel_path and bias is not None and strides == (1, 1) and
+    if (self.relu_pool and kernel_path and bias is not None and strides == (1, 1) and
         self.padding == 'SAME' and conv_kernel.block_supports(x.shape, (kh, kw), self.features)):
-      return conv_relu_avg_pool(x, kernel, bias)
+      return conv_relu_pool(x, kernel, bias, self.relu_pool)
     if impl == 'im2col':
       y = im2col_conv(x, kernel, strides, self.padding)
     elif kernel_path and conv_kernel.supports(x.shape, self.features):
@@ -205,6 +214,4 @@ class Conv(nn.Module):
       y = xla_conv(x, kernel, strides, self.padding)
     if bias is not None:
       y = y + bias
-    if self.relu_avg_pool:
-      y = nn.avg_pool(relu(y), (2, 2), strides=(2, 2))
-    return y
+    return relu_pool(y, self.relu_pool) if self.relu_pool else y

@@ -145,11 +145,11 @@ ffi::Error WgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-// The first block of an image CNN, conv (few input channels) + bias -> ReLU -> 2x2 average pool,
-// as one pass: XLA writes the conv's output, the ReLU's and their gradients (12.8 MB each for
-// the MNIST CNN) to memory; here they live in registers, and the backward pass recomputes the
-// conv (9 multiply-adds per value) instead of reading it back. T = kh*kw*C taps, 16 output
-// channels per pass; xp is the input padded for the conv ('SAME'), (N, H+kh-1, W+kw-1, C).
+// The first block of an image CNN, conv (few input channels) + bias -> ReLU -> 2x2 pool (average
+// or max, stride 2), as one pass: XLA writes the conv's output, the ReLU's and their gradients
+// (12.8 MB each for the MNIST CNN) to memory; here they live in registers, and the backward pass
+// recomputes the conv (9 multiply-adds per value) instead of reading it back. T = kh*kw*C taps,
+// 16 output channels per pass; xp is the input padded for the conv ('SAME'), (N, H+kh-1, W+kw-1, C).
 struct Block {
   int64_t n, hp, wp, c, kh, kw, k, ph, pw;  // ph, pw: pooled output size.
   int64_t Offset(int64_t t) const { return ((t / c / kw) * wp + (t / c) % kw) * c + t % c; }
@@ -158,34 +158,52 @@ struct Block {
   }
 };
 
+// The conv + bias at the 4 positions of pooled output (n, i, j), 16 channels from k0.
 template <int T>
+__attribute__((target("avx512f"), always_inline)) inline void Window(
+    const float* xp, const Block& g, const int64_t* off, const __m512* wv, __m512 bv, int64_t n,
+    int64_t i, int64_t j, __m512* y) {
+  for (int d = 0; d < 4; ++d) {
+    const float* p = g.At(xp, n, 2 * i + d / 2, 2 * j + d % 2);
+    y[d] = bv;
+    for (int t = 0; t < T; ++t) y[d] = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), wv[t], y[d]);
+  }
+}
+
+template <int T, bool kMax>
 __attribute__((target("avx512f"))) void BlockForward(const float* xp, const float* w,
                                                      const float* b, float* out, const Block& g,
                                                      int64_t n0, int64_t n1) {
   int64_t off[T];
   for (int t = 0; t < T; ++t) off[t] = g.Offset(t);
   const __m512 quarter = _mm512_set1_ps(0.25f), zero = _mm512_setzero_ps();
+  const __m512 nan = _mm512_set1_ps(__builtin_nanf(""));
   for (int64_t k0 = 0; k0 < g.k; k0 += 16) {
-    __m512 wv[T];
+    __m512 wv[T], y[4];
     for (int t = 0; t < T; ++t) wv[t] = _mm512_loadu_ps(w + t * g.k + k0);
     const __m512 bv = _mm512_loadu_ps(b + k0);
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t i = 0; i < g.ph; ++i)
         for (int64_t j = 0; j < g.pw; ++j) {
-          __m512 sum = zero;
+          Window<T>(xp, g, off, wv, bv, n, i, j, y);
+          __m512 r = zero;
+          __mmask16 unordered = 0;  // A NaN in the window makes the output NaN, as in XLA.
           for (int d = 0; d < 4; ++d) {
-            const float* p = g.At(xp, n, 2 * i + d / 2, 2 * j + d % 2);
-            __m512 y = bv;
-            for (int t = 0; t < T; ++t) y = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), wv[t], y);
-            sum = _mm512_add_ps(sum, _mm512_max_ps(y, zero));
+            unordered |= _mm512_cmp_ps_mask(y[d], y[d], _CMP_UNORD_Q);
+            const __m512 relu = _mm512_max_ps(zero, y[d]);
+            r = kMax ? _mm512_max_ps(r, relu) : _mm512_add_ps(r, relu);
           }
-          _mm512_storeu_ps(out + ((n * g.ph + i) * g.pw + j) * g.k + k0, _mm512_mul_ps(sum, quarter));
+          if (!kMax) r = _mm512_mul_ps(r, quarter);
+          _mm512_storeu_ps(out + ((n * g.ph + i) * g.pw + j) * g.k + k0,
+                           _mm512_mask_mov_ps(r, unordered, nan));
         }
   }
 }
 
 // Sums, over images [n0, n1), the kernel (dw, T x K) and bias (db, K) gradients of the block.
-template <int T>
+// ReLU's gradient is lib.activations.relu's (g where y > 0, else 0, NaN included); the max
+// pool's goes to the first position of the window that holds the maximum.
+template <int T, bool kMax>
 __attribute__((target("avx512f"))) void BlockBackward(const float* xp, const float* w,
                                                       const float* b, const float* dout,
                                                       float* dw, float* db, const Block& g,
@@ -194,21 +212,28 @@ __attribute__((target("avx512f"))) void BlockBackward(const float* xp, const flo
   for (int t = 0; t < T; ++t) off[t] = g.Offset(t);
   const __m512 quarter = _mm512_set1_ps(0.25f), zero = _mm512_setzero_ps();
   for (int64_t k0 = 0; k0 < g.k; k0 += 16) {
-    __m512 wv[T], gw[T];
+    __m512 wv[T], gw[T], y[4];
     for (int t = 0; t < T; ++t) wv[t] = _mm512_loadu_ps(w + t * g.k + k0), gw[t] = zero;
     const __m512 bv = _mm512_loadu_ps(b + k0);
     __m512 gb = zero;
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t i = 0; i < g.ph; ++i)
         for (int64_t j = 0; j < g.pw; ++j) {
-          const __m512 gp = _mm512_mul_ps(
-              _mm512_loadu_ps(dout + ((n * g.ph + i) * g.pw + j) * g.k + k0), quarter);
+          __m512 gp = _mm512_loadu_ps(dout + ((n * g.ph + i) * g.pw + j) * g.k + k0);
+          if (!kMax) gp = _mm512_mul_ps(gp, quarter);
+          Window<T>(xp, g, off, wv, bv, n, i, j, y);
+          __m512 top = zero;
+          if (kMax)
+            for (int d = 0; d < 4; ++d) top = _mm512_max_ps(top, _mm512_max_ps(zero, y[d]));
+          __mmask16 taken = 0;
           for (int d = 0; d < 4; ++d) {
+            __mmask16 live = _mm512_cmp_ps_mask(y[d], zero, _CMP_GT_OQ);
+            if (kMax) {
+              live &= ~taken & _mm512_cmp_ps_mask(y[d], top, _CMP_EQ_OQ);
+              taken |= live;
+            }
+            const __m512 gy = _mm512_maskz_mov_ps(live, gp);
             const float* p = g.At(xp, n, 2 * i + d / 2, 2 * j + d % 2);
-            __m512 y = bv;
-            for (int t = 0; t < T; ++t) y = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), wv[t], y);
-            // As lib.models.relu's gradient: g where y > 0, else 0 (NaN included).
-            const __m512 gy = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), gp);
             gb = _mm512_add_ps(gb, gy);
             for (int t = 0; t < T; ++t) gw[t] = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), gy, gw[t]);
           }
@@ -228,17 +253,32 @@ std::optional<Block> BlockGeometry(ffi::Span<const int64_t> xd, ffi::Span<const 
   return Block{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], h / 2, w / 2};
 }
 
+// The kernel for kh*kw*C taps (9, 18 or 27) and the pool.
+template <template <int, bool> class Fn>
+auto Pick(int64_t taps, bool max) {
+  if (taps == 9) return max ? Fn<9, true>::Run : Fn<9, false>::Run;
+  if (taps == 18) return max ? Fn<18, true>::Run : Fn<18, false>::Run;
+  return max ? Fn<27, true>::Run : Fn<27, false>::Run;
+}
+template <int T, bool kMax>
+struct Forward {
+  static constexpr auto Run = &BlockForward<T, kMax>;
+};
+template <int T, bool kMax>
+struct Backward {
+  static constexpr auto Run = &BlockBackward<T, kMax>;
+};
+
 constexpr char kBlockShapes[] =
     "conv block: needs padded x (N,H+KH-1,W+KW-1,C), w (KH,KW,C,K), b (K) with H, W even, "
     "KH*KW*C in {9, 18, 27}, K % 16 == 0";
 
 ffi::Error BlockForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                             ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                            ffi::ResultBuffer<ffi::F32> out) {
+                            ffi::ResultBuffer<ffi::F32> out, bool max) {
   const auto g = BlockGeometry(xp.dimensions(), w.dimensions());
   if (!g) return ffi::Error::InvalidArgument(kBlockShapes);
-  const int64_t taps = g->kh * g->kw * g->c;
-  auto fn = taps == 9 ? &BlockForward<9> : taps == 18 ? &BlockForward<18> : &BlockForward<27>;
+  const auto fn = Pick<Forward>(g->kh * g->kw * g->c, max);
   const float *x = xp.typed_data(), *wp = w.typed_data(), *bp = b.typed_data();
   float* o = out->typed_data();
   const Block geometry = *g;
@@ -251,11 +291,11 @@ ffi::Error BlockForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 ffi::Error BlockBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                              ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
                              ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dw,
-                             ffi::ResultBuffer<ffi::F32> db) {
+                             ffi::ResultBuffer<ffi::F32> db, bool max) {
   const auto g = BlockGeometry(xp.dimensions(), w.dimensions());
   if (!g) return ffi::Error::InvalidArgument(kBlockShapes);
   const int64_t taps = g->kh * g->kw * g->c;
-  auto fn = taps == 9 ? &BlockBackward<9> : taps == 18 ? &BlockBackward<18> : &BlockBackward<27>;
+  const auto fn = Pick<Backward>(taps, max);
   const Block geometry = *g;
   const int64_t chunks = Chunks(geometry.n), size = (taps + 1) * geometry.k;
   std::vector<float> partial(chunks * size);  // Per chunk: dw (taps x K), then db (K).
@@ -281,7 +321,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvBlockForward, BlockForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("max"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvBlockBackward, BlockBackwardImpl,
                               ffi::Ffi::Bind()
@@ -291,7 +332,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvBlockBackward, BlockBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("max"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvWgrad, WgradImpl,
                               ffi::Ffi::Bind()

@@ -100,7 +100,7 @@ def weight_grad(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int], strides
 
 
 def block_supports(x_shape: Sequence[int], kernel_size: Sequence[int], features: int) -> bool:
-  """Whether the fused block kernels take conv 'SAME' stride 1 on x_shape + ReLU + 2x2 avg-pool.
+  """Whether the fused block kernels take conv 'SAME' stride 1 on x_shape + ReLU + 2x2 pool.
 
   The first layers of image models: 3x3 taps times 1 to 3 input channels; even
   height and width (the pool's windows tile the image), features a multiple of 16.
@@ -109,18 +109,22 @@ def block_supports(x_shape: Sequence[int], kernel_size: Sequence[int], features:
           and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0)
 
 
-def block_forward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-  """avg_pool_2x2(relu(conv_valid(x_padded, kernel) + bias)) in one pass (see `block_supports`)."""
+def block_forward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool: str) -> jax.Array:
+  """pool_2x2(relu(conv_valid(x_padded, kernel) + bias)), pool 'avg' or 'max', in one pass.
+
+  See `block_supports` for the shapes it takes.
+  """
   n, h, w, _ = x_padded.shape
   kh, kw, _, k = kernel.shape
   out = jax.ShapeDtypeStruct((n, (h - kh + 1) // 2, (w - kw + 1) // 2, k), jnp.float32)
-  return jax.ffi.ffi_call(BLOCK_FORWARD, out, vmap_method='sequential')(x_padded, kernel, bias)
+  return jax.ffi.ffi_call(BLOCK_FORWARD, out, vmap_method='sequential')(
+      x_padded, kernel, bias, max=pool == 'max')
 
 
-def block_backward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array,
+def block_backward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool: str,
                    dout: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The kernel and bias gradients of `block_forward` given its output's gradient `dout`."""
   shapes = (jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
             jax.ShapeDtypeStruct(bias.shape, jnp.float32))
   return jax.ffi.ffi_call(BLOCK_BACKWARD, shapes, vmap_method='sequential')(
-      x_padded, kernel, bias, dout)
+      x_padded, kernel, bias, dout, max=pool == 'max')

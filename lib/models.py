@@ -20,8 +20,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
-
 # How a sequence model turns (batch, time, features) into the head's input.
 READOUTS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'last': lambda x: x[:, -1],  # The last time step: forecasting the next value.
@@ -100,13 +98,10 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    pool = _pick(POOLS, self.pool, 'pool')
+    _pick(conv_lib.POOLS, self.pool, 'pool')
     size = x.shape[1:3]
-    for channels in self.features:
-      if self.pool == 'avg':  # One pass on CPU where lib.conv_kernel takes the block.
-        x = conv_lib.Conv(channels, (3, 3), impl=self.conv, relu_avg_pool=True)(x)
-      else:
-        x = pool(relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x)), (2, 2), strides=(2, 2))
+    for channels in self.features:  # One pass on CPU where lib.conv_kernel takes the block.
+      x = conv_lib.Conv(channels, (3, 3), impl=self.conv, relu_pool=self.pool)(x)
     x = x.reshape((x.shape[0], -1))
     built = self.variables.get('params', {}).get('Dense_0', {}).get('kernel')
     if built is not None and built.shape[0] != x.shape[-1]:
@@ -376,7 +371,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
   if 'activation' in fields:
     _activation(model.activation)
   if 'pool' in fields:
-    _pick(POOLS, model.pool, 'pool')  # AnySizeCNN's global pool takes the same names.
+    _pick(conv_lib.POOLS, model.pool, 'pool')  # AnySizeCNN's global pool takes the same names.
   if 'cell' in fields:
     _pick(CELLS, model.cell, 'cell')
   if 'readout' in fields:

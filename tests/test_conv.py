@@ -81,18 +81,21 @@ def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, 
 
 
 @needs_kernel
-@pytest.mark.parametrize('shape,features', [
-    ((4, 28, 28, 1), 32),  # cnn's first block (MNIST).
-    ((3, 10, 12, 3), 16),  # RGB.
-    ((2, 8, 6, 2), 48),
+@pytest.mark.parametrize('shape,features,pool', [
+    ((4, 28, 28, 1), 32, 'avg'),  # mnist_cnn's first block.
+    ((4, 28, 28, 1), 32, 'max'),  # fashion_cnn's.
+    ((3, 10, 12, 3), 16, 'avg'),  # RGB.
+    ((3, 10, 12, 3), 16, 'max'),
+    ((2, 8, 6, 2), 48, 'max'),
 ])
-def test_fused_block_matches_conv_relu_avg_pool(shape, features):
+def test_fused_block_matches_conv_relu_pool(shape, features, pool):
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
 
   def reference(p, x):
     y = conv.xla_conv(x, p['kernel'], (1, 1), 'SAME')
-    return nn.avg_pool(models.relu(y + p['bias']), (2, 2), strides=(2, 2))
-  block = conv.Conv(features, (3, 3), impl='kernel', relu_avg_pool=True)
+    pooling = nn.avg_pool if pool == 'avg' else nn.max_pool
+    return pooling(models.relu(y + p['bias']), (2, 2), strides=(2, 2))
+  block = conv.Conv(features, (3, 3), impl='kernel', relu_pool=pool)
   params = block.init(jax.random.PRNGKey(0), x)
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
                         params)
@@ -106,11 +109,17 @@ def test_fused_block_matches_conv_relu_avg_pool(shape, features):
   want = jax.grad(lambda p, x: jnp.sum(reference(p['params'], x) * cotangent), (0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # A NaN in a window makes its output NaN, so that the engine's NaN guard sees it (where
+  # XLA's does too; XLA:CPU's max pool drops NaNs).
+  poisoned = x.at[0, 2, 3, 0].set(jnp.nan)
+  ours = np.isnan(step(params, poisoned))
+  assert ours[0, 0:2, 1:3].all() and ours.sum() == 4 * features  # Conv rows 1-3, columns 2-4.
+  assert (ours >= np.isnan(reference(params['params'], poisoned))).all()
 
 
 def test_fused_block_falls_back_where_the_kernel_does_not_tile():
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 9, 1))  # Odd sides: the pool drops a row.
-  block = conv.Conv(16, (3, 3), impl='kernel', relu_avg_pool=True)
+  block = conv.Conv(16, (3, 3), impl='kernel', relu_pool='avg')
   params = block.init(jax.random.PRNGKey(0), x)
   assert conv_kernel.BLOCK_FORWARD not in jax.jit(block.apply).lower(params, x).as_text()
   want = nn.avg_pool(models.relu(conv.Conv(16, (3, 3), impl='xla').apply(params, x)), (2, 2),
