@@ -178,7 +178,8 @@ class Conv(nn.Module):
     use_bias: add a bias.
     impl: 'auto' (see `resolve`), 'xla' (lax.conv_general_dilated, as nn.Conv),
       'im2col', or 'kernel' (XLA's, with lib.conv_kernel's kernel gradient on CPU where the
-      channels allow it, else XLA's).
+      channels allow it, else XLA's; a custom VJP, so reverse mode only: forward-mode
+      derivatives such as jax.jvp or Hessians need 'xla').
     relu_pool: None, or 'avg' / 'max': return `relu_pool(output, relu_pool)`, the 2x2
       pool of its ReLU; with impl 'kernel' (and 'auto' where it means 'kernel') and a
       block lib.conv_kernel.block_supports (few input channels, 'SAME', stride 1), in
