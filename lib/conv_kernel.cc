@@ -1,14 +1,19 @@
-// The weight gradient of a 2-D convolution (NHWC input, HWIO kernel, no dilation, one group) as
-// an XLA FFI handler for CPU: lib/conv_kernel.py builds it and lib/conv.py calls it.
+// Convolution kernels for XLA:CPU, as XLA FFI handlers (AVX-512): lib/conv_kernel.py builds this
+// file and lib/conv.py calls it. Two of them:
 //
-//   dw[i, j, c, k] = sum over n, oh, ow of x[n, oh*sh + i - pt, ow*sw + j - pl, c] * dy[n, oh, ow, k]
+// 1. The weight gradient of a 2-D convolution (NHWC input, HWIO kernel, no dilation, one group):
 //
-// XLA:CPU computes this as a convolution whose window is the whole output (Eigen, about 115 GFLOP/s
-// on the MNIST CNN's second layer); here each (tap, channels, out-channels) tile of dw is summed in
-// AVX-512 registers straight from x and dy, with no patches in memory (about 190 GFLOP/s, the
-// machine's matmul speed, on 2 cores). The batch is cut into a fixed number of chunks whatever the
-// thread count, each chunk sums into its own buffer and the chunks are added in order: the result
-// does not depend on how XLA's threads pick up the chunks.
+//      dw[i, j, c, k] = sum over n, oh, ow of x[n, oh*sh + i - pt, ow*sw + j - pl, c] * dy[n, oh, ow, k]
+//
+//    XLA:CPU computes it as a convolution whose window is the whole output (Eigen, about 115
+//    GFLOP/s on the MNIST CNN's second layer); here each (tap, channels, out-channels) tile of dw
+//    is summed in registers straight from x and dy, with no patches in memory (about 190 GFLOP/s,
+//    the machine's matmul speed, on 2 cores).
+// 2. A network's first block, conv + bias -> ReLU -> 2x2 pool, forward and backward (below).
+//
+// Both cut the batch into a fixed number of chunks whatever the thread count; each chunk sums
+// into its own buffer and the buffers are added in order, so the result does not depend on how
+// XLA's threads pick up the chunks.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -119,7 +124,7 @@ void SumChunks(const std::vector<float>& partial, int64_t chunks, float* out) {
     for (int64_t e = 0; e < size; ++e) out[e] += partial[c * size + e];
 }
 
-int64_t Chunks(int64_t n) { return std::min<int64_t>(n, 16); }
+int64_t Chunks(int64_t n) { return std::clamp<int64_t>(n, 1, 16); }  // One, empty, for n = 0.
 
 ffi::Error WgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                      ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt,

@@ -1,10 +1,10 @@
-"""The CPU convolution weight-gradient kernel (lib/conv_kernel.cc): built, loaded and called.
+"""The CPU convolution kernels (lib/conv_kernel.cc): built, loaded and called.
 
 The C++ source is compiled on first use with the C++ compiler (`$CXX`, else
 `g++`) against the XLA FFI headers that jaxlib ships, into a cache folder
 (`$JAXNOTES_CACHE`, else `~/.cache/jaxnotes`) under a name that hashes the
 source, the command and the jaxlib version; later processes load the cached
-library (~10 s once, then nothing). Where it cannot be had (not x86-64, no
+library (~4 s once here, then nothing). Where it cannot be had (not x86-64, no
 AVX-512, no compiler, JAXNOTES_CONV_KERNEL=0) `available()` is False, with one
 logged line saying why, and lib.conv uses XLA's convolution alone.
 """
