@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-TARGET = 'jaxnotes_conv_weight_grad'
+WEIGHT_GRAD = 'jaxnotes_conv_weight_grad'
 BLOCK_FORWARD, BLOCK_BACKWARD = 'jaxnotes_conv_block_forward', 'jaxnotes_conv_block_backward'
 SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
 
@@ -66,7 +66,7 @@ def available() -> bool:
   if not library.JaxnotesConvKernelSupported():
     logging.info('lib.conv_kernel: this CPU has no AVX-512; XLA computes the convolutions')
     return False
-  for target, handler in [(TARGET, library.JaxnotesConvWgrad),
+  for target, handler in [(WEIGHT_GRAD, library.JaxnotesConvWgrad),
                           (BLOCK_FORWARD, library.JaxnotesConvBlockForward),
                           (BLOCK_BACKWARD, library.JaxnotesConvBlockBackward)]:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform='cpu')
@@ -93,7 +93,7 @@ def weight_grad(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int], strides
     (kh, kw, channels, features): sum over the batch and positions of input patch x dy.
   """
   shape = (*kernel_size, x.shape[-1], dy.shape[-1])
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(shape, jnp.float32),
+  call = jax.ffi.ffi_call(WEIGHT_GRAD, jax.ShapeDtypeStruct(shape, jnp.float32),
                           vmap_method='sequential')
   return call(x, dy, sh=np.int64(strides[0]), sw=np.int64(strides[1]),
               pt=np.int64(padding[0][0]), pl=np.int64(padding[1][0]))

@@ -72,7 +72,7 @@ def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, 
     loss = lambda p, x: jnp.sum(module.apply(p, x) * cotangent)
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
   step = jax.jit(jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * cotangent)))
-  assert conv_kernel.TARGET in step.lower(params, x).as_text()  # The kernel, not XLA's.
+  assert conv_kernel.WEIGHT_GRAD in step.lower(params, x).as_text()  # The kernel, not XLA's.
   got, want = grads(ours), grads(reference)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
