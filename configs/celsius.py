@@ -27,17 +27,20 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.batch_size = 7  # All 7 pairs in one batch, so one step per epoch (as in Keras' fit).
   c.eval_batch_size = 7
   c.num_epochs = 500
+  # An epoch is one step here: 100 epochs per compiled call, evaluated and saved
+  # after each call, so per-epoch chores do not dominate.
+  c.steps_per_execution = 100
+  c.eval_every_epochs = 100
+  c.checkpoint_every_epochs = 100
   c.log_every_steps = 100
-  c.checkpoint_every_epochs = 100  # An epoch is one step here; saving each would dominate.
   c.best_metric = ''  # The notebook keeps the last weights.
-  c.shuffle_buffer = 7
   if variant == 'converged':
     c.num_epochs = 2000
   elif variant == 'three_layer':
     c.model_kwargs.hidden = (4, 4)
   elif variant == 'tiny':
     c.num_epochs = 20
-    c.checkpoint_every_epochs = 10
+    c.steps_per_execution = c.eval_every_epochs = c.checkpoint_every_epochs = 10
     c.log_every_steps = 5
   elif variant:
     raise ValueError(f"unknown variant {variant!r}; choose '', 'converged', 'three_layer' or 'tiny'")

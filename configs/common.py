@@ -34,7 +34,8 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   # Training steps per compiled call (a lax.scan over that many batches), as in
   # Keras: amortizes Python's per-step cost when steps take well under a millisecond.
   # For dense models only: XLA:CPU runs convolutions ~11x slower inside a scan.
-  # steps_per_epoch is rounded down to a multiple of it.
+  # A longer epoch is rounded down to a multiple of it; shorter epochs run
+  # whole, as many per call as fit.
   c.steps_per_execution = 1
   # The training split is cut into this many equal shards, each shuffled on its
   # own; a process reads its shards, a global batch joins one slice of each.
@@ -44,13 +45,18 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   c.data_shards = 0
 
   # Loop.
-  c.log_every_steps = 100  # Training metrics to TensorBoard and the log every this many steps.
+  c.log_every_steps = 100  # Training metrics to TensorBoard every this many steps.
+  # The terminal gets a line per evaluated epoch, at most one per this many seconds
+  # (and the last epoch's): by epoch or by time, whichever is rarer.
+  c.log_every_seconds = 5.0
+  c.eval_every_epochs = 1  # Validation every this many epochs (and after the last).
   c.checkpoint_every_epochs = 1  # Also saved at the end, on improvement, on SIGINT/SIGTERM.
   c.keep_checkpoints = 2  # Latest checkpoints kept (the best one is kept besides).
   c.best_metric = 'val_loss'  # Ranks checkpoints; '' keeps none as best.
   c.best_mode = 'min'  # 'min' or 'max': which way best_metric improves.
   c.restore_best = False  # End on the best checkpoint's weights (results then report those).
-  c.early_stopping_patience = 0  # Stop after this many epochs without a better best_metric; 0 never.
+  # Stop after this many evaluations without a better best_metric; 0 never.
+  c.early_stopping_patience = 0
 
   # LR range test: instead of lr_schedule, the rate grows exponentially,
   # lr_finder_start * 10 ** (epoch / lr_finder_epochs_per_decade) (the course's
@@ -76,7 +82,12 @@ def tfds_data(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.Conf
   c.eval_split = 'test'
   c.test_split = 'test'  # Evaluated once at the end as test_*.
   c.normalization = 'unit'  # Pixels: 'none' (0..255), 'unit' ([0, 1]), 'standardize' (train mean/std).
-  c.shuffle_buffer = 60_000  # Examples; the training split's size shuffles fully.
+  # Splits up to this size (as stored, e.g. uint8 images) live on every device and
+  # are cached as arrays beside the TFDS data; larger ones stream through tf.data.
+  c.device_data_mb = 2048
+  # A streamed split's shuffle buffer in examples (its size shuffles fully); splits
+  # on the devices are permuted whole each pass.
+  c.shuffle_buffer = 60_000
   return c
 
 

@@ -53,7 +53,6 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.series_seed = 42
   c.split_time = 1000  # Train on t < 1000; forecast and validate on t >= 1000.
   c.window_size = 20  # Past values each forecast sees.
-  c.shuffle_buffer = 1000
   # If positive (365: a year), each window gets a second feature, the values this
   # many steps earlier, shifted seasonal_lookahead steps forward so that the
   # target's anniversary lies inside: inputs (batch, window, 2). 0: (batch, window, 1).

@@ -43,7 +43,6 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.num_epochs = 150  # 6000 steps, as the paper.
   c.log_every_steps = 1000
   c.checkpoint_every_epochs = 50
-  c.shuffle_buffer = 4000
   c.best_metric = 'val_accuracy'  # On the test set, evaluated every epoch (the paper's curves).
   c.best_mode = 'max'
   if variant == 'tiny':

@@ -11,14 +11,13 @@ import sys
 from lib import cpu
 
 cpu.configure()  # First: malloc and XLA:CPU settings must precede JAX's and TF's threads.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF only feeds data here; keep its logs quiet.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF only feeds data, if at all; keep it quiet.
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import tensorflow as tf
 
 import experiments
 from lib.errors import is_disk_full, UserError
@@ -55,8 +54,6 @@ def main(argv: list[str]) -> None:
   if _DISTRIBUTED.value:  # Before any JAX computation: every process joins the same runtime.
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  # TF only reads data: keep it off the accelerators that JAX uses.
-  tf.config.set_visible_devices([], 'GPU')
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:

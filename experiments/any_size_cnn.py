@@ -26,8 +26,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from lib import input_pipeline
 from lib import models
@@ -68,62 +66,45 @@ def _check(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
                       f'least the image side {side}')
 
 
-def _place(image: tf.Tensor, canvas: tf.Tensor, digit: tf.Tensor,
-           corner: tf.Tensor) -> tf.Tensor:
-  """`image` resized to digit x digit, on a blank canvas x canvas, its top-left at `corner`."""
-  small = tf.image.resize(image, tf.stack([digit, digit]), antialias=True)
-  room = canvas - digit
-  return tf.pad(small, [[corner[0], room - corner[0]], [corner[1], room - corner[1]], [0, 0]])
-
-
-def _random_placement(seed: tf.Tensor, side: int, canvas: tf.Tensor,
-                      max_digit: int) -> tuple[tf.Tensor, tf.Tensor]:
+def _random_placement(key: jax.Array, side: int, canvas: int,
+                      max_digit: int) -> tuple[jax.Array, jax.Array]:
   """A digit side in [side, min(canvas, max_digit)] and a top-left corner that fits it."""
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  digit = tf.random.stateless_uniform([], seeds[0], side, tf.minimum(canvas, max_digit) + 1,
-                                      tf.int32)
-  corner = tf.random.stateless_uniform([2], seeds[1], 0, 2**30, tf.int32) % (canvas - digit + 1)
+  keys = jax.random.split(key)
+  digit = jax.random.randint(keys[0], (), side, min(canvas, max_digit) + 1)
+  corner = jax.random.randint(keys[1], (2,), 0, canvas - digit + 1)
   return digit, corner
 
 
 def canvas_at(size: int, max_digit: int) -> input_pipeline.Augment:
-  """Each image rescaled and placed at random on a size x size canvas (evaluation)."""
-  def augment(example, seed):
+  """Each image rescaled at random and placed at random on a blank size x size canvas (in JAX)."""
+
+  def augment(example: input_pipeline.Example, key: jax.Array) -> input_pipeline.Example:
     image = example['x']
-    digit, corner = _random_placement(seed, image.shape[0], tf.constant(size), max_digit)
-    placed = _place(image, tf.constant(size), digit, corner)
-    return {**example, 'x': tf.ensure_shape(placed, (size, size, image.shape[-1]))}
+    digit, corner = _random_placement(key, image.shape[0], size, max_digit)
+    scale = digit / image.shape[0]
+    placed = jax.image.scale_and_translate(
+        image, (size, size, image.shape[-1]), (0, 1), jnp.stack([scale, scale]),
+        corner.astype(jnp.float32), method='linear', antialias=True)
+    return {**example, 'x': placed}
+
   return augment
 
 
-def canvas_batches(sizes: tuple[int, ...], max_digit: int, seed: int) -> input_pipeline.BatchAugment:
-  """Training batches on canvases: the side from the step (the same on every process), the
-  digits' sizes and places from the step and the process."""
-  sizes_t = tf.constant(sizes, tf.int32)
-  process = jax.process_index()
+def canvas_training(sizes: tuple[int, ...], max_digit: int,
+                    seed: int) -> input_pipeline.Augmentation:
+  """Training on canvases: the side of each step's canvases drawn from the step alone.
 
-  def batch_augment(batch, step):
-    pick = tf.random.stateless_uniform([], tf.stack([tf.constant(seed, tf.int64), step]),
-                                       0, len(sizes), tf.int32)
-    canvas = sizes_t[pick]
-    images = batch['x']
-    seeds = tf.random.experimental.stateless_split(
-        tf.stack([step, tf.constant(process + 1, tf.int64)]), images.shape[0])
+  The side is the same on every process and in a resumed run, and the train
+  step compiles once per side; the digits' sizes and places are drawn per
+  example. Evaluation (the validation split) sees the digits as they are.
+  """
+  def pick(step: int) -> int:
+    return int(np.random.default_rng([seed % 2**32, 0xCA5, step]).integers(len(sizes)))
 
-    def one(args):
-      image, example_seed = args
-      digit, corner = _random_placement(example_seed, images.shape[1], canvas, max_digit)
-      return _place(image, canvas, digit, corner)
-
-    placed = tf.map_fn(one, (images, seeds),
-                       fn_output_signature=tf.TensorSpec([None, None, images.shape[-1]],
-                                                         tf.float32))
-    return {**batch, 'x': placed}
-
-  return batch_augment
+  return input_pipeline.Augmentation(tuple(canvas_at(s, max_digit) for s in sizes), None, pick)
 
 
-def snap_to_buckets(sides: tuple[int, ...], max_side: int) -> Callable[[tf.Tensor], tf.Tensor]:
+def snap_to_buckets(sides: tuple[int, ...], max_side: int) -> Callable[[Any], Any]:
   """Resizes a uint8 image to its bucket shape: few shapes, so few compilations.
 
   An image larger than `max_side` first shrinks, aspect ratio kept, until its
@@ -137,6 +118,7 @@ def snap_to_buckets(sides: tuple[int, ...], max_side: int) -> Callable[[tf.Tenso
   Returns:
     image (H, W, C) uint8 -> image (h, w, C) uint8 with h, w in `sides`.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # Only photos stream.
   sides_t = tf.constant(sides, tf.float32)
 
   def snap(image):
@@ -150,11 +132,10 @@ def snap_to_buckets(sides: tuple[int, ...], max_side: int) -> Callable[[tf.Tenso
 
 
 def _native_size_data(config: ml_collections.ConfigDict,
-                      builder: tfds.core.DatasetBuilder) -> input_pipeline.ImageData:
+                      channels: int) -> input_pipeline.ImageData:
   """The splits with a bucket per (height, width) of config.bucket_sides; 'x' cached as uint8."""
   data = input_pipeline.image_classification(
-      config, builder, to_cache=snap_to_buckets(tuple(config.bucket_sides), config.max_side))
-  channels = builder.info.features['image'].shape[-1]
+      config, to_cache=snap_to_buckets(tuple(config.bucket_sides), config.max_side))
   shapes = [(h, w, channels) for h in config.bucket_sides for w in config.bucket_sides]
   val = input_pipeline.by_shape(data.val, shapes)
   return dataclasses.replace(
@@ -162,27 +143,19 @@ def _native_size_data(config: ml_collections.ConfigDict,
       test=val if data.test is data.val else input_pipeline.by_shape(data.test, shapes))
 
 
-def _normalize_after_cache(mode: str) -> input_pipeline.Augment:
-  normalize = input_pipeline.normalizer(mode)
-  return lambda example, seed: {**example, 'x': normalize(example['x'])}
-
-
 def _shape_name(bucket: input_pipeline.Split) -> str:
-  return 'x'.join(map(str, bucket.ds.element_spec['x'].shape[:2]))
+  return 'x'.join(map(str, bucket.spec['x'].shape[:2]))
 
 
 def _test_accuracies(config: ml_collections.ConfigDict, state: train.TrainState,
                      tests: dict[Any, tuple[input_pipeline.Split, input_pipeline.Augment]]
                      ) -> tuple[dict[Any, float], int]:
   """Accuracy of `state` on each (split, augment) of `tests`, and the eval step's compilations."""
-  mesh = parallel.make_mesh()
-  _, eval_step = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
-  eval_batch = parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
-  accuracy = {}
-  for name, (split, augment) in tests.items():
-    batches = train.EvalBatches(split, eval_batch, parallel.batch_sharding(mesh), augment=augment,
-                                max_bytes=0)
-    accuracy[name] = train.evaluate(eval_step, state, batches, prefix='')['accuracy']
+  eval_step = train.jit_eval_step(tasks.classification, ['accuracy', 'loss'],
+                                  parallel.make_mesh())
+  accuracy = {name: train.evaluate(eval_step, state, split, config.eval_batch_size, prefix='',
+                                   augment=augment)['accuracy']
+              for name, (split, augment) in tests.items()}
   return accuracy, eval_step._cache_size()  # pylint: disable=protected-access
 
 
@@ -199,18 +172,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = time.time()
   workdir = workdir_lib.prepare(workdir)
   train.check_config(config)
-  builder = input_pipeline.image_builder(config)  # Checked before any work.
-  shape = tuple(builder.info.features['image'].shape)
+  info = input_pipeline.image_info(config)  # Checked before any work.
+  shape = info.image_shape
   _check(config, shape)
-  num_classes = builder.info.features['label'].num_classes
+  num_classes = info.num_classes
   model = models.create(config.model, outputs=num_classes, **config.model_kwargs)
   if config.bucket_sides:
-    return _train_at_native_sizes(config, workdir, model, builder, start)
-  data = input_pipeline.image_classification(config, builder)
+    return _train_at_native_sizes(config, workdir, model, shape[-1], start)
+  data = input_pipeline.image_classification(config)
   state, summary = train.fit(
       config, workdir, model=model, task=tasks.classification, train=data.train, val=data.val,
-      test=data.test, batch_augment=canvas_batches(config.train_sizes, config.max_digit,
-                                                   config.seed))
+      test=data.test, augment=canvas_training(config.train_sizes, config.max_digit, config.seed))
 
   by_size, eval_compiles = _test_accuracies(
       config, state, {size: (data.test, canvas_at(size, config.max_digit))
@@ -238,8 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 os.path.join(plot_dir, 'accuracy_by_size.png'), xlabel='canvas side (pixels)',
                 ylabel='test accuracy', title=f'one set of weights, trained on canvases of '
                 f'{", ".join(map(str, config.train_sizes))}')
-    examples = next(input_pipeline.eval_batches(data.test, 4, max_batches=1,
-                                                augment=canvas_at(max(sizes), config.max_digit)))
+    examples = input_pipeline.first_examples(data.test, 4, canvas_at(max(sizes), config.max_digit))
     plots.image_grid(examples['x'], 1, os.path.join(plot_dir, 'canvas_examples.png'),
                      f'test digits on {max(sizes)}x{max(sizes)} canvases')
   workdir_lib.write_results(workdir, results, config, start)
@@ -247,14 +218,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_at_native_sizes(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
-                           builder: tfds.core.DatasetBuilder, start: float) -> dict[str, Any]:
+                           channels: int, start: float) -> dict[str, Any]:
   """Trains on bucketed native-size images; tests the weights on each bucket shape."""
-  data = _native_size_data(config, builder)
-  normalize = _normalize_after_cache(config.normalization)
+  data = _native_size_data(config, channels)
   state, summary = train.fit(config, workdir, model=model, task=tasks.classification,
-                             train=data.train, val=data.val, test=data.test, augment=normalize)
+                             train=data.train, val=data.val, test=data.test)
   accuracy, eval_compiles = _test_accuracies(
-      config, state, {_shape_name(b): (b, normalize) for b in data.test.buckets})
+      config, state, {_shape_name(b): (b, None) for b in data.test.buckets})
   by_shape = {_shape_name(b): {'accuracy': accuracy[_shape_name(b)], 'examples': b.num_examples}
               for b in data.test.buckets}
   results = {

@@ -2,7 +2,7 @@
 
 The encoder squeezes an image into `latents` numbers and the decoder rebuilds
 it; the loss is the mean squared error against the clean image. The
-corruption (config.corruption) is applied in the input pipeline to the
+corruption (config.corruption) is applied in the step, in JAX, to the
 encoder's input only: Gaussian plus salt-and-pepper noise teaches a denoiser,
 a random rectangle cut out teaches inpainting. Evaluation corrupts every test
 image the same way in every run, so numbers compare across runs and against
@@ -17,13 +17,12 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from lib import input_pipeline
 from lib import models
-from lib import parallel
 from lib import plots
 from lib import tasks
 from lib import train
@@ -56,33 +55,30 @@ def check(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
 
 
 def corruption(config: ml_collections.ConfigDict) -> input_pipeline.Augment:
-  """The config's corruption as an input_pipeline.Augment.
+  """The config's corruption as an input_pipeline.Augment (one image and its key, in JAX).
 
   It keeps the image as 'clean' (the target) and puts the corrupted image in
   'x'; 'mask' also adds 'hole', 1 inside the cut-out rectangle.
   """
   mode = config.corruption
 
-  def augment(example: input_pipeline.Example, seed: tf.Tensor) -> input_pipeline.Example:
+  def augment(example: input_pipeline.Example, key: jax.Array) -> input_pipeline.Example:
     clean = example['x']
     out = {**example, 'clean': clean}
-    shape = tf.shape(clean)
-    seeds = tf.random.experimental.stateless_split(seed, 3)
+    keys = jax.random.split(key, 3)
     if mode == 'noise':
-      noisy = clean + config.noise_std * tf.random.stateless_normal(shape, seeds[0])
-      hit = tf.random.stateless_uniform(shape, seeds[1]) < config.salt_pepper
-      salt = tf.cast(tf.random.stateless_uniform(shape, seeds[2]) < 0.5, clean.dtype)
-      out['x'] = tf.clip_by_value(tf.where(hit, salt, noisy), 0.0, 1.0)
+      noisy = clean + config.noise_std * jax.random.normal(keys[0], clean.shape)
+      hit = jax.random.uniform(keys[1], clean.shape) < config.salt_pepper
+      salt = (jax.random.uniform(keys[2], clean.shape) < 0.5).astype(clean.dtype)
+      out['x'] = jnp.clip(jnp.where(hit, salt, noisy), 0.0, 1.0)
     elif mode == 'mask':
-      size = tf.random.stateless_uniform([2], seeds[0], config.mask_min, config.mask_max + 1,
-                                         tf.int32)
-      corner = tf.random.stateless_uniform([2], seeds[1], 0, 2**30, tf.int32) % (
-          shape[:2] - size + 1)
-      rows = tf.range(shape[0])[:, None, None]
-      cols = tf.range(shape[1])[None, :, None]
+      size = jax.random.randint(keys[0], (2,), config.mask_min, config.mask_max + 1)
+      corner = jax.random.randint(keys[1], (2,), 0, jnp.array(clean.shape[:2]) - size + 1)
+      rows = jnp.arange(clean.shape[0])[:, None, None]
+      cols = jnp.arange(clean.shape[1])[None, :, None]
       inside = ((rows >= corner[0]) & (rows < corner[0] + size[0]) &
                 (cols >= corner[1]) & (cols < corner[1] + size[1]))
-      hole = tf.broadcast_to(tf.cast(inside, clean.dtype), shape)
+      hole = jnp.broadcast_to(inside.astype(clean.dtype), clean.shape)
       out['x'] = clean * (1.0 - hole)
       out['hole'] = hole
     return out
@@ -90,14 +86,14 @@ def corruption(config: ml_collections.ConfigDict) -> input_pipeline.Augment:
   return augment
 
 
-def _mean_image(split: input_pipeline.Split) -> np.ndarray:
-  """The mean training image (over every process's share)."""
+def _mean_image(split: input_pipeline.Split) -> jax.Array:
+  """The mean training image."""
   total, count = 0.0, 0
-  for batch in split.ds.batch(10_000).as_numpy_iterator():
-    total = total + batch['x'].astype(np.float64).sum(0)
-    count += len(batch['x'])
-  sums = parallel.sum_over_processes(np.concatenate([np.ravel(total), [count]]))
-  return (sums[:-1] / sums[-1]).reshape(np.shape(total)).astype(np.float32)
+  for batch in input_pipeline.eval_batches(split, 1000):
+    mask = batch['mask'].reshape(-1, *([1] * (batch['x'].ndim - 1)))
+    total = total + jnp.sum(jnp.where(mask, batch['x'], 0.0), 0)
+    count += jnp.sum(batch['mask'])
+  return total / count
 
 
 def baselines(config: ml_collections.ConfigDict, data: input_pipeline.ImageData,
@@ -113,26 +109,23 @@ def baselines(config: ml_collections.ConfigDict, data: input_pipeline.ImageData,
   if config.corruption == 'none':
     return {}
   mean_image = _mean_image(data.train) if config.corruption == 'mask' else None
-  sums = np.zeros(5)  # input mse, input psnr, input hole mse, mean-image hole mse, count.
+  sums = {}
   for batch in input_pipeline.eval_batches(data.test, 1000, augment=augment):
     keep = batch['mask']
-    clean, x = batch['clean'][keep], batch['x'][keep]
+    clean, x = batch['clean'], batch['x']
     axes = tuple(range(1, clean.ndim))
-    mse = np.mean((x - clean)**2, axes)
-    sums[0] += mse.sum()
-    sums[1] += np.asarray(tasks.psnr(mse)).sum()
+    mse = jnp.mean((x - clean)**2, axes)
+    values = {'test_input_mse': mse, 'test_input_psnr': tasks.psnr(mse)}
     if mean_image is not None:
-      hole = batch['hole'][keep]
+      hole = batch['hole']
       area = hole.sum(axes)
-      sums[2] += (np.sum(hole * (x - clean)**2, axes) / area).sum()
-      sums[3] += (np.sum(hole * (mean_image - clean)**2, axes) / area).sum()
-    sums[4] += keep.sum()
-  sums = parallel.sum_over_processes(sums)
-  results = {'test_input_mse': sums[0] / sums[4], 'test_input_psnr': sums[1] / sums[4]}
-  if mean_image is not None:
-    results.update(test_input_hole_mse=sums[2] / sums[4],
-                   test_mean_image_hole_mse=sums[3] / sums[4])
-  return {k: float(v) for k, v in results.items()}
+      values['test_input_hole_mse'] = jnp.sum(hole * (x - clean)**2, axes) / area
+      values['test_mean_image_hole_mse'] = jnp.sum(hole * (mean_image - clean)**2, axes) / area
+    values['count'] = jnp.ones_like(mse)
+    for k, v in values.items():
+      sums[k] = sums.get(k, 0.0) + jnp.sum(jnp.where(keep, v, 0.0))
+  count = sums.pop('count')
+  return {k: float(v / count) for k, v in sums.items()}
 
 
 def _train_one(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.ImageData,
@@ -148,8 +141,7 @@ def _train_one(config: ml_collections.ConfigDict, workdir: str, data: input_pipe
                              train=data.train, val=data.val, test=data.test, augment=augment)
   results = {**summary, **baselines(config, data, augment), 'corruption': config.corruption,
              'latents': config.model_kwargs.latents}
-  batch = next(input_pipeline.eval_batches(data.test, config.plot_examples, max_batches=1,
-                                           augment=augment))
+  batch = input_pipeline.first_examples(data.test, config.plot_examples, augment)
   output = model.apply({'params': state.params, **state.model_state}, batch['x'])
   images = {'input': batch['clean'], 'corrupted': batch['x'], 'output': np.asarray(output)}
   if jax.process_index() == 0:
@@ -178,12 +170,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = time.time()
   workdir = workdir_lib.prepare(workdir)
   train.check_config(config)
-  builder = input_pipeline.image_builder(config)  # Checked before any work.
-  shape = tuple(builder.info.features['image'].shape)
+  shape = input_pipeline.image_info(config).image_shape  # Checked before any work.
   check(config, shape)
   for n in config.latent_sweep or (config.model_kwargs.latents,):
     models.create(config.model, shape=shape, **{**config.model_kwargs, 'latents': n})
-  data = input_pipeline.image_classification(config, builder)
+  data = input_pipeline.image_classification(config)
   augment = corruption(config)
   if not config.latent_sweep:
     return _train_one(config, workdir, data, augment, start)[0]

@@ -66,9 +66,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = workdir_lib.prepare(workdir)
   train.check_config(config)
   _check(config)
-  builder = input_pipeline.image_builder(config)  # Checked before any work.
+  input_pipeline.image_info(config)  # Checked before any work.
   models.create(config.model, batch_norm=True, **config.model_kwargs)
-  data = input_pipeline.image_classification(config, builder)
+  data = input_pipeline.image_classification(config)
 
   results: dict[str, Any] = {}
   for name, batch_norm in VARIANTS:

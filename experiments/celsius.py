@@ -39,7 +39,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train.check_config(config)
   model = models.create(config.model, **config.model_kwargs)
   pairs = {'x': CELSIUS[:, None], 'y': FAHRENHEIT[:, None]}
-  # No held-out data in the notebook: 'val' is the loss on the same 7 pairs, per epoch.
+  # No held-out data in the notebook: 'val' is the loss on the same 7 pairs.
   state, summary = train.fit(
       config, workdir, model=model, task=tasks.regression,
       train=input_pipeline.from_arrays(pairs, config.data_shards),
@@ -59,7 +59,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   }
   if summary['history']:
     history = summary['history']
-    plots.lines([h['epoch'] for h in history], {'mean squared error': [h['val_loss'] for h in history]},
+    plots.lines([h['epoch'] for h in history],
+                {'mean squared error': [h['train_loss'] for h in history]},
                 os.path.join(workdir, 'plots', 'loss.png'), xlabel='epoch', ylabel='loss',
                 title=f"weight {results['weight']:.4f}, bias {results['bias']:.3f}", logy=True)
   workdir_lib.write_results(workdir, results, config, start)

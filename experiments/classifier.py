@@ -35,10 +35,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = time.time()
   workdir = workdir_lib.prepare(workdir)
   train.check_config(config)
-  builder = input_pipeline.image_builder(config)  # Checked before any work.
-  model = models.create(config.model, outputs=builder.info.features['label'].num_classes,
-                        **config.model_kwargs)
-  data = input_pipeline.image_classification(config, builder)
+  info = input_pipeline.image_info(config)  # Checked before any work.
+  model = models.create(config.model, outputs=info.num_classes, **config.model_kwargs)
+  data = input_pipeline.image_classification(config)
   state, summary = train.fit(config, workdir, model=model, task=tasks.classification,
                              train=data.train, val=data.val, test=data.test)
 
@@ -47,8 +46,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if summary['history']:
       plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))
     # A few mistakes beside correct answers tell more than 16 confident hits.
-    batch = next(input_pipeline.eval_batches(data.test, 1000, max_batches=1))
-    x, y = batch['x'][batch['mask']], batch['y'][batch['mask']]
+    batch = input_pipeline.first_examples(data.test, 1000)
+    x, y = batch['x'], batch['y']
     probs = np.asarray(jax.nn.softmax(
         model.apply({'params': state.params, **state.model_state}, x)))
     wrong = np.flatnonzero(probs.argmax(-1) != y)[:6]

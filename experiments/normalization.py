@@ -131,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = workdir_lib.prepare(workdir)
   train.check_config(config)
   _check(config)
-  builder = input_pipeline.image_builder(config)  # Checked before any work.
+  input_pipeline.image_info(config)  # Checked before any work.
   models.create(config.model, **config.model_kwargs)
   plot_dir = os.path.join(workdir, 'plots')
 
@@ -146,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for mode in config.normalizations:
     sub = copy.deepcopy(config)
     sub.normalization = mode
-    data = input_pipeline.image_classification(sub, builder)
+    data = input_pipeline.image_classification(sub)
     sweep = []
     for lr in config.sweep_learning_rates:
       run = copy.deepcopy(sub)

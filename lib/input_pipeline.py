@@ -1,461 +1,371 @@
-"""The input pipeline: source → per-process split → preprocess → cache → shuffle → batch → prefetch.
+"""The input pipeline: one interface, two sources (arrays on the devices, or a tf.data stream).
 
-Sources are TFDS datasets (built offline from `config.manual_dir` when needed)
-or in-memory arrays. Each process reads only its share of a split
-(`tfds.even_splits`): for training, its shards of config.data_shards. Training
-batches come from an endless stream of passes over each shard, each shuffled
-with its own seed, so the data order is a function of the step and the
-shards: a resumed run sees exactly the batches an uninterrupted run would,
-and so does a run on another number of processes with the same shards.
-Evaluation visits every example once; the last batch is padded and masked.
-Examples of several shapes (images at their native sizes) go in buckets, one
-shape each (`by_shape`): every batch comes from one bucket, so jit compiles
-once per bucket, and the bucket of a step is drawn from the step alone, the
-same on every process and in a resumed run.
+A split that fits `config.device_data_mb` is read once from TFDS as whole
+arrays in their stored dtype (MNIST: 47 MB of uint8), kept in an array cache
+beside the TFDS data so that later runs load it with numpy alone (no
+TensorFlow, no tf.data), and placed on every device once. Each training step
+gathers its batch there: the training split is cut into config.data_shards
+equal shards, each permuted anew each pass by a function of (seed, shard,
+pass), and a global batch joins one slice of each shard, in shard order. The
+data order is thus a function of the step and the shards: a resumed run, a run
+on another number of processes with the same shards, or on other devices, sees
+the same global batches.
+
+Larger splits, and images of several sizes, stream through tf.data
+(lib.streaming, imported only then) behind the same functions.
+
+Either way the step itself turns stored examples into model inputs
+(`Split.preprocess`, e.g. uint8 pixels to floats in [0, 1]) and applies the
+experiment's random augmentation, in JAX: one example at a time (vmapped), with
+a key from the step and the example's position in the global batch in
+training, and from the example's index in evaluation, so that evaluation sees
+the same augmented examples in every run. Evaluation visits every example
+once; the last batch is padded and masked.
 """
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
-import difflib
 import functools
-import math
+import hashlib
+import json
 import os
-import tempfile
+import re
+import shutil
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from lib import parallel
 from lib.errors import UserError
 
-AUTOTUNE = tf.data.AUTOTUNE
 NORMALIZATIONS = ('none', 'unit', 'standardize')
-Example = dict[str, tf.Tensor]
-# Random per-example augmentation, e.g. dynamic binarization or corruption:
-# (example, seed) -> example, with a stateless seed of shape [2] (tf.random.stateless_*).
-Augment = Callable[[Example, tf.Tensor], Example]
-# Per-batch augmentation of training batches: (batch, step) -> batch, with the
-# global step as an int64 scalar. Whatever it draws from the step alone is the
-# same on every process and in a resumed run: e.g. the image size of a batch.
-BatchAugment = Callable[[Example, tf.Tensor], Example]
-# The seed row of evaluation: evaluation augments every example the same way in every run.
+Example = dict[str, jax.Array]
+# Random augmentation of one example in JAX: (example, key) -> example. It may add
+# entries (e.g. the autoencoder's clean target) or change the shape of 'x'.
+Augment = Callable[[Example, jax.Array], Example]
+# Stored examples to model inputs, on a whole batch in JAX (e.g. normalization).
+Preprocess = Callable[[Example], Example]
+# The key of evaluation's augmentation: the same augmented examples in every run.
 EVAL_SEED = 20_200_524
+# The batch entries that say where an example came from, not what it is.
+_BOOKKEEPING = ('mask', 'index')
+
+
+def _identity(batch: Example) -> Example:
+  return batch
 
 
 @dataclasses.dataclass(frozen=True)
-class Split:
-  """One split's examples held by this process: preprocessed, cached, not batched.
+class Augmentation:
+  """An experiment's random augmentation: one of `train` per training step, `eval` for evaluation.
 
   Attributes:
-    ds: the examples, each a dict with the model input 'x' and target 'y'.
-    num_examples: examples in the whole split, over all processes.
-    local_examples: examples held by this process.
-    max_local_examples: the largest share of any process; evaluation pads every
-      process to it so that all run the same number of steps.
-    index: the shard that seeds this split's training order (the process's
-      index, or the shard's when a training split is cut into config.data_shards).
-    shards: a training split of several shards on this process: one Split
-      each, in shard order; `ds` holds them all.
-    buckets: for examples whose 'x' comes in several shapes: one Split per
-      shape (`by_shape`), in the same order on every process; `ds` holds them all.
+    train: the training augmentations; step s uses train[pick(s)]. Each one
+      compiles the train step once (e.g. one per canvas size).
+    eval: the evaluation augmentation (None: none).
+    pick: step -> index into `train`, a function of the step alone, so the same
+      on every process and in a resumed run. None: always train[0].
   """
-  ds: tf.data.Dataset
+  train: tuple[Augment | None, ...] = (None,)
+  eval: Augment | None = None
+  pick: Callable[[int], int] | None = None
+
+  def index(self, step: int) -> int:
+    return 0 if self.pick is None else int(self.pick(step))
+
+
+def augmentation(augment: Augment | Augmentation | None) -> Augmentation:
+  """An Augmentation; a plain Augment is used for training and evaluation alike."""
+  if isinstance(augment, Augmentation):
+    return augment
+  return Augmentation((augment,), augment)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """One split of examples, as stored, with what turns them into model inputs.
+
+  Attributes:
+    num_examples: examples in the whole split.
+    spec: one stored example's entries (shape without the batch axis, dtype).
+    preprocess: stored examples to model inputs, on a batch in JAX.
+    arrays: the whole split on the host (every process holds all of it); it is
+      placed on the devices once, on first use. None for a streamed split.
+    stream: the streamed split (lib.streaming.StreamSplit), or None.
+    num_shards: a training split's data shards (config.data_shards resolved).
+  """
   num_examples: int
-  local_examples: int
-  max_local_examples: int
-  index: int = 0
-  shards: tuple['Split', ...] = ()
-  buckets: tuple['Split', ...] = ()
+  spec: dict[str, jax.ShapeDtypeStruct]
+  preprocess: Preprocess = _identity
+  arrays: dict[str, np.ndarray] | None = None
+  stream: Any = None
+  num_shards: int = 1
+  _placed: dict[str, jax.Array] = dataclasses.field(default_factory=dict, repr=False)
+
+  @property
+  def buckets(self) -> tuple['Split', ...]:
+    """A streamed split of several shapes: one Split per shape (`by_shape`); else ()."""
+    if self.stream is None:
+      return ()
+    return tuple(_from_stream(b, self.preprocess) for b in self.stream.buckets)
 
 
-def _count(ds: tf.data.Dataset) -> int:
-  n = int(ds.cardinality())
-  return n if n >= 0 else int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+def _spec(arrays: dict[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:
+  return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in arrays.items()}
 
 
-def from_dataset(ds: tf.data.Dataset) -> Split:
-  """Caches this process's examples in memory and counts them.
-
-  Counting walks the dataset once when its size is unknown, which also fills the cache.
-
-  Args:
-    ds: this process's share of a split, preprocessed.
-
-  Returns:
-    The Split.
-  """
-  return from_shards({jax.process_index(): ds})
-
-
-def from_shards(shards: dict[int, tf.data.Dataset]) -> Split:
-  """Caches and counts this process's shards of a split (shard index -> examples).
+def from_arrays(arrays: dict[str, np.ndarray], num_shards: int | None = None,
+                preprocess: Preprocess = _identity) -> Split:
+  """A Split of whole arrays (equal first dimension), kept on the devices.
 
   Args:
-    shards: the shards of `parallel.local_shards`, preprocessed; every process
-      passes as many.
-
-  Returns:
-    The Split; with several shards, one Split per shard in `shards`.
-  """
-  parts = []
-  for index, ds in shards.items():
-    ds = ds.cache()
-    n = _count(ds)
-    parts.append(Split(ds, n, n, n, index=index))
-  counts = parallel.gather_from_processes(sum(p.local_examples for p in parts))
-  local = counts[jax.process_index()]
-  if len(parts) == 1:
-    return dataclasses.replace(parts[0], num_examples=sum(counts), max_local_examples=max(counts))
-  ds = functools.reduce(tf.data.Dataset.concatenate, [p.ds for p in parts])
-  return Split(ds, sum(counts), local, max(counts), index=parts[0].index, shards=tuple(parts))
-
-
-def from_arrays(arrays: dict[str, np.ndarray], num_shards: int | None = None) -> Split:
-  """A Split of in-memory arrays (equal first dimension); each process takes its share.
-
-  Args:
-    arrays: the examples.
+    arrays: the examples, as stored.
     num_shards: for a training split, config.data_shards (0: one per process);
-      None spreads the examples over the processes as evaluation does.
+      None for evaluation.
+    preprocess: stored examples to model inputs, in JAX.
 
   Returns:
     The Split.
   """
-  if num_shards is None:
-    shares = {k: np.array_split(v, jax.process_count())[jax.process_index()]
-              for k, v in arrays.items()}
-    return from_dataset(tf.data.Dataset.from_tensor_slices(shares))
-  indices, total = parallel.local_shards(num_shards)
-  size = len(next(iter(arrays.values()))) // total
-  return from_shards({i: tf.data.Dataset.from_tensor_slices(
-      {k: v[i * size:(i + 1) * size] for k, v in arrays.items()}) for i in indices})
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  sizes = {len(v) for v in arrays.values()}
+  if len(sizes) != 1:
+    raise ValueError(f'arrays of different lengths: { {k: len(v) for k, v in arrays.items()} }')
+  shards = 1 if num_shards is None else parallel.local_shards(num_shards)[1]
+  return Split(sizes.pop(), _spec(arrays), preprocess, arrays=arrays, num_shards=shards)
 
 
-def _shape_counts(ds: tf.data.Dataset, shapes: Sequence[tuple[int, ...]]) -> np.ndarray:
-  """How many examples of `ds` have each of `shapes` as the shape of 'x', in one pass."""
-  table = tf.constant(shapes, tf.int32)
-  return ds.reduce(tf.zeros(len(shapes), tf.int64), lambda n, ex: n + tf.cast(tf.reduce_all(
-      table == tf.shape(ex['x'])[None], axis=1), tf.int64)).numpy()
+def _from_stream(stream: Any, preprocess: Preprocess) -> Split:
+  from lib import streaming  # pylint: disable=g-import-not-at-top
+  spec = {k: jax.ShapeDtypeStruct(s.shape, s.dtype.as_numpy_dtype)
+          for k, s in streaming.element_spec(stream).items()}
+  return Split(stream.num_examples, spec, preprocess, stream=stream,
+               num_shards=len(stream.shards) * jax.process_count() if stream.shards else
+               jax.process_count())
 
 
-def _of_shape(ds: tf.data.Dataset, shape: tuple[int, ...]) -> tf.data.Dataset:
-  ds = ds.filter(lambda ex: tf.reduce_all(tf.shape(ex['x']) == shape))
-  return ds.map(lambda ex: {**ex, 'x': tf.ensure_shape(ex['x'], shape)})
+def from_stream(stream: Any, preprocess: Preprocess = _identity) -> Split:
+  """A Split that streams through tf.data: a lib.streaming.StreamSplit."""
+  return _from_stream(stream, preprocess)
 
 
-def by_shape(split: Split, shapes: Sequence[tuple[int, ...]]) -> Split:
-  """`split` with a bucket per shape of 'x' in `shapes`; shapes absent from the whole split are left out.
-
-  The buckets read `split.ds` (cached) through a filter, so nothing is cached
-  twice. Each shard of a training split gets the same buckets.
-
-  Args:
-    split: examples whose 'x' has one of `shapes`.
-    shapes: the possible shapes of 'x'.
-
-  Returns:
-    The split with its buckets.
-
-  Raises:
-    ValueError: some examples have none of `shapes`.
-  """
-  shards = split.shards or (split,)
-  local = np.stack([_shape_counts(s.ds, shapes) for s in shards])  # (local shards, shapes)
-  per_process = parallel.gather_arrays(local.sum(0))  # (processes, shapes)
-  totals = per_process.sum(0)
-  if totals.sum() != split.num_examples:
-    raise ValueError(f'{split.num_examples - totals.sum()} examples have a shape outside '
-                     f'{list(shapes)}')
-  kept = np.flatnonzero(totals)
-
-  def buckets(s: Split, counts: np.ndarray, global_counts: bool) -> tuple[Split, ...]:
-    return tuple(Split(_of_shape(s.ds, shapes[k]),
-                       int(totals[k]) if global_counts else int(counts[k]), int(counts[k]),
-                       int(per_process[:, k].max()) if global_counts else int(counts[k]),
-                       index=s.index) for k in kept)
-
-  if not split.shards:
-    return dataclasses.replace(split, buckets=buckets(split, local[0], True))
-  return dataclasses.replace(
-      split, buckets=buckets(split, local.sum(0), True),
-      shards=tuple(dataclasses.replace(s, buckets=buckets(s, row, False))
-                   for s, row in zip(shards, local)))
+def on_devices(split: Split) -> dict[str, jax.Array]:
+  """The split's arrays on every device (replicated), placed on first use."""
+  if split.arrays is None:
+    raise ValueError('a streamed split is not on the devices')
+  if not split._placed:  # pylint: disable=protected-access
+    sharding = parallel.replicated(parallel.make_mesh())
+    split._placed.update({  # pylint: disable=protected-access
+        k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+        for k, v in split.arrays.items()})
+  return split._placed  # pylint: disable=protected-access
 
 
-def _pass_seed(seed: int, pass_index: tf.Tensor, shard: int, bucket: int = 0) -> tf.Tensor:
-  # One seed per (config seed, shard, bucket, pass). Never 0: TF ops take 0 as "unseeded".
-  base = int(np.random.SeedSequence([seed % 2**32, shard, bucket]).generate_state(1)[0])
-  return pass_index * 2**32 + base + 1
+def _replicated(x: np.ndarray) -> jax.Array:
+  sharding = parallel.replicated(parallel.make_mesh())
+  return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
 
 
-def _augmented(ds: tf.data.Dataset, augment: Augment | None, seed: tf.Tensor) -> tf.data.Dataset:
-  """Applies `augment` with the seed [seed, position of the example]."""
-  if augment is None:
-    return ds
-  return ds.enumerate().map(lambda i, ex: augment(ex, tf.stack([tf.cast(seed, tf.int64), i])),
-                            num_parallel_calls=AUTOTUNE)
+# Training.
 
 
-def element_spec(split: Split, augment: Augment | None = None) -> dict[str, tf.TensorSpec]:
-  """One example's structure as the steps see it: after `augment`, which may add entries.
-
-  With buckets, the first bucket's: its shapes are static, as tracing needs.
-  """
-  split = split.buckets[0] if split.buckets else split
-  return _augmented(split.ds, augment, tf.constant(0, tf.int64)).element_spec
-
-
-def _batch_stream(split: Split, batch_size: int, seed: int, shuffle_buffer: int,
-                  start_batch: int, augment: Augment | None, bucket: int = 0) -> tf.data.Dataset:
-  """Endless full batches of `split`, pass after pass, from batch number `start_batch`."""
-  first_pass, skip = divmod(start_batch, split.local_examples // batch_size)
-
-  def one_pass(pass_index):
-    pass_seed = _pass_seed(seed, pass_index, split.index, bucket)
-    shuffled = split.ds.shuffle(shuffle_buffer, seed=pass_seed)
-    return _augmented(shuffled, augment, pass_seed).batch(batch_size, drop_remainder=True)
-
-  return tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass).skip(skip)
-
-
-_BLOCK = 4096  # Steps whose buckets are drawn at once.
-
-
-def _bucket_of_step(seed: int, weights: np.ndarray, start_step: int) -> Iterator[int]:
-  """The bucket of each step from `start_step` on: a draw from the step alone, by `weights`."""
-  block, offset = divmod(start_step, _BLOCK)
-  while True:
-    rng = np.random.default_rng([seed % 2**32, 0xB0C, block])
-    yield from rng.choice(len(weights), _BLOCK, p=weights)[offset:].tolist()
-    block, offset = block + 1, 0
-
-
-def _usable_buckets(split: Split, shard_batch: int) -> list[int]:
-  """The buckets that fill a batch in every shard of every process; the others are only evaluated."""
-  shards = split.shards or (split,)
-  local = np.array([[b.local_examples for b in s.buckets] for s in shards])
-  least = parallel.gather_arrays(local).min((0, 1))
-  usable = [int(k) for k in np.flatnonzero(least >= shard_batch)]
-  if not usable:
-    raise UserError(f'no image size has {shard_batch} training examples in every data shard; '
-                    'lower config.batch_size or use fewer, wider buckets')
-  return usable
-
-
-def _bucketed_batches(shard: Split, batch_size: int, seed: int, shuffle_buffer: int,
-                      start_step: int, augment: Augment | None, usable: list[int],
-                      weights: np.ndarray, done: np.ndarray) -> tf.data.Dataset:
-  """Each step a batch of one bucket of `usable`, drawn from the step alone by `weights`.
-
-  `done[k]` is the number of batches bucket usable[k] gave before `start_step`.
-  """
-  streams = [_batch_stream(shard.buckets[i], batch_size, seed, shuffle_buffer, int(done[k]),
-                           augment, bucket=i) for k, i in enumerate(usable)]
-  picks = tf.data.Dataset.from_generator(lambda: _bucket_of_step(seed, weights, start_step),
-                                         output_signature=tf.TensorSpec([], tf.int64))
-  return tf.data.Dataset.choose_from_datasets(streams, picks, stop_on_empty_dataset=False)
-
-
-def train_batches(split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
-                  start_step: int = 0, stack: int = 0, augment: Augment | None = None,
-                  batch_augment: BatchAugment | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Endless training batches of this process, starting at global step `start_step`.
-
-  Each shard is shuffled pass after pass with seeds of its own and cut into
-  full batches (the remainder of a pass is dropped; the next pass drops
-  others); a process's batch joins the batches of its shards, in shard order.
-  The global batch of a step is therefore the same however many processes
-  share the shards. A split with buckets gives batches of one bucket each, the
-  bucket drawn from the step in proportion to the buckets' sizes.
+class TrainFeed:
+  """What the train step reads, call after call: indices into the arrays, or streamed batches.
 
   Args:
     split: the training split.
-    batch_size: this process's batch size.
+    batch_size: the global batch size.
     seed: the run's seed.
-    shuffle_buffer: examples in each shard's shuffle buffer (its size shuffles fully).
-    start_step: steps already trained; their batches are skipped.
-    stack: if positive, yield this many consecutive batches stacked on a new
-      leading axis (for config.steps_per_execution).
-    augment: random per-example augmentation, seeded per pass and example, so
-      it is new each pass and the same in a resumed run.
-    batch_augment: applied to each batch with its global step, before stacking.
+    shuffle_buffer: for a streamed split, examples in each shard's shuffle buffer.
+    start_step: steps already trained.
+    stack: if positive, each call gets this many steps' inputs stacked on a
+      new leading axis (config.steps_per_execution).
+  """
+
+  def __init__(self, split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
+               start_step: int = 0, stack: int = 0):
+    self.split, self._seed, self._stack = split, seed, stack
+    self._step = start_step
+    if split.stream is not None:
+      self.data = {}
+      self._stream = None
+      self._stream_args = dict(batch_size=parallel.local_batch_size(batch_size), seed=seed,
+                               shuffle_buffer=shuffle_buffer)
+      return
+    self.data = on_devices(split)
+    shards = split.num_shards
+    if batch_size % shards:
+      raise UserError(f'the training split has {shards} data shards, which cannot split a '
+                      f'batch of {batch_size} evenly; make config.batch_size a multiple of '
+                      'config.data_shards')
+    self._shard_size = split.num_examples // shards
+    self._shard_batch = batch_size // shards
+    if self._shard_size < self._shard_batch:
+      raise UserError(
+          f'a shard of the training split has {self._shard_size} examples, fewer than its '
+          f'share {self._shard_batch} of a batch; lower config.batch_size (or config.data_shards)')
+    self._per_pass = self._shard_size // self._shard_batch
+    self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+  def _permutation(self, shard: int, pass_index: int) -> np.ndarray:
+    key = (shard, pass_index)
+    if key not in self._perms:
+      if len(self._perms) > 4 * self.split.num_shards:
+        self._perms.clear()
+      rng = np.random.default_rng([self._seed % 2**32, shard, pass_index])
+      self._perms[key] = (rng.permutation(self._shard_size) + shard * self._shard_size).astype(
+          np.int32)
+    return self._perms[key]
+
+  def indices(self, step: int) -> np.ndarray:
+    """The global batch of `step` as indices into the split: one slice of each shard."""
+    pass_index, position = divmod(step, self._per_pass)
+    lo, hi = position * self._shard_batch, (position + 1) * self._shard_batch
+    return np.concatenate([self._permutation(k, pass_index)[lo:hi]
+                           for k in range(self.split.num_shards)])
+
+  def next(self, count: int, sharding: jax.sharding.Sharding) -> dict[str, Any]:
+    """The inputs of the next `count` steps (stacked when the feed stacks), for `train_steps`."""
+    first, self._step = self._step, self._step + count
+    if self.split.stream is None:
+      idx = np.stack([self.indices(s) for s in range(first, first + count)])
+      return {'idx': _replicated(idx if self._stack else idx[0])}
+    if self._stream is None:
+      from lib import streaming  # pylint: disable=g-import-not-at-top
+      self._stream = streaming.train_batches(self.split.stream, start_step=first,
+                                             stack=self._stack, **self._stream_args)
+    return {'batch': parallel.shard(next(self._stream), sharding)}
+
+
+def batch_of(data: dict[str, jax.Array], inputs: dict[str, Any],
+             sharding: jax.sharding.Sharding | None = None) -> Example:
+  """Traced: the stored batch that `inputs` names (gathered from `data`, or streamed as is).
+
+  A gathered batch gets 'index' (each example's index in the split) and, where
+  `inputs` has one, 'mask'.
+  """
+  if 'batch' in inputs:
+    return inputs['batch']
+  idx = inputs['idx']
+  batch = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
+  batch['index'] = idx
+  if 'mask' in inputs:
+    batch['mask'] = inputs['mask']
+  if sharding is not None:  # Each device keeps its slice of the global batch.
+    batch = jax.lax.with_sharding_constraint(batch, sharding)
+  return batch
+
+
+def prepare(batch: Example, preprocess: Preprocess, augment: Augment | None,
+            key: jax.Array | None) -> Example:
+  """Traced: preprocessing, then `augment` on each example with its own key.
+
+  Args:
+    batch: stored examples, perhaps with 'mask' and 'index'.
+    preprocess: the split's.
+    augment: the augmentation, or None.
+    key: training: the step's key, folded with each example's position in the
+      batch. None (evaluation): EVAL_SEED's key folded with each example's index.
 
   Returns:
-    An iterator of dicts of numpy arrays.
+    The model's batch, with 'mask' kept where there was one.
   """
-  shards = split.shards or (split,)
-  if batch_size % len(shards):
-    raise UserError(f'this process reads {len(shards)} data shards, which cannot split its '
-                    f'batch of {batch_size} evenly; make config.batch_size a multiple of '
-                    'config.data_shards')
-  shard_batch = batch_size // len(shards)
-  smallest = min(s.local_examples for s in shards)
-  if smallest < shard_batch:
-    raise UserError(
-        f'a shard of the training split has {smallest} examples, fewer than its share '
-        f'{shard_batch} of a batch; lower config.batch_size (or config.data_shards)')
-  if split.buckets:
-    usable = _usable_buckets(split, shard_batch)
-    weights = np.array([split.buckets[k].num_examples for k in usable], np.float64)
-    weights /= weights.sum()
-    picks = np.fromiter(_bucket_of_step(seed, weights, 0), np.int64, count=start_step)
-    done = np.bincount(picks, minlength=len(usable))
-    streams = [_bucketed_batches(s, shard_batch, seed, shuffle_buffer, start_step, augment,
-                                 usable, weights, done) for s in shards]
-  else:
-    streams = [_batch_stream(s, shard_batch, seed, shuffle_buffer, start_step, augment)
-               for s in shards]
-  ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
-      lambda *batches: tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *batches))
-  if batch_augment is not None:
-    ds = ds.enumerate(start_step).map(lambda step, batch: batch_augment(batch, step),
-                                      num_parallel_calls=AUTOTUNE)
-  if stack:
-    ds = ds.batch(stack, drop_remainder=True)
-  return ds.prefetch(AUTOTUNE).as_numpy_iterator()
+  kept = {k: batch[k] for k in _BOOKKEEPING if k in batch}
+  examples = preprocess({k: v for k, v in batch.items() if k not in _BOOKKEEPING})
+  if augment is not None:
+    if key is None:
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(EVAL_SEED),
+                                                      kept['index'])
+    else:
+      n = next(iter(examples.values())).shape[0]
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n))
+    examples = jax.vmap(augment)(examples, keys)
+  if 'mask' in kept:
+    examples['mask'] = kept['mask']
+  return examples
+
+
+def model_spec(split: Split, augment: Augment | None) -> dict[str, jax.ShapeDtypeStruct]:
+  """One example's entries as the model sees them: after preprocessing and `augment`."""
+  batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in split.spec.items()
+           if k not in _BOOKKEEPING}
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  out = jax.eval_shape(lambda b, k: prepare(b, split.preprocess, augment, k), batch, key)
+  return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in out.items()}
+
+
+# Evaluation.
 
 
 def num_eval_batches(split: Split, batch_size: int, max_batches: int | None = None) -> int:
-  """Batches that cover every example of the split (at most `max_batches`)."""
-  if split.buckets:
-    needed = sum(num_eval_batches(b, batch_size) for b in split.buckets)
-  else:
-    needed = math.ceil(split.max_local_examples / batch_size)
+  """Batches of `batch_size` (global) that cover every example (at most `max_batches`)."""
+  if split.stream is not None:
+    from lib import streaming  # pylint: disable=g-import-not-at-top
+    return streaming.num_eval_batches(split.stream, parallel.local_batch_size(
+        batch_size, 'eval_batch_size'), max_batches)
+  needed = -(-split.num_examples // batch_size)
   return needed if max_batches is None else min(needed, max_batches)
 
 
-def eval_bytes(split: Split, batch_size: int, max_batches: int | None = None,
-               augment: Augment | None = None) -> int:
-  """Bytes of this process's evaluation batches, padding included (with buckets, at most)."""
-  if split.buckets:
-    return sum(eval_bytes(b, batch_size, max_batches, augment) for b in split.buckets)
-  example = sum(s.shape.num_elements() * s.dtype.size
-                for s in element_spec(split, augment).values())
-  return num_eval_batches(split, batch_size, max_batches) * batch_size * example
-
-
-def eval_dataset(split: Split, batch_size: int, max_batches: int | None = None,
-                 augment: Augment | None = None) -> tf.data.Dataset:
-  """Every example once, in order, with a boolean 'mask' that is False on padding.
-
-  All processes yield the same number of batches, as the SPMD step needs.
-  Build it once and iterate it at each evaluation.
+def eval_inputs(split: Split, batch_size: int, max_batches: int | None = None,
+                sharding: jax.sharding.Sharding | None = None) -> Iterator[dict[str, Any]]:
+  """The inputs of each padded evaluation batch: indices and a mask, or streamed batches.
 
   Args:
-    split: the split to evaluate; with buckets, bucket after bucket, each
-      padded on its own.
-    batch_size: this process's batch size.
+    split: the split.
+    batch_size: the global batch size.
     max_batches: stop after this many batches (Keras' validation_steps).
-    augment: applied with the fixed seed row EVAL_SEED, so every evaluation
-      (and every run) sees the same augmented examples.
-
-  Returns:
-    A dataset of padded batches.
+    sharding: where streamed batches go (batch-sharded over the mesh).
   """
   n = num_eval_batches(split, batch_size, max_batches)
-  if split.buckets:
-    parts = [eval_dataset(b, batch_size, augment=augment) for b in split.buckets]
-    ds = parts[0]
-    for part in parts[1:]:
-      ds = ds.concatenate(part)
-    return ds.take(n)
-  ds = _augmented(split.ds, augment, tf.constant(EVAL_SEED, tf.int64))
-  ds = ds.map(lambda ex: {**ex, 'mask': True})
-  padding = n * batch_size - split.local_examples
-  if padding > 0:
-    blank = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
-    blank['mask'] = False
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
-  return ds.batch(batch_size).take(n).prefetch(AUTOTUNE)
+  if split.stream is not None:
+    from lib import streaming  # pylint: disable=g-import-not-at-top
+    sharding = sharding or parallel.batch_sharding(parallel.make_mesh())
+    ds = streaming.eval_dataset(split.stream, parallel.local_batch_size(
+        batch_size, 'eval_batch_size'), max_batches)
+    for batch in ds.as_numpy_iterator():
+      yield {'batch': parallel.shard(batch, sharding)}
+    return
+  for b in range(n):
+    idx = np.arange(b * batch_size, (b + 1) * batch_size)
+    mask = idx < split.num_examples
+    yield {'idx': _replicated(np.where(mask, idx, 0).astype(np.int32)),
+           'mask': _replicated(mask)}
 
 
 def eval_batches(split: Split, batch_size: int, max_batches: int | None = None,
-                 augment: Augment | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Numpy batches of `eval_dataset(split, batch_size, max_batches, augment)`."""
-  return eval_dataset(split, batch_size, max_batches, augment).as_numpy_iterator()
+                 augment: Augment | None = None) -> Iterator[Example]:
+  """Every example once as model inputs (preprocessed, augmented as evaluation is), padded and masked.
 
-
-def tfds_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of `config.dataset` in `config.data_dir`, not yet prepared.
-
-  Raises:
-    UserError: the name is not a TFDS dataset.
+  Yields global arrays batch-sharded over the mesh, with a boolean 'mask' that
+  is False on padding.
   """
-  try:
-    return tfds.builder(config.dataset, data_dir=config.data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
-    raise UserError(
-        f'config.dataset={config.dataset!r} is not a TFDS dataset'
-        + (f'; did you mean {close}?' if close else '; see tfds.list_builders()')) from None
+  sharding = parallel.batch_sharding(parallel.make_mesh())
+  data = on_devices(split) if split.stream is None else {}
+  get = _eval_getter(split.preprocess, augment, sharding)
+  for inputs in eval_inputs(split, batch_size, max_batches, sharding):
+    yield get(data, inputs)
 
 
-def prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
-  """Builds the dataset into data_dir if it is not there yet.
-
-  From `config.manual_dir` (the dataset's original files; TFDS verifies their
-  checksums) when given, else by download when `config.download` allows it.
-
-  Raises:
-    UserError: the data is missing and cannot be built offline.
-  """
-  if builder.is_prepared():
-    return
-  name = builder.info.name
-  if config.manual_dir and not os.path.isdir(config.manual_dir):
-    raise UserError(f'config.manual_dir={config.manual_dir!r} is not a directory')
-  if not config.manual_dir and not config.download:
-    raise UserError(
-        f'dataset {name!r} is not prepared in {builder.data_dir} and this run may not download; '
-        f'pass --config.manual_dir=DIR with its original files (e.g. ../shared/data/{name}), '
-        '--config.data_dir=DIR where it is prepared, or --config.download=True')
-  # TFDS names an extracted manual file after its file name alone, so in a shared
-  # extract_dir MNIST and Fashion-MNIST (same file names) would reuse each
-  # other's files. Extract into a fresh directory instead.
-  with tempfile.TemporaryDirectory(prefix=f'tfds_extract_{name}_') as extract_dir:
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=config.manual_dir, extract_dir=extract_dir,
-        force_checksums_validation=bool(config.manual_dir), try_download_gcs=not config.manual_dir)
-    try:
-      builder.download_and_prepare(download_config=download_config)
-    except Exception as e:  # TFDS raises many kinds: network, checksum, missing file.
-      raise UserError(
-          f'could not build {name!r} into {builder.data_dir}: {type(e).__name__}: '
-          + str(e).strip().splitlines()[0]) from e
+@functools.lru_cache(maxsize=None)
+def _eval_getter(preprocess: Preprocess, augment: Augment | None,
+                 sharding: jax.sharding.Sharding) -> Callable[..., Example]:
+  """Compiled once per (preprocess, augment): every evaluation of a run reuses it."""
+  return jax.jit(lambda data, inputs: prepare(batch_of(data, inputs, sharding), preprocess,
+                                              augment, None))
 
 
-def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
-               preprocess: Callable[[Example], Example], *,
-               num_shards: int | None = None) -> Split:
-  """This process's share of a prepared TFDS split, preprocessed and cached.
+def first_examples(split: Split, n: int, augment: Augment | None = None) -> dict[str, np.ndarray]:
+  """The first `n` examples as evaluation sees them, on the host (e.g. for plots)."""
+  batch = next(eval_batches(split, n * jax.device_count(), 1, augment))
+  batch = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), batch)
+  keep = batch.pop('mask')
+  return {k: v[keep][:n] for k, v in batch.items()}
 
-  Args:
-    builder: a prepared builder.
-    split: a TFDS split string, e.g. 'train', 'test' or 'train[90%:]'.
-    field: the config field that named the split, for error messages.
-    preprocess: maps a TFDS example to {'x': ..., 'y': ...}.
-    num_shards: for training, config.data_shards (0: one per process): equal
-      shards (the remainder dropped), this process's read as
-      `parallel.local_shards` says. None (evaluation): the examples spread
-      over the processes, none dropped.
 
-  Returns:
-    The Split.
-  """
-  if num_shards is None:
-    indices, total = [jax.process_index()], jax.process_count()
-  else:
-    indices, total = parallel.local_shards(num_shards)
-  try:
-    names = tfds.even_splits(split, n=total, drop_remainder=num_shards is not None)
-    shards = {i: builder.as_dataset(split=names[i], shuffle_files=False) for i in indices}
-  except (ValueError, KeyError, AssertionError) as e:
-    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
-                    + str(e).strip().splitlines()[0]) from None
-  return from_shards({i: ds.map(preprocess, num_parallel_calls=AUTOTUNE)
-                      for i, ds in shards.items()})
+# Normalization.
 
 
 def check_normalization(name: str) -> None:
@@ -463,29 +373,45 @@ def check_normalization(name: str) -> None:
     raise UserError(f'config.normalization={name!r} is unknown; choose one of {list(NORMALIZATIONS)}')
 
 
-def image_stats(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std of the 'image' feature over a dataset of raw examples."""
-  total = total_sq = 0.0
-  count = 0
-  for batch in ds.map(lambda ex: ex['image']).batch(4096).as_numpy_iterator():
-    x = batch.astype(np.float64).reshape(-1, batch.shape[-1])
-    total = total + x.sum(0)
-    total_sq = total_sq + (x * x).sum(0)
+def normalizer(mode: str, mean: np.ndarray | None = None,
+               std: np.ndarray | None = None) -> Preprocess:
+  """Maps 'x' to float32: 'none' as is (0..255), 'unit' [0, 1], 'standardize' (x - mean) / std."""
+  check_normalization(mode)
+
+  def normalize(batch: Example) -> Example:
+    x = batch['x'].astype(jnp.float32)
+    if mode == 'unit':
+      x = x / 255.0
+    elif mode == 'standardize':
+      x = (x - mean) / std
+    return {**batch, 'x': x}
+
+  return normalize
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of images (N, ..., C), in float64 chunks."""
+  channels = images.shape[-1]
+  total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+  for start in range(0, len(images), 4096):
+    x = images[start:start + 4096].reshape(-1, channels).astype(np.float64)
+    total += x.sum(0)
+    total_sq += (x * x).sum(0)
     count += x.shape[0]
   mean = total / count
   std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
   return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
-def normalizer(mode: str, mean: np.ndarray | None = None,
-               std: np.ndarray | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
-  """Maps uint8 pixels to float32: 'none' 0..255, 'unit' [0, 1], 'standardize' (x - mean) / std."""
-  check_normalization(mode)
-  if mode == 'none':
-    return lambda image: tf.cast(image, tf.float32)
-  if mode == 'unit':
-    return lambda image: tf.cast(image, tf.float32) / 255.0
-  return lambda image: (tf.cast(image, tf.float32) - mean) / std
+# TFDS image classification datasets, through the array cache.
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+  """What models and plots need to know of an image classification dataset."""
+  num_classes: int
+  class_names: list[str]
+  image_shape: tuple[int | None, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -496,61 +422,165 @@ class ImageData:
   test: Split
   num_classes: int
   class_names: list[str]
-  image_shape: tuple[int, ...]
+  image_shape: tuple[int | None, ...]
 
 
-def check_image_classification(builder: tfds.core.DatasetBuilder) -> None:
-  features = builder.info.features
-  if 'image' not in features or 'label' not in features:
-    raise UserError(f'config.dataset={builder.info.name!r} has features {list(features)}; '
-                    "an image classifier needs 'image' and 'label'")
+def _cache_dir(config: ml_collections.ConfigDict) -> str:
+  """Where the arrays of `config.dataset` are cached: beside the TFDS data, in data_dir."""
+  data_dir = config.data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join(
+      os.path.expanduser('~'), 'tensorflow_datasets')
+  return os.path.join(data_dir, 'jaxnotes_arrays', re.sub(r'[^\w.-]', '_', config.dataset))
 
 
-def image_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The builder of an image dataset with labels, after the checks that need no data.
+def _split_dir(config: ml_collections.ConfigDict, split: str) -> str:
+  digest = hashlib.sha256(split.encode()).hexdigest()[:8]
+  name = re.sub(r'[^\w.-]', '_', split)
+  return os.path.join(_cache_dir(config), f'{name}-{digest}')
+
+
+def _cached_info(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  try:
+    with open(os.path.join(_cache_dir(config), 'info.json')) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _load_cached(config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray] | None:
+  path = _split_dir(config, split)
+  if not os.path.isfile(os.path.join(path, 'done')):
+    return None
+  return {k: np.load(os.path.join(path, f'{k}.npy')) for k in ('x', 'y')}
+
+
+def _save_cached(config: ml_collections.ConfigDict, split: str, arrays: dict[str, np.ndarray],
+                 info: dict[str, Any]) -> None:
+  """Writes the arrays beside and renames them into place, so a crash leaves no half cache."""
+  if jax.process_index() != 0:
+    return
+  path = _split_dir(config, split)
+  tmp = f'{path}.tmp{os.getpid()}'
+  try:
+    os.makedirs(tmp, exist_ok=True)
+    for k, v in arrays.items():
+      np.save(os.path.join(tmp, f'{k}.npy'), v)
+    open(os.path.join(tmp, 'done'), 'w').close()
+    if os.path.exists(path):  # Another run cached it meanwhile.
+      shutil.rmtree(tmp)
+    else:
+      os.replace(tmp, path)
+    info_tmp = os.path.join(_cache_dir(config), f'info.json.tmp{os.getpid()}')
+    with open(info_tmp, 'w') as f:
+      json.dump(info, f)
+    os.replace(info_tmp, os.path.join(_cache_dir(config), 'info.json'))
+  except OSError as e:  # A read-only data_dir: the run goes on, the next one reads TFDS again.
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning('could not cache the arrays of %s in %s: %s', config.dataset, path, e)
+
+
+def _split_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+  fields = {'train_split': config.train_split, 'eval_split': config.eval_split,
+            'test_split': config.test_split}
+  return {f: s for f, s in fields.items() if s}
+
+
+def image_info(config: ml_collections.ConfigDict) -> ImageInfo:
+  """The dataset's classes and image shape, after the checks that need no data.
+
+  Read from the array cache where every split of the config is cached (no
+  TensorFlow then), else from TFDS.
 
   Raises:
     UserError: unknown dataset, no 'image'/'label' features, unknown normalization.
   """
-  builder = tfds_builder(config)
-  check_image_classification(builder)
   check_normalization(config.normalization)
-  return builder
+  info = _cached_info(config)
+  if info is None or any(not os.path.isfile(os.path.join(_split_dir(config, s), 'done'))
+                         for s in _split_fields(config).values()):
+    from lib import streaming  # pylint: disable=g-import-not-at-top
+    builder = streaming.tfds_builder(config)
+    streaming.check_image_classification(builder)
+    info = streaming.image_info(builder)
+  return ImageInfo(info['num_classes'], info['class_names'], tuple(info['image_shape']))
 
 
-def image_classification(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
-                         to_cache: Callable[[tf.Tensor], tf.Tensor] | None = None) -> ImageData:
+def image_classification(config: ml_collections.ConfigDict,
+                         to_cache: Callable[[Any], Any] | None = None) -> ImageData:
   """Train, validation and test splits of a TFDS image classification dataset.
 
-  Images become float32 'x' normalized as `config.normalization` says (with the
-  training split's statistics for 'standardize'); labels become int32 'y'.
+  Splits that fit config.device_data_mb go on the devices, read from the
+  array cache (built from TFDS on first use); others stream through tf.data.
+  Images stay as stored; the splits' `preprocess` normalizes them in the step
+  as `config.normalization` says (with the training split's statistics for
+  'standardize'). Labels are int32 'y'.
 
   Args:
-    config: the run's config (dataset fields, normalization).
-    builder: `image_builder(config)`.
-    to_cache: if given, maps each decoded image to the 'x' that is cached
-      instead (e.g. resized and still uint8, 4x smaller than float32);
-      normalizing it is then the caller's job, after the cache.
+    config: the run's config (dataset fields, normalization, device_data_mb).
+    to_cache: a TensorFlow function that maps each decoded image to the 'x'
+      that is streamed instead (e.g. resized, still uint8); its splits stream.
 
   Returns:
     The ImageData.
   """
-  prepare(builder, config)
-  if to_cache is None:
-    mean = std = None
-    if config.normalization == 'standardize':
-      # The whole training split on every process, so all normalize alike.
-      mean, std = image_stats(builder.as_dataset(split=config.train_split))
-    to_cache = normalizer(config.normalization, mean, std)
+  info = image_info(config)
+  fields = _split_fields(config)
+  arrays = {f: _load_cached(config, s) for f, s in fields.items()} if to_cache is None else {}
+  if to_cache is None and all(a is not None for a in arrays.values()):
+    return _on_devices(config, info, arrays)
 
-  def preprocess(ex: Example) -> Example:
-    return {'x': to_cache(ex['image']), 'y': tf.cast(ex['label'], tf.int32)}
+  from lib import streaming  # pylint: disable=g-import-not-at-top
+  builder = streaming.tfds_builder(config)
+  streaming.prepare(builder, config)
+  budget = config.device_data_mb * 2**20
+  sizes = {f: streaming.split_bytes(builder, s, f) for f, s in fields.items()}
+  if to_cache is None and all(n is not None and n <= budget for n in sizes.values()):
+    full_info = streaming.image_info(builder)
+    for field, split in fields.items():
+      if arrays.get(field) is None:
+        arrays[field] = streaming.read_split(builder, split, field)
+        if builder.is_prepared():  # Not a mocked dataset.
+          _save_cached(config, split, arrays[field], full_info)
+    return _on_devices(config, info, arrays)
+  return _streamed(config, info, builder, to_cache)
 
-  train = tfds_split(builder, config.train_split, 'train_split', preprocess,
-                     num_shards=config.data_shards)
-  val = tfds_split(builder, config.eval_split, 'eval_split', preprocess)
+
+def _on_devices(config: ml_collections.ConfigDict, info: ImageInfo,
+                arrays: dict[str, dict[str, np.ndarray]]) -> ImageData:
+  mean = std = None
+  if config.normalization == 'standardize':
+    mean, std = channel_stats(arrays['train_split']['x'])
+  preprocess = normalizer(config.normalization, mean, std)
+  train = from_arrays(arrays['train_split'], config.data_shards, preprocess)
+  val = from_arrays(arrays['eval_split'], preprocess=preprocess)
   test = (val if config.test_split == config.eval_split else
-          tfds_split(builder, config.test_split, 'test_split', preprocess))
-  label = builder.info.features['label']
-  return ImageData(train, val, test, label.num_classes, list(label.names),
-                   tuple(builder.info.features['image'].shape))
+          from_arrays(arrays['test_split'], preprocess=preprocess))
+  return ImageData(train, val, test, info.num_classes, info.class_names, info.image_shape)
+
+
+def _streamed(config: ml_collections.ConfigDict, info: ImageInfo, builder: Any,
+              to_cache: Callable[[Any], Any] | None) -> ImageData:
+  from lib import streaming  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  mean = std = None
+  if config.normalization == 'standardize':
+    # The whole training split on every process, so all normalize alike.
+    mean, std = streaming.image_stats(builder.as_dataset(split=config.train_split))
+  preprocess = normalizer(config.normalization, mean, std)
+  keep = to_cache or (lambda image: image)
+
+  def raw(ex):
+    return {'x': keep(ex['image']), 'y': tf.cast(ex['label'], tf.int32)}
+
+  train = from_stream(streaming.tfds_split(builder, config.train_split, 'train_split', raw,
+                                           num_shards=config.data_shards), preprocess)
+  val = from_stream(streaming.tfds_split(builder, config.eval_split, 'eval_split', raw),
+                    preprocess)
+  test = (val if config.test_split == config.eval_split else from_stream(
+      streaming.tfds_split(builder, config.test_split, 'test_split', raw), preprocess))
+  return ImageData(train, val, test, info.num_classes, info.class_names, info.image_shape)
+
+
+def by_shape(split: Split, shapes: Sequence[tuple[int, ...]]) -> Split:
+  """A streamed split with a bucket per shape of 'x' in `shapes` (lib.streaming.by_shape)."""
+  from lib import streaming  # pylint: disable=g-import-not-at-top
+  return from_stream(streaming.by_shape(split.stream, shapes), split.preprocess)

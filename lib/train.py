@@ -2,21 +2,24 @@
 
 Every experiment that learns from batches trains here. `fit` resumes from the
 workdir's latest checkpoint, evaluates every example of the validation split
-each epoch, keeps the best checkpoint, stops early on a stalled metric, stops
-on a NaN or inf loss, and saves before it exits on SIGINT or SIGTERM.
+every config.eval_every_epochs, keeps the best checkpoint, stops early on a
+stalled metric, stops on a NaN or inf loss, and saves before it exits on
+SIGINT or SIGTERM. The host reads each call's metrics once, one call late, so
+it never waits on the steps it has just dispatched; a call may span several
+short epochs (config.steps_per_execution), and the terminal gets at most one
+line per epoch and per config.log_every_seconds.
 """
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 import functools
 import math
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
 from clu import metrics as clu_metrics
-from clu import periodic_actions
 import flax.linen as nn
 from flax.training import train_state
 import jax
@@ -30,6 +33,7 @@ from lib import input_pipeline
 from lib import models
 from lib import parallel
 from lib import plots
+from lib import summary
 from lib.errors import Interrupted, NonFiniteLossError, UserError
 
 # Maps (model outputs, batch) to per-example values; 'loss' is minimized. See lib/tasks.py.
@@ -63,13 +67,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   allowed('optimizer', OPTIMIZERS)
   allowed('lr_schedule', SCHEDULES)
   allowed('best_mode', ('max', 'min'))
-  for field in ('num_epochs', 'log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints',
-                'steps_per_execution'):
+  for field in ('num_epochs', 'log_every_steps', 'checkpoint_every_epochs', 'eval_every_epochs',
+                'keep_checkpoints', 'steps_per_execution'):
     if config[field] < 1:
       raise UserError(f'config.{field}={config[field]} must be at least 1')
   for field in ('steps_per_epoch', 'validation_steps'):
     if config[field] is not None and config[field] < 1:
       raise UserError(f'config.{field}={config[field]} must be at least 1, or None for a whole split')
+  if config.log_every_seconds < 0:
+    raise UserError(f'config.log_every_seconds={config.log_every_seconds} must be >= 0')
   if config.early_stopping_patience < 0:
     raise UserError('config.early_stopping_patience must be >= 0 (0 never stops early)')
   if (config.restore_best or config.early_stopping_patience) and not config.best_metric:
@@ -85,7 +91,8 @@ def epochs_to_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
     config: `batch_size`, `num_epochs`, `steps_per_epoch` (None: one pass
       over the training split, num_train_examples // batch_size; the last
       partial batch is dropped, a different one each pass) and
-      `steps_per_execution` (steps_per_epoch is rounded down to a multiple of it).
+      `steps_per_execution` (an epoch longer than it is rounded down to a
+      multiple of it).
     num_train_examples: examples in the training split.
 
   Returns:
@@ -95,11 +102,21 @@ def epochs_to_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
   if steps_per_epoch < 1:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the '
                     f'{num_train_examples} training examples')
-  if steps_per_epoch < config.steps_per_execution:
-    raise UserError(f'config.steps_per_execution={config.steps_per_execution} is more than '
-                    f'the {steps_per_epoch} steps of an epoch')
-  steps_per_epoch -= steps_per_epoch % config.steps_per_execution
+  if steps_per_epoch > config.steps_per_execution:
+    steps_per_epoch -= steps_per_epoch % config.steps_per_execution
   return steps_per_epoch, config.num_epochs * steps_per_epoch
+
+
+def steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Steps of one compiled call: config.steps_per_execution, or whole epochs where those are shorter.
+
+  A call never ends inside an epoch, so evaluations and checkpoints fall
+  between calls; with epochs shorter than steps_per_execution (celsius: one
+  step each) a call runs as many whole epochs as fit in it.
+  """
+  if config.steps_per_execution <= steps_per_epoch:
+    return config.steps_per_execution
+  return config.steps_per_execution // steps_per_epoch * steps_per_epoch
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
@@ -169,6 +186,10 @@ def _rngs(key: jax.Array, streams: Sequence[str]) -> dict[str, jax.Array]:
   return dict(zip(streams, jax.random.split(key, len(streams)))) if streams else {}
 
 
+# Folded into the run's key for the augmentation's keys, apart from the model's streams.
+_AUGMENT_STREAM = 2**31 - 2
+
+
 def make_train_step(task: Task, collection: type[clu_metrics.Collection],
                     rng_streams: Sequence[str] = ()) -> Callable[..., Any]:
   """`train_step(state, batch) -> (state, metrics)`: one gradient step on the mean loss."""
@@ -204,80 +225,84 @@ def make_eval_step(task: Task, collection: type[clu_metrics.Collection],
   return eval_step
 
 
-def jit_steps(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
-              rng_streams: Sequence[str] = (),
-              steps_per_execution: int = 1) -> tuple[Callable[..., Any], Callable[..., Any]]:
-  """The train and eval steps as `fit` runs them: compiled once, batch-sharded, state donated.
+class TrainSteps:
+  """The train step as `fit` runs it: fed by the input pipeline, compiled once per augmentation.
 
-  With steps_per_execution > 1 the train step takes that many batches stacked
-  on a leading axis and runs them with `lax.scan`, returning each step's
-  metrics stacked the same way; with 1 it is the plain step on one batch.
+  `train_steps(state, data, inputs, which)` gathers each step's batch from
+  `data` (the split on the devices; {} for a streamed split) as `inputs` say
+  (input_pipeline.TrainFeed), preprocesses it, augments it with
+  augmentation.train[which] and takes the gradient step. With
+  steps_per_execution > 1 the inputs are stacked on a leading axis and the
+  steps run in a `lax.scan`, returning each step's metrics stacked the same way.
+  """
+
+  def __init__(self, task: Task, collection: type[clu_metrics.Collection],
+               mesh: jax.sharding.Mesh, rng_streams: Sequence[str],
+               preprocess: input_pipeline.Preprocess,
+               augmentation: input_pipeline.Augmentation, steps_per_execution: int):
+    self._one_step = make_train_step(task, collection, rng_streams)
+    self._mesh, self._preprocess = mesh, preprocess
+    self._augmentation, self._scan = augmentation, steps_per_execution > 1
+    self._jitted: dict[int, Any] = {}
+
+  def _build(self, which: int) -> Any:
+    augment, sharding = self._augmentation.train[which], parallel.batch_sharding(self._mesh)
+
+    def fed_step(state, data, inputs):
+      batch = input_pipeline.batch_of(data, inputs, sharding)
+      key = jax.random.fold_in(jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step)
+      return self._one_step(state, input_pipeline.prepare(batch, self._preprocess, augment, key))
+
+    if self._scan:
+      def fn(state, data, inputs):
+        return jax.lax.scan(lambda s, inp: fed_step(s, data, inp), state, inputs)
+    else:
+      # The plain step on unstacked batches: inside a scan, even of one step, XLA:CPU's
+      # convolutions lose their fast paths (the MNIST CNN ran ~11x slower).
+      fn = fed_step
+    replicated = parallel.replicated(self._mesh)
+    return jax.jit(fn, out_shardings=(replicated, replicated), donate_argnums=0)
+
+  def __call__(self, state: TrainState, data: dict[str, jax.Array], inputs: dict[str, Any],
+               which: int = 0) -> tuple[TrainState, Any]:
+    if which not in self._jitted:
+      self._jitted[which] = self._build(which)
+    return self._jitted[which](state, data, inputs)
+
+  def compiles(self) -> int:
+    """Compilations in this process: one per augmentation and shape of the inputs."""
+    return sum(f._cache_size() for f in self._jitted.values())  # pylint: disable=protected-access
+
+
+def jit_eval_step(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
+                  rng_streams: Sequence[str] = ()) -> Callable[..., Any]:
+  """The eval step on prepared batches (input_pipeline.eval_batches), compiled once per shape."""
+  return jax.jit(make_eval_step(task, metrics_collection(names), rng_streams),
+                 out_shardings=parallel.replicated(mesh))
+
+
+def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipeline.Split,
+             batch_size: int, prefix: str, max_batches: int | None = None,
+             augment: input_pipeline.Augment | None = None) -> dict[str, float]:
+  """Averages the task's values over every example of `split` (padding masked), on the devices.
 
   Args:
-    task: per-example loss and metrics.
-    names: the task's value names (the keys of its dict).
-    mesh: the device mesh.
-    rng_streams: the model's random streams besides 'params'.
-    steps_per_execution: the length of the leading axis of steps.
+    eval_step: from `jit_eval_step`.
+    state: the weights to evaluate.
+    split: the split.
+    batch_size: the global evaluation batch.
+    prefix: put before each metric's name, e.g. 'val_'.
+    max_batches: at most this many batches (Keras' validation_steps).
+    augment: the evaluation augmentation, keyed by each example's index.
 
   Returns:
-    (train_steps, eval_step).
+    The metrics, after one transfer to the host.
   """
-  collection = metrics_collection(names)
-  replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  one_step = make_train_step(task, collection, rng_streams)
-
-  if steps_per_execution == 1:
-    # The plain step on unstacked batches: a scan, even of one step, ran the MNIST
-    # CNN 11x slower on XLA:CPU (886 vs 80 ms), and stacking costs short steps ~15%.
-    train_steps = jax.jit(one_step, in_shardings=(replicated, batch),
-                          out_shardings=(replicated, replicated), donate_argnums=0)
-  else:
-    train_steps = jax.jit(lambda state, batches: jax.lax.scan(one_step, state, batches),
-                          in_shardings=(replicated, parallel.stacked_batch_sharding(mesh)),
-                          out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(task, collection, rng_streams),
-                      in_shardings=(replicated, batch), out_shardings=replicated)
-  return train_steps, eval_step
-
-
-class EvalBatches:
-  """The padded evaluation batches of a split, kept on the devices after the first pass.
-
-  They are the same at every evaluation, so only splits too large to keep
-  (over `max_bytes` per process) are read and transferred again each time.
-  """
-
-  def __init__(self, split: input_pipeline.Split, batch_size: int,
-               sharding: jax.sharding.Sharding, max_batches: int | None = None,
-               augment: input_pipeline.Augment | None = None, max_bytes: int = 256 * 2**20):
-    self._ds = input_pipeline.eval_dataset(split, batch_size, max_batches, augment)
-    self._sharding = sharding
-    self._keep = input_pipeline.eval_bytes(split, batch_size, max_batches, augment) <= max_bytes
-    self._kept = None
-
-  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
-    if self._kept is not None:
-      yield from self._kept
-      return
-    kept = []
-    for batch in self._ds.as_numpy_iterator():
-      batch = parallel.shard(batch, self._sharding)
-      if self._keep:
-        kept.append(batch)
-      yield batch
-    if self._keep:
-      self._kept = kept
-
-
-def evaluate(eval_step: Callable[..., Any], state: TrainState, batches: EvalBatches,
-             prefix: str) -> dict[str, float]:
-  """Averages the task's values over every evaluation batch, padding masked."""
   total = None
-  for batch in batches:
+  for batch in input_pipeline.eval_batches(split, batch_size, max_batches, augment):
     m = eval_step(state, batch)
     total = m if total is None else total.merge(m)
-  return {prefix + k: float(v) for k, v in total.compute().items()}
+  return {prefix + k: float(v) for k, v in jax.device_get(total.compute()).items()}
 
 
 class _StopSignals:
@@ -320,14 +345,6 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return flat
 
 
-def _merge_on_host(metrics: list[Any], stacked: bool) -> Any:
-  """Merges metrics (stacked over steps or not) after one transfer to the host."""
-  metrics = jax.device_get(metrics)
-  if stacked:  # Every metric here is a CLU Average, whose fields are sums over the steps.
-    metrics = [jax.tree.map(lambda x: x.sum(0), m) for m in metrics]
-  return functools.reduce(lambda a, b: a.merge(b), metrics)
-
-
 def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: float,
                 step: int, epoch: int) -> bool:
   """Updates the best value and patience count in `meta`; returns whether `value` is a new best.
@@ -346,6 +363,59 @@ def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: 
                  '(best %.5g at epoch %d)', epoch, config.best_metric,
                  meta['epochs_since_best'], meta['best_value'], meta['best_epoch'])
   return improved
+
+
+class _Progress:
+  """Turns each call's per-step metrics (one transfer) into epoch means and logging windows.
+
+  Args:
+    steps_per_epoch: steps of an epoch.
+    total_steps: steps of the run.
+    log_every_steps: training scalars go to TensorBoard at multiples of this.
+  """
+
+  def __init__(self, steps_per_epoch: int, total_steps: int, log_every_steps: int):
+    self._spe, self._total, self._log_every = steps_per_epoch, total_steps, log_every_steps
+    self._epoch: dict[str, np.ndarray] = {}
+    self._window: dict[str, np.ndarray] = {}
+    self.epochs: list[dict[str, Any]] = []  # Finished epochs' training means, not yet recorded.
+    self.windows: list[tuple[int, dict[str, float]]] = []  # (step, means) to log.
+
+  @staticmethod
+  def _means(sums: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(v[0] / v[1]) for k, v in sums.items()}
+
+  def add(self, first_step: int, metrics: Any, stacked: bool) -> tuple[int, float] | None:
+    """Adds the steps after `first_step`; returns (step, loss) of the first non-finite loss."""
+    metrics = jax.device_get(metrics)
+    fields = {k: (np.atleast_1d(v.total), np.atleast_1d(v.count))
+              for k, v in vars(metrics).items() if not k.startswith('_')}
+    del stacked  # A scalar call is a stack of one.
+    losses = fields['loss'][0] / np.maximum(fields['loss'][1], 1)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      return first_step + int(bad[0]) + 1, float(losses[bad[0]])
+    n = len(losses)
+    cuts = [i + 1 for i in range(n)
+            if (first_step + i + 1) % self._spe == 0 or (first_step + i + 1) % self._log_every == 0
+            or first_step + i + 1 == self._total]
+    start = 0
+    for cut in cuts + ([n] if not cuts or cuts[-1] != n else []):
+      part = {k: np.array([t[start:cut].sum(), c[start:cut].sum()], np.float64)
+              for k, (t, c) in fields.items()}
+      for acc in (self._epoch, self._window):
+        for k, v in part.items():
+          acc[k] = acc.get(k, 0) + v
+      step = first_step + cut
+      if step % self._log_every == 0 or step == self._total:
+        self.windows.append((step, self._means(self._window)))
+        self._window = {}
+      if step % self._spe == 0 or step == self._total:
+        self.epochs.append({'epoch': -(-step // self._spe), 'step': step,
+                            **{f'train_{k}': v for k, v in self._means(self._epoch).items()}})
+        self._epoch = {}
+      start = cut
+    return None
 
 
 def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule,
@@ -375,10 +445,9 @@ def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule,
 def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
         train: input_pipeline.Split, val: input_pipeline.Split,
         test: input_pipeline.Split | None = None, rng_streams: Sequence[str] = (),
-        augment: input_pipeline.Augment | None = None,
-        batch_augment: input_pipeline.BatchAugment | None = None,
+        augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
         ) -> tuple[TrainState, dict[str, Any]]:
-  """Trains `model` on `train`, evaluating on `val` each epoch and on `test` at the end.
+  """Trains `model` on `train`, evaluating on `val` every config.eval_every_epochs and on `test` at the end.
 
   Args:
     config: the run's config (the engine fields of configs/common.py).
@@ -386,149 +455,145 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     model: the Flax module; called as model.apply(variables, x, train=..., rngs=...).
     task: per-example loss and metrics, e.g. lib.tasks.classification.
     train: the training split.
-    val: evaluated every epoch; its metrics are named 'val_*'.
+    val: evaluated as 'val_*'.
     test: evaluated once at the end, as 'test_*'; None to skip.
     rng_streams: random streams the model uses besides 'params'.
-    augment: random per-example augmentation in the input pipeline: new each
-      training pass, fixed for evaluation (input_pipeline.Augment).
-    batch_augment: per-batch augmentation of training batches, after `augment`
-      (input_pipeline.BatchAugment). It may change the batch's shape (e.g.
-      images of a few sizes); the train step then compiles once per shape.
+    augment: random augmentation in the step (input_pipeline.Augment, used for
+      training and, with a fixed key per example, for evaluation; or an
+      input_pipeline.Augmentation). It may change the shape of 'x' (e.g.
+      canvases of a few sizes); the train step compiles once per shape.
 
   Returns:
     The final state (the best one with config.restore_best) and a summary:
-    steps, epochs, history (per-epoch train and val metrics), best epoch and
-    value, whether it stopped early, and the final val_* and test_* metrics.
+    steps, epochs, history (per-epoch train metrics, and val metrics where
+    evaluated), best epoch and value, whether it stopped early, and the final
+    val_* and test_* metrics.
   """
+  # Set up: steps, the state, the compiled steps, the data on the devices.
   check_config(config)
-  if (batch_augment is not None or train.buckets) and config.steps_per_execution != 1:
+  augmentation = input_pipeline.augmentation(augment)
+  if (len(augmentation.train) > 1 or train.buckets) and config.steps_per_execution != 1:
     raise UserError('config.steps_per_execution must be 1 here: this experiment changes the '
                     'batch shape from step to step, and only equal batches can be stacked')
   mesh = parallel.make_mesh()
-  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  local_batch = parallel.local_batch_size(config.batch_size)
-  local_eval_batch = parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
   steps_per_epoch, total_steps = epochs_to_steps(config, train.num_examples)
+  per_call = steps_per_call(config, steps_per_epoch)
   schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
-  x_spec = input_pipeline.element_spec(train, augment)['x']  # The model sees x after augment.
-  state = create_train_state(config, model, tuple(x_spec.shape), x_spec.dtype.as_numpy_dtype,
-                             create_optimizer(config, schedule), replicated, rng_streams)
-  logging.info('model: %s params; %d steps per epoch, %d steps; %d devices; process %d of %d '
-               'reads shards %s of the training data', f'{models.count_params(state.params):,}',
-               steps_per_epoch, total_steps, jax.device_count(), jax.process_index(),
-               jax.process_count(), [s.index for s in train.shards or (train,)])
-
+  example = input_pipeline.model_spec(train, augmentation.train[0])
+  state = create_train_state(config, model, example['x'].shape, example['x'].dtype,
+                             create_optimizer(config, schedule), parallel.replicated(mesh),
+                             rng_streams)
+  logging.info('model: %s params; %d steps per epoch, %d steps, %d per call; %d devices, %d '
+               'processes; training data %s', f'{models.count_params(state.params):,}',
+               steps_per_epoch, total_steps, per_call, jax.device_count(), jax.process_count(),
+               'on the devices' if train.stream is None else 'streamed through tf.data')
   # The task's value names, found by tracing once without computing.
-  example = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype.as_numpy_dtype)
-             for k, s in input_pipeline.element_spec(train, augment).items()}
+  batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in example.items()}
   names = sorted(jax.eval_shape(
       lambda s, b: task(s.apply_fn({'params': s.params, **s.model_state}, b['x'], train=False,
-                                   rngs=_rngs(s.rng, rng_streams)), b), state, example))
+                                   rngs=_rngs(s.rng, rng_streams)), b), state, batch))
   if config.best_metric and config.best_metric not in [f'val_{n}' for n in names]:
     raise UserError(f'config.best_metric={config.best_metric!r} is not measured; '
                     f"choose one of {[f'val_{n}' for n in names]}")
-  train_steps, eval_step = jit_steps(task, names, mesh, rng_streams, config.steps_per_execution)
-  val_batches = EvalBatches(val, local_eval_batch, batch_sharding, config.validation_steps,
-                            augment)
-  if test is None:
-    test_batches = None
-  elif test is val and config.validation_steps is None:  # The same batches: keep them once.
-    test_batches = val_batches
-  else:
-    test_batches = EvalBatches(test, local_eval_batch, batch_sharding, augment=augment)
-  run_eval = functools.partial(evaluate, eval_step)
-  per_call = config.steps_per_execution
-  stack = per_call if per_call > 1 else 0
-  train_sharding = parallel.stacked_batch_sharding(mesh) if stack else batch_sharding
+  stacked = per_call > 1
+  train_steps = TrainSteps(task, metrics_collection(names), mesh, rng_streams, train.preprocess,
+                           augmentation, per_call)
+  eval_step = jit_eval_step(task, names, mesh, rng_streams)
+  run_eval = functools.partial(evaluate, eval_step, batch_size=config.eval_batch_size,
+                               augment=augmentation.eval)
+  train_sharding = (parallel.stacked_batch_sharding(mesh) if stacked else
+                    parallel.batch_sharding(mesh))
 
+  # Restore the latest checkpoint, if any.
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   meta = {'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
           'epochs_since_best': 0, 'stopped_early': False}
-  latest = None
+  saved_step = None
   restored = ckpt.restore_latest(state)
   if restored is not None:
-    latest, state, meta = restored
-    logging.info('resumed from %s at step %d', ckpt.directory, latest)
+    saved_step, state, meta = restored
+    logging.info('resumed from %s at step %d', ckpt.directory, saved_step)
   step = int(state.step)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = summary.EventWriter(workdir, enabled=jax.process_index() == 0)
   if step == 0:
     writer.write_hparams(_flat_hparams(config))
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  batches: Iterator[dict[str, np.ndarray]] | None = None
-  window, epoch_metrics, saved_step = [], None, latest
+  feed = input_pipeline.TrainFeed(train, config.batch_size, seed=config.seed,
+                                  shuffle_buffer=config.get('shuffle_buffer', 0), start_step=step,
+                                  stack=per_call if stacked else 0)
+  progress = _Progress(steps_per_epoch, total_steps, config.log_every_steps)
+  every_eval = config.eval_every_epochs * steps_per_epoch
+  every_save = config.checkpoint_every_epochs * steps_per_epoch
+  last_line, started, start_step = 0.0, time.time(), step
 
-  def save():
-    nonlocal saved_step
-    if saved_step != step:
-      ckpt.save(step, state, meta, best_step=meta['best_step'])
-      saved_step = step
+  def crossed(first: int, last: int, period: int) -> bool:
+    return last // period > first // period or last == total_steps
 
-  def check_finite(last_step, loss_totals):
-    """Raises at the first non-finite loss among the steps ending at `last_step`.
-
-    A range test (config.lr_finder) ends there instead: the sweep has found
-    rates too large to train. Returns whether every loss was finite.
-    """
-    totals = np.atleast_1d(np.asarray(loss_totals))
-    bad = np.flatnonzero(~np.isfinite(totals))
-    if bad.size and config.lr_finder:
+  def absorb(first: int, metrics: Any) -> bool:
+    """The host's share of a finished call: NaN check, logs; False ends an LR range test."""
+    bad = progress.add(first, metrics, stacked)
+    if bad and config.lr_finder:
       meta['stopped_early'] = True
-      logging.info('LR range test: loss is %s at step %d; the sweep ends there', totals[bad[0]],
-                   last_step - len(totals) + bad[0] + 1)
+      logging.info('LR range test: loss is %s at step %d; the sweep ends there', bad[1], bad[0])
       return False
-    if bad.size:
-      raise NonFiniteLossError(
-          f'loss is {totals[bad[0]]} at step {last_step - len(totals) + bad[0] + 1}; training '
-          f'stopped. The last good checkpoint (step {saved_step}) is kept in {ckpt.directory}. '
-          'Lower config.learning_rate or check the inputs')
+    if bad:
+      kept = (f'the last good checkpoint (step {saved_step}) is kept in {ckpt.directory}'
+              if saved_step is not None else 'no checkpoint was saved yet')
+      raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}; training stopped, {kept}. '
+                               'Lower config.learning_rate or check the inputs')
+    for at, means in progress.windows:
+      writer.write_scalars(at, {'learning_rate': float(schedule(at - 1)),
+                                **{f'train_{k}': v for k, v in means.items()}})
+    progress.windows.clear()
+    meta['history'].extend(progress.epochs)
+    progress.epochs.clear()
     return True
 
+  # The loop: step, check, evaluate, checkpoint, stop.
   try:
     with _StopSignals() as signals:
-      pending = None  # The previous call's losses, checked one call late so the host never
+      pending = None  # The previous call's metrics, read one call late so the host never
                       # waits on the steps it just dispatched.
       while step < total_steps and not meta['stopped_early']:
-        if batches is None:
-          batches = input_pipeline.train_batches(
-              train, local_batch, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-              start_step=step, stack=stack, augment=augment, batch_augment=batch_augment)
-        state, m = train_steps(state, parallel.shard(next(batches), train_sharding))
-        step += per_call
-        if pending and not check_finite(*pending):
+        first, count = step, min(per_call, total_steps - step)
+        inputs = feed.next(count, train_sharding)
+        state, metrics = train_steps(state, feed.data, inputs, augmentation.index(step))
+        step += count
+        if pending and not absorb(*pending):
           break
-        pending = (step, m.loss.total)
-        window.append(m)
-        report(step)
-        end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-        logs_now = step // config.log_every_steps > (step - per_call) // config.log_every_steps
-        if logs_now or end_of_epoch or signals.received:
-          if not check_finite(*pending):
-            break
-          summary = _merge_on_host(window, stacked=bool(stack))
-          epoch_metrics = summary if epoch_metrics is None else epoch_metrics.merge(summary)
-          window = []
-          writer.write_scalars(step, {'learning_rate': float(schedule(step - 1)),
-                                      **{f'train_{k}': v for k, v in summary.compute().items()}})
-        if end_of_epoch:
-          epoch = math.ceil(step / steps_per_epoch)
-          val_metrics = run_eval(state, val_batches, prefix='val_')
+        pending = (first, metrics)
+
+        evaluate_now = crossed(first, step, every_eval)
+        save_now = crossed(first, step, every_save)
+        if not (evaluate_now or save_now or signals.received):
+          continue
+        if not absorb(*pending):
+          break
+        pending = None
+        if evaluate_now:
+          val_metrics = run_eval(state, val, prefix='val_', max_batches=config.validation_steps)
           writer.write_scalars(step, val_metrics)
-          record = {'epoch': epoch, 'step': step, **val_metrics,
-                    **{f'train_{k}': float(v) for k, v in epoch_metrics.compute().items()}}
-          meta['history'].append(record)
-          epoch_metrics = None
+          record = meta['history'][-1]
+          record.update(val_metrics)
           improved = bool(config.best_metric) and not config.lr_finder and _track_best(
-              meta, config, val_metrics[config.best_metric], step, epoch)
-          logging.info('epoch %d: %s', epoch,
-                       ', '.join(f'{k}={v:.5g}' for k, v in record.items() if k not in
-                                 ('epoch', 'step')))
-          if (improved or epoch % config.checkpoint_every_epochs == 0
-              or step == total_steps or meta['stopped_early']):
-            save()
+              meta, config, val_metrics[config.best_metric], step, record['epoch'])
+          save_now = save_now or improved or meta['stopped_early']
+          if time.time() - last_line >= config.log_every_seconds or step == total_steps:
+            last_line = time.time()
+            rate = (step - start_step) / (last_line - started)
+            logging.info('epoch %d (step %d, %.0f steps/s): %s', record['epoch'], step, rate,
+                         ', '.join(f'{k}={v:.5g}' for k, v in record.items()
+                                   if k not in ('epoch', 'step')))
+        if save_now or signals.received:
+          if saved_step != step:
+            ckpt.save(step, state, meta, best_step=meta['best_step'])
+            saved_step = step
         if signals.received:
-          save()
           raise Interrupted(f'{signals.received} at step {step}: checkpoint saved in '
                             f'{ckpt.directory}; run the same command again to resume')
+      if pending:
+        absorb(*pending)
+
+    # Finish: the best weights if asked, the final metrics.
     final_step = step
     if config.restore_best and meta['best_step'] not in (None, step):
       state, _ = ckpt.restore(meta['best_step'], state)
@@ -537,26 +602,27 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     final = {}
     if config.lr_finder:
       final.update(_lr_range_result(meta['history'], schedule, steps_per_epoch, workdir))
-    if meta['history']:
-      final.update({k: v for k, v in meta['history'][-1].items() if k.startswith('val_')})
+    evaluated = [h for h in meta['history'] if any(k.startswith('val_') for k in h)]
+    if evaluated:
+      final.update({k: v for k, v in evaluated[-1].items() if k.startswith('val_')})
     if config.restore_best and meta['best_step'] not in (None, final_step):
-      final.update(run_eval(state, val_batches, prefix='val_'))
+      final.update(run_eval(state, val, prefix='val_', max_batches=config.validation_steps))
     if test is not None:
-      final.update(run_eval(state, test_batches, prefix='test_'))
+      final.update(run_eval(state, test, prefix='test_'))
     writer.write_scalars(final_step, {k: v for k, v in final.items() if k.startswith('test_')})
   finally:
     ckpt.close()
-    writer.flush()
+    writer.close()
 
-  summary = {
+  summary_ = {
       'steps': final_step, 'steps_per_epoch': steps_per_epoch, 'epochs': len(meta['history']),
       'params': models.count_params(state.params), 'history': meta['history'],
       # Compilations of the train step in this process: one per distinct batch shape.
-      'train_step_compiles': train_steps._cache_size(),  # pylint: disable=protected-access
+      'train_step_compiles': train_steps.compiles(),
       'stopped_early': meta['stopped_early'], 'best_epoch': meta['best_epoch'],
       'restored_best': bool(config.restore_best and meta['best_step'] is not None),
       **final,
   }
   if config.best_metric:
-    summary[f'best_{config.best_metric}'] = meta['best_value']
-  return state, summary
+    summary_[f'best_{config.best_metric}'] = meta['best_value']
+  return state, summary_

@@ -1,0 +1,443 @@
+"""The streamed source of the input pipeline: tf.data over TFDS, for splits that stay off the devices.
+
+Everything here needs TensorFlow, so lib.input_pipeline imports this module
+only when a split must be built from TFDS or streamed: runs on arrays already
+cached never import TensorFlow. A streamed split is cached in host memory;
+each process reads only its share (`tfds.even_splits`): for training, its
+shards of config.data_shards. Training batches come from an endless stream of
+passes over each shard, each shuffled with its own seed, so the data order is
+a function of the step and the shards: a resumed run sees exactly the batches
+an uninterrupted run would, and so does a run on another number of processes
+with the same shards. Evaluation visits every example once; the last batch is
+padded and masked. Examples of several shapes (images at their native sizes)
+go in buckets, one shape each (`by_shape`): every batch comes from one bucket,
+so jit compiles once per bucket, and the bucket of a step is drawn from the
+step alone. Batches leave here raw (as stored); normalization and
+augmentation run in the step, in JAX, as for arrays on the devices.
+"""
+from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+import difflib
+import functools
+import math
+import os
+import tempfile
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from lib import parallel
+from lib.errors import UserError
+
+# TF only reads data here: keep it off the accelerators that JAX uses.
+tf.config.set_visible_devices([], 'GPU')
+AUTOTUNE = tf.data.AUTOTUNE
+Example = dict[str, tf.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSplit:
+  """One split's examples held by this process: preprocessed, cached, not batched.
+
+  Attributes:
+    ds: the examples, each a dict with the model input 'x' and target 'y'.
+    num_examples: examples in the whole split, over all processes.
+    local_examples: examples held by this process.
+    max_local_examples: the largest share of any process; evaluation pads every
+      process to it so that all run the same number of steps.
+    index: the shard that seeds this split's training order (the process's
+      index, or the shard's when a training split is cut into config.data_shards).
+    shards: a training split of several shards on this process: one Split
+      each, in shard order; `ds` holds them all.
+    buckets: for examples whose 'x' comes in several shapes: one Split per
+      shape (`by_shape`), in the same order on every process; `ds` holds them all.
+  """
+  ds: tf.data.Dataset
+  num_examples: int
+  local_examples: int
+  max_local_examples: int
+  index: int = 0
+  shards: tuple['StreamSplit', ...] = ()
+  buckets: tuple['StreamSplit', ...] = ()
+
+
+def _count(ds: tf.data.Dataset) -> int:
+  n = int(ds.cardinality())
+  return n if n >= 0 else int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def from_dataset(ds: tf.data.Dataset) -> StreamSplit:
+  """Caches this process's examples in memory and counts them.
+
+  Counting walks the dataset once when its size is unknown, which also fills the cache.
+
+  Args:
+    ds: this process's share of a split, preprocessed.
+
+  Returns:
+    The Split.
+  """
+  return from_shards({jax.process_index(): ds})
+
+
+def from_shards(shards: dict[int, tf.data.Dataset]) -> StreamSplit:
+  """Caches and counts this process's shards of a split (shard index -> examples).
+
+  Args:
+    shards: the shards of `parallel.local_shards`, preprocessed; every process
+      passes as many.
+
+  Returns:
+    The Split; with several shards, one Split per shard in `shards`.
+  """
+  parts = []
+  for index, ds in shards.items():
+    ds = ds.cache()
+    n = _count(ds)
+    parts.append(StreamSplit(ds, n, n, n, index=index))
+  counts = parallel.gather_from_processes(sum(p.local_examples for p in parts))
+  local = counts[jax.process_index()]
+  if len(parts) == 1:
+    return dataclasses.replace(parts[0], num_examples=sum(counts), max_local_examples=max(counts))
+  ds = functools.reduce(tf.data.Dataset.concatenate, [p.ds for p in parts])
+  return StreamSplit(ds, sum(counts), local, max(counts), index=parts[0].index, shards=tuple(parts))
+
+
+def _shape_counts(ds: tf.data.Dataset, shapes: Sequence[tuple[int, ...]]) -> np.ndarray:
+  """How many examples of `ds` have each of `shapes` as the shape of 'x', in one pass."""
+  table = tf.constant(shapes, tf.int32)
+  return ds.reduce(tf.zeros(len(shapes), tf.int64), lambda n, ex: n + tf.cast(tf.reduce_all(
+      table == tf.shape(ex['x'])[None], axis=1), tf.int64)).numpy()
+
+
+def _of_shape(ds: tf.data.Dataset, shape: tuple[int, ...]) -> tf.data.Dataset:
+  ds = ds.filter(lambda ex: tf.reduce_all(tf.shape(ex['x']) == shape))
+  return ds.map(lambda ex: {**ex, 'x': tf.ensure_shape(ex['x'], shape)})
+
+
+def by_shape(split: StreamSplit, shapes: Sequence[tuple[int, ...]]) -> StreamSplit:
+  """`split` with a bucket per shape of 'x' in `shapes`; shapes absent from the whole split are left out.
+
+  The buckets read `split.ds` (cached) through a filter, so nothing is cached
+  twice. Each shard of a training split gets the same buckets.
+
+  Args:
+    split: examples whose 'x' has one of `shapes`.
+    shapes: the possible shapes of 'x'.
+
+  Returns:
+    The split with its buckets.
+
+  Raises:
+    ValueError: some examples have none of `shapes`.
+  """
+  shards = split.shards or (split,)
+  local = np.stack([_shape_counts(s.ds, shapes) for s in shards])  # (local shards, shapes)
+  per_process = parallel.gather_arrays(local.sum(0))  # (processes, shapes)
+  totals = per_process.sum(0)
+  if totals.sum() != split.num_examples:
+    raise ValueError(f'{split.num_examples - totals.sum()} examples have a shape outside '
+                     f'{list(shapes)}')
+  kept = np.flatnonzero(totals)
+
+  def buckets(s: StreamSplit, counts: np.ndarray, global_counts: bool) -> tuple[Split, ...]:
+    return tuple(StreamSplit(_of_shape(s.ds, shapes[k]),
+                       int(totals[k]) if global_counts else int(counts[k]), int(counts[k]),
+                       int(per_process[:, k].max()) if global_counts else int(counts[k]),
+                       index=s.index) for k in kept)
+
+  if not split.shards:
+    return dataclasses.replace(split, buckets=buckets(split, local[0], True))
+  return dataclasses.replace(
+      split, buckets=buckets(split, local.sum(0), True),
+      shards=tuple(dataclasses.replace(s, buckets=buckets(s, row, False))
+                   for s, row in zip(shards, local)))
+
+
+def _pass_seed(seed: int, pass_index: tf.Tensor, shard: int, bucket: int = 0) -> tf.Tensor:
+  # One seed per (config seed, shard, bucket, pass). Never 0: TF ops take 0 as "unseeded".
+  base = int(np.random.SeedSequence([seed % 2**32, shard, bucket]).generate_state(1)[0])
+  return pass_index * 2**32 + base + 1
+
+
+_BLOCK = 4096  # Steps whose buckets are drawn at once.
+
+
+def _bucket_of_step(seed: int, weights: np.ndarray, start_step: int) -> Iterator[int]:
+  """The bucket of each step from `start_step` on: a draw from the step alone, by `weights`."""
+  block, offset = divmod(start_step, _BLOCK)
+  while True:
+    rng = np.random.default_rng([seed % 2**32, 0xB0C, block])
+    yield from rng.choice(len(weights), _BLOCK, p=weights)[offset:].tolist()
+    block, offset = block + 1, 0
+
+
+def _usable_buckets(split: StreamSplit, shard_batch: int) -> list[int]:
+  """The buckets that fill a batch in every shard of every process; the others are only evaluated."""
+  shards = split.shards or (split,)
+  local = np.array([[b.local_examples for b in s.buckets] for s in shards])
+  least = parallel.gather_arrays(local).min((0, 1))
+  usable = [int(k) for k in np.flatnonzero(least >= shard_batch)]
+  if not usable:
+    raise UserError(f'no image size has {shard_batch} training examples in every data shard; '
+                    'lower config.batch_size or use fewer, wider buckets')
+  return usable
+
+
+def _bucketed_batches(shard: StreamSplit, batch_size: int, seed: int, shuffle_buffer: int,
+                      start_step: int, usable: list[int],
+                      weights: np.ndarray, done: np.ndarray) -> tf.data.Dataset:
+  """Each step a batch of one bucket of `usable`, drawn from the step alone by `weights`.
+
+  `done[k]` is the number of batches bucket usable[k] gave before `start_step`.
+  """
+  streams = [_batch_stream(shard.buckets[i], batch_size, seed, shuffle_buffer, int(done[k]),
+                           bucket=i) for k, i in enumerate(usable)]
+  picks = tf.data.Dataset.from_generator(lambda: _bucket_of_step(seed, weights, start_step),
+                                         output_signature=tf.TensorSpec([], tf.int64))
+  return tf.data.Dataset.choose_from_datasets(streams, picks, stop_on_empty_dataset=False)
+
+
+def train_batches(split: StreamSplit, batch_size: int, *, seed: int, shuffle_buffer: int,
+                  start_step: int = 0, stack: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Endless training batches of this process, starting at global step `start_step`.
+
+  Each shard is shuffled pass after pass with seeds of its own and cut into
+  full batches (the remainder of a pass is dropped; the next pass drops
+  others); a process's batch joins the batches of its shards, in shard order.
+  The global batch of a step is therefore the same however many processes
+  share the shards. A split with buckets gives batches of one bucket each, the
+  bucket drawn from the step in proportion to the buckets' sizes.
+
+  Args:
+    split: the training split.
+    batch_size: this process's batch size.
+    seed: the run's seed.
+    shuffle_buffer: examples in each shard's shuffle buffer (its size shuffles fully).
+    start_step: steps already trained; their batches are skipped.
+    stack: if positive, yield this many consecutive batches stacked on a new
+      leading axis (for config.steps_per_execution).
+
+  Returns:
+    An iterator of dicts of numpy arrays.
+  """
+  shards = split.shards or (split,)
+  if batch_size % len(shards):
+    raise UserError(f'this process reads {len(shards)} data shards, which cannot split its '
+                    f'batch of {batch_size} evenly; make config.batch_size a multiple of '
+                    'config.data_shards')
+  shard_batch = batch_size // len(shards)
+  smallest = min(s.local_examples for s in shards)
+  if smallest < shard_batch:
+    raise UserError(
+        f'a shard of the training split has {smallest} examples, fewer than its share '
+        f'{shard_batch} of a batch; lower config.batch_size (or config.data_shards)')
+  if split.buckets:
+    usable = _usable_buckets(split, shard_batch)
+    weights = np.array([split.buckets[k].num_examples for k in usable], np.float64)
+    weights /= weights.sum()
+    picks = np.fromiter(_bucket_of_step(seed, weights, 0), np.int64, count=start_step)
+    done = np.bincount(picks, minlength=len(usable))
+    streams = [_bucketed_batches(s, shard_batch, seed, shuffle_buffer, start_step, usable,
+                                 weights, done) for s in shards]
+  else:
+    streams = [_batch_stream(s, shard_batch, seed, shuffle_buffer, start_step) for s in shards]
+  ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
+      lambda *batches: tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *batches))
+  if stack:
+    ds = ds.batch(stack, drop_remainder=True)
+  return ds.prefetch(AUTOTUNE).as_numpy_iterator()
+
+
+def num_eval_batches(split: StreamSplit, batch_size: int, max_batches: int | None = None) -> int:
+  """Batches that cover every example of the split (at most `max_batches`)."""
+  if split.buckets:
+    needed = sum(num_eval_batches(b, batch_size) for b in split.buckets)
+  else:
+    needed = math.ceil(split.max_local_examples / batch_size)
+  return needed if max_batches is None else min(needed, max_batches)
+
+
+def eval_dataset(split: StreamSplit, batch_size: int,
+                 max_batches: int | None = None) -> tf.data.Dataset:
+  """Every example once, in order, with a boolean 'mask' that is False on padding.
+
+  Each example also gets 'index', its position in this process's stream plus
+  the process's offset: what seeds its evaluation augmentation.
+
+  All processes yield the same number of batches, as the SPMD step needs.
+  Build it once and iterate it at each evaluation.
+
+  Args:
+    split: the split to evaluate; with buckets, bucket after bucket, each
+      padded on its own.
+    batch_size: this process's batch size.
+    max_batches: stop after this many batches (Keras' validation_steps).
+
+  Returns:
+    A dataset of padded batches.
+  """
+  n = num_eval_batches(split, batch_size, max_batches)
+  if split.buckets:
+    parts = [eval_dataset(b, batch_size) for b in split.buckets]
+    ds = parts[0]
+    for part in parts[1:]:
+      ds = ds.concatenate(part)
+    return ds.take(n)
+  offset = jax.process_index() * split.max_local_examples
+  ds = split.ds.enumerate(offset).map(
+      lambda i, ex: {**ex, 'index': tf.cast(i, tf.int32), 'mask': True})
+  padding = n * batch_size - split.local_examples
+  if padding > 0:
+    blank = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+    blank['mask'] = False
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
+  return ds.batch(batch_size).take(n).prefetch(AUTOTUNE)
+
+
+def tfds_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `config.dataset` in `config.data_dir`, not yet prepared.
+
+  Raises:
+    UserError: the name is not a TFDS dataset.
+  """
+  try:
+    return tfds.builder(config.dataset, data_dir=config.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
+    raise UserError(
+        f'config.dataset={config.dataset!r} is not a TFDS dataset'
+        + (f'; did you mean {close}?' if close else '; see tfds.list_builders()')) from None
+
+
+def prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
+  """Builds the dataset into data_dir if it is not there yet.
+
+  From `config.manual_dir` (the dataset's original files; TFDS verifies their
+  checksums) when given, else by download when `config.download` allows it.
+
+  Raises:
+    UserError: the data is missing and cannot be built offline.
+  """
+  if builder.is_prepared():
+    return
+  name = builder.info.name
+  if config.manual_dir and not os.path.isdir(config.manual_dir):
+    raise UserError(f'config.manual_dir={config.manual_dir!r} is not a directory')
+  if not config.manual_dir and not config.download:
+    raise UserError(
+        f'dataset {name!r} is not prepared in {builder.data_dir} and this run may not download; '
+        f'pass --config.manual_dir=DIR with its original files (e.g. ../shared/data/{name}), '
+        '--config.data_dir=DIR where it is prepared, or --config.download=True')
+  # TFDS names an extracted manual file after its file name alone, so in a shared
+  # extract_dir MNIST and Fashion-MNIST (same file names) would reuse each
+  # other's files. Extract into a fresh directory instead.
+  with tempfile.TemporaryDirectory(prefix=f'tfds_extract_{name}_') as extract_dir:
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=config.manual_dir, extract_dir=extract_dir,
+        force_checksums_validation=bool(config.manual_dir), try_download_gcs=not config.manual_dir)
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except Exception as e:  # TFDS raises many kinds: network, checksum, missing file.
+      raise UserError(
+          f'could not build {name!r} into {builder.data_dir}: {type(e).__name__}: '
+          + str(e).strip().splitlines()[0]) from e
+
+
+def _split_datasets(builder: tfds.core.DatasetBuilder, split: str, field: str,
+                    names: dict[int, str]) -> dict[int, tf.data.Dataset]:
+  try:
+    return {i: builder.as_dataset(split=name, shuffle_files=False) for i, name in names.items()}
+  except (ValueError, KeyError, AssertionError) as e:
+    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
+                    + str(e).strip().splitlines()[0]) from None
+
+
+def image_info(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
+  """What models and plots need to know of an image classification dataset."""
+  label = builder.info.features['label']
+  return {'num_classes': label.num_classes, 'class_names': list(label.names),
+          'image_shape': list(builder.info.features['image'].shape),
+          'image_dtype': np.dtype(builder.info.features['image'].np_dtype).name,
+          'version': str(builder.info.version)}
+
+
+def split_bytes(builder: tfds.core.DatasetBuilder, split: str, field: str) -> int | None:
+  """Bytes of a split's images and labels as arrays; None where image sizes vary."""
+  info = image_info(builder)
+  if None in info['image_shape']:
+    return None
+  try:
+    n = builder.info.splits[split].num_examples
+  except (ValueError, KeyError, AssertionError) as e:
+    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
+                    + str(e).strip().splitlines()[0]) from None
+  return n * (int(np.prod(info['image_shape'])) * np.dtype(info['image_dtype']).itemsize + 4)
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str,
+               field: str) -> dict[str, np.ndarray]:
+  """A whole prepared image split as arrays: 'x' the images as stored, 'y' int32 labels."""
+  ds = _split_datasets(builder, split, field, {0: split})[0]
+  ds = ds.map(lambda ex: {'x': ex['image'], 'y': tf.cast(ex['label'], tf.int32)},
+              num_parallel_calls=AUTOTUNE)
+  parts = list(ds.batch(8192).as_numpy_iterator())
+  return {k: np.concatenate([p[k] for p in parts]) for k in ('x', 'y')}
+
+
+def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
+               preprocess: Callable[[Example], Example], *,
+               num_shards: int | None = None) -> StreamSplit:
+  """This process's share of a prepared TFDS split, preprocessed and cached.
+
+  Args:
+    builder: a prepared builder.
+    split: a TFDS split string, e.g. 'train', 'test' or 'train[90%:]'.
+    field: the config field that named the split, for error messages.
+    preprocess: maps a TFDS example to {'x': ..., 'y': ...}.
+    num_shards: for training, config.data_shards (0: one per process): equal
+      shards (the remainder dropped), this process's read as
+      `parallel.local_shards` says. None (evaluation): the examples spread
+      over the processes, none dropped.
+
+  Returns:
+    The Split.
+  """
+  if num_shards is None:
+    indices, total = [jax.process_index()], jax.process_count()
+  else:
+    indices, total = parallel.local_shards(num_shards)
+  try:
+    names = tfds.even_splits(split, n=total, drop_remainder=num_shards is not None)
+  except (ValueError, KeyError, AssertionError) as e:
+    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
+                    + str(e).strip().splitlines()[0]) from None
+  shards = _split_datasets(builder, split, field, {i: names[i] for i in indices})
+  return from_shards({i: ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+                      for i, ds in shards.items()})
+
+
+def image_stats(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of the 'image' feature over a dataset of raw examples."""
+  total = total_sq = 0.0
+  count = 0
+  for batch in ds.map(lambda ex: ex['image']).batch(4096).as_numpy_iterator():
+    x = batch.astype(np.float64).reshape(-1, batch.shape[-1])
+    total = total + x.sum(0)
+    total_sq = total_sq + (x * x).sum(0)
+    count += x.shape[0]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+  return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def check_image_classification(builder: tfds.core.DatasetBuilder) -> None:
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise UserError(f'config.dataset={builder.info.name!r} has features {list(features)}; '
+                    "an image classifier needs 'image' and 'label'")
+
