@@ -83,7 +83,8 @@ def tfds_data(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.Conf
   c.test_split = 'test'  # Evaluated once at the end as test_*.
   c.normalization = 'unit'  # Pixels: 'none' (0..255), 'unit' ([0, 1]), 'standardize' (train mean/std).
   # Splits up to this size (as stored, e.g. uint8 images) live on every device and
-  # are cached as arrays beside the TFDS data; larger ones stream through tf.data.
+  # are cached as arrays beside the TFDS data; larger ones stream through tf.data
+  # (0: every split streams).
   c.device_data_mb = 2048
   # A streamed split's shuffle buffer in examples (its size shuffles fully); splits
   # on the devices are permuted whole each pass.

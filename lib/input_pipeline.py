@@ -533,7 +533,8 @@ def image_classification(config: ml_collections.ConfigDict,
   streaming.prepare(builder, config)
   budget = config.device_data_mb * 2**20
   sizes = {f: streaming.split_bytes(builder, s, f) for f, s in fields.items()}
-  if to_cache is None and all(n is not None and n <= budget for n in sizes.values()):
+  if to_cache is None and budget > 0 and all(n is not None and n <= budget
+                                             for n in sizes.values()):
     full_info = streaming.image_info(builder)
     for field, split in fields.items():
       if arrays.get(field) is None:

@@ -51,9 +51,9 @@ class StreamSplit:
       process to it so that all run the same number of steps.
     index: the shard that seeds this split's training order (the process's
       index, or the shard's when a training split is cut into config.data_shards).
-    shards: a training split of several shards on this process: one Split
+    shards: a training split of several shards on this process: one StreamSplit
       each, in shard order; `ds` holds them all.
-    buckets: for examples whose 'x' comes in several shapes: one Split per
+    buckets: for examples whose 'x' comes in several shapes: one StreamSplit per
       shape (`by_shape`), in the same order on every process; `ds` holds them all.
   """
   ds: tf.data.Dataset
@@ -79,7 +79,7 @@ def from_dataset(ds: tf.data.Dataset) -> StreamSplit:
     ds: this process's share of a split, preprocessed.
 
   Returns:
-    The Split.
+    The StreamSplit.
   """
   return from_shards({jax.process_index(): ds})
 
@@ -92,7 +92,7 @@ def from_shards(shards: dict[int, tf.data.Dataset]) -> StreamSplit:
       passes as many.
 
   Returns:
-    The Split; with several shards, one Split per shard in `shards`.
+    The StreamSplit; with several shards, one per shard in `shards`.
   """
   parts = []
   for index, ds in shards.items():
@@ -144,7 +144,7 @@ def by_shape(split: StreamSplit, shapes: Sequence[tuple[int, ...]]) -> StreamSpl
                      f'{list(shapes)}')
   kept = np.flatnonzero(totals)
 
-  def buckets(s: StreamSplit, counts: np.ndarray, global_counts: bool) -> tuple[Split, ...]:
+  def buckets(s: StreamSplit, counts: np.ndarray, global_counts: bool) -> tuple[StreamSplit, ...]:
     return tuple(StreamSplit(_of_shape(s.ds, shapes[k]),
                        int(totals[k]) if global_counts else int(counts[k]), int(counts[k]),
                        int(per_process[:, k].max()) if global_counts else int(counts[k]),
@@ -162,6 +162,23 @@ def _pass_seed(seed: int, pass_index: tf.Tensor, shard: int, bucket: int = 0) ->
   # One seed per (config seed, shard, bucket, pass). Never 0: TF ops take 0 as "unseeded".
   base = int(np.random.SeedSequence([seed % 2**32, shard, bucket]).generate_state(1)[0])
   return pass_index * 2**32 + base + 1
+
+
+def element_spec(split: StreamSplit) -> dict[str, tf.TensorSpec]:
+  """One example's structure; with buckets, the first bucket's (its shapes are static)."""
+  return (split.buckets[0] if split.buckets else split).ds.element_spec
+
+
+def _batch_stream(split: StreamSplit, batch_size: int, seed: int, shuffle_buffer: int,
+                  start_batch: int, bucket: int = 0) -> tf.data.Dataset:
+  """Endless full batches of `split`, pass after pass, from batch number `start_batch`."""
+  first_pass, skip = divmod(start_batch, split.local_examples // batch_size)
+
+  def one_pass(pass_index):
+    pass_seed = _pass_seed(seed, pass_index, split.index, bucket)
+    return split.ds.shuffle(shuffle_buffer, seed=pass_seed).batch(batch_size, drop_remainder=True)
+
+  return tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass).skip(skip)
 
 
 _BLOCK = 4096  # Steps whose buckets are drawn at once.
@@ -371,6 +388,8 @@ def split_bytes(builder: tfds.core.DatasetBuilder, split: str, field: str) -> in
   info = image_info(builder)
   if None in info['image_shape']:
     return None
+  if not builder.is_prepared():  # Mocked (tfds.testing.mock_data): no split sizes; small.
+    return 0
   try:
     n = builder.info.splits[split].num_examples
   except (ValueError, KeyError, AssertionError) as e:
@@ -405,7 +424,7 @@ def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
       over the processes, none dropped.
 
   Returns:
-    The Split.
+    The StreamSplit.
   """
   if num_shards is None:
     indices, total = [jax.process_index()], jax.process_count()

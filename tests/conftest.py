@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 from lib import cpu
 
@@ -14,6 +15,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 tf.config.set_visible_devices([], 'GPU')
+# Mocked datasets must never meet arrays cached from real ones in ~/tensorflow_datasets.
+os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(prefix='jaxnotes_tests_tfds_')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')
@@ -42,11 +45,18 @@ def read_results(workdir: str) -> dict:
     return json.load(f)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-  """`python -m experiments ARGS` from the repo root."""
-  return subprocess.run([sys.executable, '-m', 'experiments', *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, **(env or {})})
+# `python -m experiments`, printing at exit whether TensorFlow was ever imported.
+_REPORT_TENSORFLOW = (
+    "import atexit, runpy, sys; atexit.register(lambda: print('tensorflow imported:', "
+    "'tensorflow' in sys.modules)); runpy.run_module('experiments', run_name='__main__')")
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600,
+            report_tensorflow: bool = False) -> subprocess.CompletedProcess:
+  """`python -m experiments ARGS` from the repo root (with report_tensorflow, says if TF came in)."""
+  command = ['-c', _REPORT_TENSORFLOW, *args] if report_tensorflow else ['-m', 'experiments', *args]
+  return subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope='session')

@@ -34,10 +34,14 @@ def test_flatten_cnn_refuses_another_size_with_a_clear_error():
 def _batches(steps):
   x = np.zeros((64, 28, 28, 1), np.float32)
   x[:, 10:18, 10:18] = 1.0
-  split = input_pipeline.from_arrays({'x': x, 'y': np.zeros(64, np.int32)})
-  augment = as_experiment.canvas_batches((28, 36, 56), max_digit=40, seed=0)
-  return list(zip(range(steps), input_pipeline.train_batches(
-      split, 16, seed=0, shuffle_buffer=64, batch_augment=augment)))
+  augmentation = as_experiment.canvas_training((28, 36, 56), max_digit=40, seed=0)
+  batches = []
+  for step in range(steps):  # As the train step prepares its batch: the step's key and canvas.
+    key = jax.random.fold_in(jax.random.PRNGKey(0), step)
+    augment = augmentation.train[augmentation.index(step)]
+    batch = input_pipeline.prepare({'x': x[:16]}, lambda b: b, augment, key)
+    batches.append((step, jax.device_get(batch)))
+  return batches
 
 
 def test_canvas_batches_draw_one_side_per_batch_from_the_buckets():
@@ -58,8 +62,8 @@ def test_canvas_batches_draw_one_side_per_batch_from_the_buckets():
 def test_canvas_for_evaluation_is_fixed():
   split = input_pipeline.from_arrays({'x': np.ones((8, 28, 28, 1), np.float32),
                                       'y': np.zeros(8, np.int32)})
-  a = next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x']
-  b = next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x']
+  a = np.asarray(next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x'])
+  b = np.asarray(next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x'])
   assert a.shape == (8, 56, 56, 1)
   np.testing.assert_array_equal(a, b)
 

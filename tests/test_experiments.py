@@ -83,3 +83,13 @@ def test_cli_runs_reports_where_outputs_are_and_rejects_bad_input(tmp_path):
   assert bad_value.stderr.strip().splitlines()[-1] == (
       "error: config.optimizer='adamm' is unknown; choose one of ['sgd', 'adam']")
   assert not os.path.exists(tmp_path / 'x' / 'checkpoints')  # Failed before any work.
+
+
+def test_a_run_without_tfds_data_never_imports_tensorflow_and_logs_by_epoch_or_time(tmp_path):
+  out = run_cli('--config=configs/celsius.py', f'--workdir={tmp_path}', report_tensorflow=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'tensorflow imported: False' in out.stdout
+  # 500 one-step epochs, 100 per compiled call and evaluation: a handful of lines.
+  epoch_lines = [line for line in out.stderr.splitlines() if '] epoch ' in line]
+  assert 1 <= len(epoch_lines) <= 5, epoch_lines
+  assert len(read_results(tmp_path)['history']) == 500

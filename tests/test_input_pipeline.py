@@ -1,11 +1,10 @@
-"""The input pipeline on mock TFDS data: shapes, normalization ranges, padding, resumable order, errors."""
+"""The input pipeline on mock TFDS data: shapes, normalization, padding, resumable order, both sources, errors."""
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from configs import fashion_mlp, mnist_cnn
-from lib import input_pipeline
+from lib import input_pipeline, parallel, streaming
 from lib.errors import UserError
 from tests.conftest import mock_tfds, tiny
 
@@ -13,29 +12,35 @@ from tests.conftest import mock_tfds, tiny
 def _data(normalization='unit', num_examples=50, **overrides):
   config = tiny(mnist_cnn, normalization=normalization, **overrides)
   with mock_tfds(num_examples):
-    return input_pipeline.image_classification(config, input_pipeline.image_builder(config))
+    return input_pipeline.image_classification(config)
 
 
-def test_shapes_dtypes_and_counts():
+def _all(split, augment=None):
+  batches = [{k: np.asarray(v) for k, v in b.items()}
+             for b in input_pipeline.eval_batches(split, 16, augment=augment)]
+  mask = np.concatenate([b['mask'] for b in batches])
+  return {k: np.concatenate([b[k] for b in batches])[mask] for k in batches[0] if k != 'mask'}
+
+
+def test_splits_live_on_the_devices_as_stored_and_reach_the_model_as_float():
   data = _data()
   assert (data.train.num_examples, data.test.num_examples) == (50, 50)
-  assert data.num_classes == 10 and data.image_shape == (28, 28, 1)
-  batch = next(input_pipeline.train_batches(data.train, 8, seed=0, shuffle_buffer=64))
-  assert batch['x'].shape == (8, 28, 28, 1) and batch['x'].dtype == np.float32
-  assert batch['y'].shape == (8,) and batch['y'].dtype == np.int32
-
-
-def _all_pixels(split):
-  return np.concatenate([b['x'] for b in split.ds.batch(64).as_numpy_iterator()])
+  assert data.train.stream is None and data.num_classes == 10 and data.image_shape == (28, 28, 1)
+  assert data.train.arrays['x'].dtype == np.uint8 and data.train.arrays['x'].shape == (50, 28, 28, 1)
+  examples = _all(data.test)
+  assert examples['x'].shape == (50, 28, 28, 1) and examples['x'].dtype == np.float32
+  assert examples['y'].dtype == np.int32
+  spec = input_pipeline.model_spec(data.train, None)
+  assert spec['x'].shape == (28, 28, 1) and spec['x'].dtype == np.float32
 
 
 def test_normalization_ranges():
-  raw = _all_pixels(_data('none').train)
+  raw = _all(_data('none').train)['x']
   assert raw.min() >= 0 and raw.max() > 200 and raw.max() <= 255
-  unit = _all_pixels(_data('unit').train)
+  unit = _all(_data('unit').train)['x']
   assert unit.min() >= 0 and unit.max() <= 1 and unit.max() > 0.8
   np.testing.assert_allclose(unit, raw / 255, atol=1e-6)
-  standard = _all_pixels(_data('standardize').train)
+  standard = _all(_data('standardize').train)['x']
   assert abs(standard.mean()) < 1e-3 and abs(standard.std() - 1) < 1e-3
 
 
@@ -44,71 +49,120 @@ def test_unknown_normalization_is_a_clear_error():
     _data('zscore')
 
 
-def test_eval_covers_every_example_once_with_padding_masked():
-  data = _data(num_examples=50)
+def _eval_labels(device_data_mb):
+  """Checks that evaluation covers every example once, padding masked; returns the labels."""
+  data = _data(num_examples=50, device_data_mb=device_data_mb)
+  assert (data.test.stream is None) == (device_data_mb > 0)
   batches = list(input_pipeline.eval_batches(data.test, 16))
   assert len(batches) == 4 == input_pipeline.num_eval_batches(data.test, 16)
   assert all(b['x'].shape == (16, 28, 28, 1) for b in batches)
-  masks = np.concatenate([b['mask'] for b in batches])
+  masks = np.concatenate([np.asarray(b['mask']) for b in batches])
   assert masks.sum() == 50 and not masks[50:].any()
-  labels = np.concatenate([b['y'] for b in batches])[masks]
-  expected = np.array([ex['y'] for ex in data.test.ds.as_numpy_iterator()])
-  np.testing.assert_array_equal(labels, expected)
   # validation_steps caps the batches.
   assert len(list(input_pipeline.eval_batches(data.test, 16, max_batches=2))) == 2
+  return np.concatenate([np.asarray(b['y']) for b in batches])[masks]
+
+
+def test_eval_covers_every_example_once_with_padding_masked_from_either_source():
+  on_devices, streamed = _eval_labels(2048), _eval_labels(0)
+  np.testing.assert_array_equal(on_devices, streamed)  # The same examples, in the same order.
+
+
+def _feed(n=40, shards=None, seed=0, start_step=0, batch_size=8):
+  split = input_pipeline.from_arrays({'x': np.arange(n, dtype=np.float32), 'y': np.zeros(n)},
+                                     num_shards=shards)
+  return input_pipeline.TrainFeed(split, batch_size, seed=seed, shuffle_buffer=0,
+                                  start_step=start_step)
 
 
 def test_training_order_is_seeded_reshuffled_each_pass_and_resumable():
-  split = input_pipeline.from_arrays({'x': np.arange(40, dtype=np.float32), 'y': np.zeros(40)})
-  def first(n, start_step=0, seed=0):
-    it = input_pipeline.train_batches(split, 8, seed=seed, shuffle_buffer=40, start_step=start_step)
-    return [next(it)['x'] for _ in range(n)]
-  run = first(12)  # 5 batches per pass: 2.4 passes.
+  feed = _feed()
+  run = [feed.indices(s) for s in range(12)]  # 5 batches per pass: 2.4 passes.
   np.testing.assert_array_equal(np.sort(np.concatenate(run[:5])), np.arange(40))  # One pass.
   assert not np.array_equal(np.concatenate(run[:5]), np.concatenate(run[5:10]))  # Reshuffled.
-  np.testing.assert_array_equal(np.stack(first(12)), np.stack(run))  # Seeded.
-  np.testing.assert_array_equal(np.stack(first(5, start_step=7)), np.stack(run[7:12]))  # Resumes.
-  assert not np.array_equal(np.stack(first(5, seed=1)), np.stack(run[:5]))
+  np.testing.assert_array_equal(np.stack([_feed().indices(s) for s in range(12)]), run)
+  resumed = _feed(start_step=7)
+  for s in range(7, 12):  # A resumed feed hands the train step the same indices.
+    np.testing.assert_array_equal(np.asarray(resumed.next(1, None)['idx']), run[s])
+  assert not np.array_equal(_feed(seed=1).indices(0), run[0])
+
+
+def test_the_step_gathers_its_batch_on_the_devices():
+  feed = _feed()
+  inputs = feed.next(1, None)
+  batch = input_pipeline.batch_of(feed.data, inputs)
+  np.testing.assert_array_equal(np.asarray(batch['x']), feed.indices(0).astype(np.float32))
+  stacked = input_pipeline.TrainFeed(feed.split, 8, seed=0, shuffle_buffer=0, stack=3)
+  assert stacked.next(3, None)['idx'].shape == (3, 8)
 
 
 def test_data_shards_fix_the_global_batch_whatever_the_processes():
-  arrays = {'x': np.arange(40, dtype=np.float32), 'y': np.zeros(40)}
-  split = input_pipeline.from_arrays(arrays, num_shards=2)  # One process holds both shards.
-  assert [s.index for s in split.shards] == [0, 1] and split.num_examples == 40
-  batches = [b['x'] for _, b in zip(range(6), input_pipeline.train_batches(
-      split, 8, seed=0, shuffle_buffer=40))]
+  feed = _feed(shards=2)
+  assert feed.split.num_shards == 2
+  batches = [feed.indices(s) for s in range(6)]
   for b in batches:  # Half of each batch from each shard, in shard order.
     assert np.all(b[:4] < 20) and np.all(b[4:] >= 20)
-  # Each shard's order is that of a process that holds only it: what 2 processes would read.
-  alone = input_pipeline.Split(split.shards[1].ds, 20, 20, 20, index=1)
-  for b, other in zip(batches, input_pipeline.train_batches(alone, 4, seed=0, shuffle_buffer=40)):
-    np.testing.assert_array_equal(b[4:], other['x'])
+  # A shard's order depends on the seed, the shard and the pass only.
+  four = _feed(n=80, shards=4)
+  assert not np.array_equal(np.sort(four.indices(0)[:2]), np.sort(batches[0][:4]))
+  np.testing.assert_array_equal(
+      np.stack([_feed(shards=2).indices(s) for s in range(6)]), np.stack(batches))
   with pytest.raises(UserError, match='batch of 5 evenly'):
-    next(input_pipeline.train_batches(split, 5, seed=0, shuffle_buffer=40))
+    _feed(shards=2, batch_size=5)
   with pytest.raises(UserError, match='data_shards=-3 must be a multiple'):
-    input_pipeline.from_arrays(arrays, num_shards=-3)
+    _feed(shards=-3)
+  with pytest.raises(UserError, match='fewer than its share'):
+    _feed(n=10, shards=2, batch_size=12)
+
+
+def test_augmentation_is_keyed_by_step_and_position_in_training_and_by_index_in_evaluation():
+  split = input_pipeline.from_arrays({'x': np.zeros((16, 3), np.float32),
+                                      'y': np.zeros(16, np.int32)})
+  noise = lambda ex, key: {**ex, 'x': ex['x'] + jax_random_normal(key, ex['x'].shape)}
+  a = _all(split, noise)['x']
+  b = _all(split, noise)['x']
+  np.testing.assert_array_equal(a, b)  # Evaluation: the same every time.
+  assert np.unique(a[:, 0]).size == 16  # Each example its own key.
+  one = next(input_pipeline.eval_batches(split, 8, augment=noise))
+  np.testing.assert_array_equal(np.asarray(one['x']), a[:8])  # Whatever the batch size.
+  batch = {'x': np.zeros((4, 3), np.float32)}
+  key = np.asarray(jax_key(0))
+  first = input_pipeline.prepare(batch, lambda b: b, noise, key)['x']
+  again = input_pipeline.prepare(batch, lambda b: b, noise, key)['x']
+  other = input_pipeline.prepare(batch, lambda b: b, noise, np.asarray(jax_key(1)))['x']
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+
+
+def jax_key(seed):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.random.PRNGKey(seed)
+
+
+def jax_random_normal(key, shape):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.random.normal(key, shape)
 
 
 def test_missing_data_offline_says_how_to_pass_manual_dir(tmp_path):
   config = mnist_cnn.get_config('tiny')
   config.data_dir = str(tmp_path)
-  builder = input_pipeline.tfds_builder(config)
   with pytest.raises(UserError, match=r'not prepared.*--config.manual_dir=DIR'):
-    input_pipeline.image_classification(config, builder)
+    input_pipeline.image_classification(config)
   config.manual_dir = str(tmp_path / 'nowhere')
   with pytest.raises(UserError, match='is not a directory'):
-    input_pipeline.image_classification(config, builder)
+    input_pipeline.image_classification(config)
 
 
 def test_unknown_dataset_is_a_clear_error():
   config = fashion_mlp.get_config('tiny')
   config.dataset = 'fashion_mnits'
   with pytest.raises(UserError, match=r"'fashion_mnits' is not a TFDS dataset; did you mean"):
-    input_pipeline.tfds_builder(config)
+    input_pipeline.image_info(config)
   config = mnist_cnn.get_config('tiny')
   config.dataset = 'glue'  # Text: no image and label features.
   with pytest.raises(UserError, match="needs 'image' and 'label'"):
-    input_pipeline.check_image_classification(input_pipeline.tfds_builder(config))
+    input_pipeline.image_info(config)
 
 
 def _mixed_sizes():
@@ -119,14 +173,14 @@ def _mixed_sizes():
                for i, s in enumerate(shapes)),
       output_signature={'x': tf.TensorSpec([None, None, 1], tf.float32),
                         'y': tf.TensorSpec([], tf.int32)})
-  split = input_pipeline.from_dataset(ds)
-  return input_pipeline.by_shape(split, [(4, 4, 1), (4, 8, 1), (8, 4, 1), (8, 8, 1)])
+  split = streaming.from_dataset(ds)
+  return streaming.by_shape(split, [(4, 4, 1), (4, 8, 1), (8, 4, 1), (8, 8, 1)])
 
 
 def test_buckets_give_one_shape_per_batch_in_proportion_and_resume_by_step():
   split = _mixed_sizes()
   assert [b.num_examples for b in split.buckets] == [30, 20, 10]  # The empty (8, 4) left out.
-  batches = [b for _, b in zip(range(60), input_pipeline.train_batches(
+  batches = [b for _, b in zip(range(60), streaming.train_batches(
       split, 8, seed=0, shuffle_buffer=64))]
   shapes = [b['x'].shape[1:3] for b in batches]
   counts = {s: shapes.count(s) for s in set(shapes)}
@@ -134,25 +188,28 @@ def test_buckets_give_one_shape_per_batch_in_proportion_and_resume_by_step():
   assert set(counts) == {(4, 4), (4, 8), (8, 8)} and counts[(4, 4)] > counts[(8, 8)], counts
   for b in batches:  # Every example in a batch has the batch's shape.
     assert np.all(b['x'] == b['x'].shape[2] + b['x'].shape[1] / 10)
-  resumed = input_pipeline.train_batches(split, 8, seed=0, shuffle_buffer=64, start_step=37)
+  resumed = streaming.train_batches(split, 8, seed=0, shuffle_buffer=64, start_step=37)
   for a, b in zip(batches[37:], resumed):
     np.testing.assert_array_equal(a['y'], b['y'])
-  other_seed = next(input_pipeline.train_batches(split, 8, seed=1, shuffle_buffer=64))
+  other_seed = next(streaming.train_batches(split, 8, seed=1, shuffle_buffer=64))
   assert not np.array_equal(other_seed['y'], batches[0]['y'])
 
 
 def test_bucket_too_small_for_a_batch_is_evaluated_but_not_trained():
   split = _mixed_sizes()
-  shapes = {b['x'].shape[1:3] for _, b in zip(range(40), input_pipeline.train_batches(
+  shapes = {b['x'].shape[1:3] for _, b in zip(range(40), streaming.train_batches(
       split, 16, seed=0, shuffle_buffer=64))}
   assert shapes == {(4, 4), (4, 8)}
-  batches = list(input_pipeline.eval_batches(split, 16))
+  wrapped = input_pipeline.from_stream(split)
+  assert len(wrapped.buckets) == 3
+  batches = [{k: np.asarray(v) for k, v in b.items()}
+             for b in input_pipeline.eval_batches(wrapped, 16)]
   assert [b['x'].shape[1:3] for b in batches] == [(4, 4), (4, 4), (4, 8), (4, 8), (8, 8)]
   seen = np.concatenate([b['y'][b['mask']] for b in batches])
   np.testing.assert_array_equal(np.sort(seen), np.arange(60))  # Each example once.
-  assert input_pipeline.num_eval_batches(split, 16) == 5
+  assert input_pipeline.num_eval_batches(wrapped, 16) == 5
 
 
 def test_by_shape_refuses_examples_of_another_shape():
   with pytest.raises(ValueError, match='10 examples have a shape outside'):
-    input_pipeline.by_shape(_mixed_sizes(), [(4, 4, 1), (4, 8, 1)])
+    streaming.by_shape(_mixed_sizes(), [(4, 4, 1), (4, 8, 1)])

@@ -52,7 +52,7 @@ def test_two_processes_end_like_one_process_with_the_same_global_batch(tmp_path)
 
   With the same config.data_shards the global batch of every step holds the same
   examples in the same order, so the runs differ by float summation order at most.
-  Each process reads only its shard; only process 0 writes results.json.
+  Every process holds the split on its devices; only process 0 writes results.json.
   """
   args = ['--config=configs/mnist1d.py:tiny', '--config.data_shards=2', '--config.num_epochs=4']
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
@@ -72,7 +72,7 @@ def test_two_processes_end_like_one_process_with_the_same_global_batch(tmp_path)
     assert p.returncode == 0, out[-3000:]
   one, two = read_results(tmp_path / 'one'), read_results(tmp_path / 'two')
   assert (one['devices'], two['devices']) == ('2 x cpu', '2 x cpu')
-  assert 'reads shards [1]' in outs[1]
+  assert '2 processes; training data on the devices' in outs[1]
   assert len(two['history']) == 4
   for a, b in zip(one['history'], two['history'], strict=True):
     for key in ('train_loss', 'val_loss', 'val_accuracy'):

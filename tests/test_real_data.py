@@ -1,12 +1,14 @@
 """Real MNIST, built offline from the original files (skipped where ../shared/data is absent)."""
 import os
 
+import numpy as np
 import pytest
 
 from configs import mnist_cnn
 from experiments import classifier
-from lib import input_pipeline
+from lib import input_pipeline, streaming
 from lib.errors import UserError
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope='module')
@@ -15,7 +17,7 @@ def mnist_data_dir(mnist_dir, tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   config = mnist_cnn.get_config()
   config.update(data_dir=data_dir, manual_dir=mnist_dir)
-  input_pipeline.prepare(input_pipeline.tfds_builder(config), config)
+  streaming.prepare(streaming.tfds_builder(config), config)
   return data_dir
 
 
@@ -32,7 +34,7 @@ def test_real_split_names_are_checked(mnist_data_dir):
   config = mnist_cnn.get_config()
   config.update(data_dir=mnist_data_dir, eval_split='validation')
   with pytest.raises(UserError, match=r"config.eval_split='validation' is not a split of 'mnist'"):
-    input_pipeline.image_classification(config, input_pipeline.image_builder(config))
+    input_pipeline.image_classification(config)
 
 
 def test_mnist_and_fashion_mnist_built_in_one_data_dir_stay_apart(mnist_data_dir, mnist_dir):
@@ -44,9 +46,9 @@ def test_mnist_and_fashion_mnist_built_in_one_data_dir_stay_apart(mnist_data_dir
   for name, manual_dir in (('mnist', mnist_dir), ('fashion_mnist', fashion_dir)):
     config = mnist_cnn.get_config()
     config.update(dataset=name, data_dir=mnist_data_dir, manual_dir=manual_dir)
-    builder = input_pipeline.tfds_builder(config)
-    input_pipeline.prepare(builder, config)
-    means[name] = float(input_pipeline.image_stats(builder.as_dataset(split='test'))[0][0])
+    builder = streaming.tfds_builder(config)
+    streaming.prepare(builder, config)
+    means[name] = float(streaming.image_stats(builder.as_dataset(split='test'))[0][0])
   # Published test-set pixel means: MNIST 33.8, Fashion-MNIST 73.1 (of 255).
   assert means['mnist'] == pytest.approx(33.8, abs=0.5), means
   assert means['fashion_mnist'] == pytest.approx(73.1, abs=0.5), means
@@ -61,4 +63,20 @@ def test_wrong_files_in_manual_dir_fail_the_checksum(tmp_path):
   config = mnist_cnn.get_config()
   config.update(data_dir=str(tmp_path / 'tfds'), manual_dir=str(fake))
   with pytest.raises(UserError, match="could not build 'mnist'.*checksum"):
-    input_pipeline.prepare(input_pipeline.tfds_builder(config), config)
+    streaming.prepare(streaming.tfds_builder(config), config)
+
+
+def test_arrays_cached_beside_tfds_load_without_tensorflow_and_equal_tfds(mnist_data_dir, tmp_path):
+  config = mnist_cnn.get_config()
+  config.update(data_dir=mnist_data_dir)
+  data = input_pipeline.image_classification(config)  # Read from TFDS, cached (or loaded).
+  assert data.train.stream is None and data.train.arrays['x'].dtype == np.uint8
+  assert data.train.arrays['x'].shape == (60000, 28, 28, 1)
+  builder = streaming.tfds_builder(config)
+  tfds_test = streaming.read_split(builder, 'test', 'test_split')
+  for k in ('x', 'y'):
+    np.testing.assert_array_equal(data.test.arrays[k], tfds_test[k])
+  out = run_cli('--config=configs/mnist_cnn.py:tiny', f'--config.data_dir={mnist_data_dir}',
+                f'--workdir={tmp_path / "run"}', report_tensorflow=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'tensorflow imported: False' in out.stdout, out.stdout[-2000:]

@@ -66,7 +66,7 @@ def test_bad_engine_fields_are_clear_errors(field, value, match):
 
 def _mock_classifier_fit(workdir, config, num_examples=64):
   with mock_tfds(num_examples):
-    data = input_pipeline.image_classification(config, input_pipeline.image_builder(config))
+    data = input_pipeline.image_classification(config)
   model = models.create(config.model, outputs=10, **config.model_kwargs)
   return train.fit(config, str(workdir), model=model, task=tasks.classification,
                    train=data.train, val=data.val, test=data.test)
