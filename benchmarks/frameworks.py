@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 
-from lib import cpu
+from lib import input_pipeline, cpu
 
 _ENVIRON = dict(os.environ)  # As started: each child applies its own settings, or none.
 CPU_SETTINGS = cpu.configure()  # Before JAX, TF, torch or numpy start.
@@ -61,11 +61,14 @@ def jaxnotes_step(x: np.ndarray, y: np.ndarray, conv: str):
   tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10**6, 1))
   holder = {'state': train.create_train_state(config, model, (28, 28, 1), np.float32, tx,
                                               parallel.replicated(mesh))}
-  step, _ = train.jit_steps(tasks.classification, ['accuracy', 'loss'], mesh)
-  batch = parallel.shard({'x': x, 'y': y}, parallel.batch_sharding(mesh))
+  # The engine's step as lib.train.fit runs it, gathering the batch on the device.
+  step = train.TrainSteps(tasks.classification, train.metrics_collection(['accuracy', 'loss']),
+                          mesh, (), lambda b: b, input_pipeline.augmentation(None), 1)
+  data = input_pipeline.on_devices(input_pipeline.from_arrays({'x': x, 'y': y}))
+  inputs = {'idx': jax.device_put(np.arange(len(x), dtype=np.int32), parallel.replicated(mesh))}
 
   def run():
-    holder['state'], m = step(holder['state'], batch)
+    holder['state'], m = step(holder['state'], data, inputs)
     jax.block_until_ready(m)
   return run
 

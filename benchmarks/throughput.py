@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tensorflow as tf
 
 from configs import fashion_mlp, forecast, mnist_cnn, vae
 from benchmarks import timing
@@ -109,7 +108,6 @@ _STEPS_PER_EXECUTION = flags.DEFINE_integer(
 
 def main(argv):
   del argv
-  tf.config.set_visible_devices([], 'GPU')
   workload = WORKLOADS[_WORKLOAD.value]
   config = workload.config()
   if _STEPS_PER_EXECUTION.value:
@@ -125,10 +123,6 @@ def main(argv):
            'y': (rng.normal(size=config.batch_size).astype(np.float32) if workload.regression
                  else rng.integers(0, 10, config.batch_size).astype(np.int32))}
   stack = per_call if per_call > 1 else 0  # As lib.train.fit feeds the step.
-  train_sharding = (parallel.stacked_batch_sharding(mesh) if stack else
-                    parallel.batch_sharding(mesh))
-  batches = parallel.shard({k: np.stack([v] * per_call) if stack else v
-                            for k, v in local.items()}, train_sharding)
 
   # The engine's step, built exactly as lib.train.fit builds it.
   state = train.create_train_state(config, model, workload.input_shape, np.float32, tx, replicated,
@@ -136,16 +130,20 @@ def main(argv):
   names = sorted(jax.eval_shape(lambda: workload.task(model.apply(
       {'params': state.params}, local['x'],
       rngs={s: jax.random.PRNGKey(0) for s in workload.rng_streams}), local)))
-  train_steps, _ = train.jit_steps(workload.task, names, mesh, workload.rng_streams,
-                                   steps_per_execution=per_call)
+  train_steps = train.TrainSteps(workload.task, train.metrics_collection(names), mesh,
+                                 workload.rng_streams, lambda b: b,
+                                 input_pipeline.augmentation(None), per_call)
+  data = input_pipeline.on_devices(input_pipeline.from_arrays(local))
+  idx = np.arange(config.batch_size, dtype=np.int32)
+  batches = {'idx': jax.device_put(np.stack([idx] * per_call) if stack else idx, replicated)}
   start = time.perf_counter()
-  state, metrics = train_steps(state, batches)
+  state, metrics = train_steps(state, data, batches)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   holder = {'state': state}
 
   def engine():
-    holder['state'], m = train_steps(holder['state'], batches)
+    holder['state'], m = train_steps(holder['state'], data, batches)
     return m
 
   # A bare Flax step as in the Flax examples (MNIST, VAE), donated too: the reference.
@@ -184,27 +182,32 @@ def main(argv):
     raise app.UsageError(f'--manual_dir: workload {_WORKLOAD.value} reads no TFDS dataset')
   if _MANUAL_DIR.value:
     config.update(manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
-    data = input_pipeline.image_classification(config, input_pipeline.image_builder(config))
-    steps = train.epochs_to_steps(config, data.train.num_examples)[0]
-    data.train.ds.reduce(0, lambda n, _: n + 1)  # Fills the cache, as a run's first epoch does.
-    stream = input_pipeline.train_batches(data.train, config.batch_size, seed=0,
-                                          shuffle_buffer=config.shuffle_buffer, start_step=steps,
-                                          stack=stack, augment=workload.augment)
+    real = input_pipeline.image_classification(config)
+    steps = train.epochs_to_steps(config, real.train.num_examples)[0]
+    feed = input_pipeline.TrainFeed(real.train, config.batch_size, seed=0,
+                                    shuffle_buffer=config.shuffle_buffer, stack=stack)
+    real_steps = train.TrainSteps(workload.task, train.metrics_collection(names), mesh,
+                                  workload.rng_streams, real.train.preprocess,
+                                  input_pipeline.augmentation(workload.augment), per_call)
 
-    def epoch(next_batch):
+    def epoch(one_call):
       start, pending = time.perf_counter(), None
-      for _ in range(steps // per_call):  # As lib.train.fit: next batches, shard, steps, and
-        holder['state'], m = train_steps(holder['state'], next_batch())
+      for _ in range(steps // per_call):  # As lib.train.fit: the next call's inputs, the steps,
+        m = one_call()
         if pending is not None:  # the loss checked one call late, so the host runs ahead.
           np.asarray(pending)
         pending = m.loss.total
       np.asarray(pending)
       return time.perf_counter() - start
 
-    # An epoch through the pipeline next to as many steps on the device-resident batch, round
-    # after round, so that the VM's drift between rounds cancels in each round's ratio.
-    rounds = [(epoch(lambda: parallel.shard(next(stream), train_sharding)),
-               epoch(lambda: batches)) for _ in range(_ROUNDS.value)]
+    def through_feed():
+      holder['state'], m = real_steps(holder['state'], feed.data, feed.next(per_call, None))
+      return m
+
+    # An epoch from the input pipeline next to as many steps on one device-resident batch,
+    # round after round, so that the VM's drift between rounds cancels in each round's ratio.
+    epoch(through_feed)  # Compiles the fed step.
+    rounds = [(epoch(through_feed), epoch(engine)) for _ in range(_ROUNDS.value)]
     overheads = [epoch_s / pure_s - 1 for epoch_s, pure_s in rounds]
     result.update(epoch_steps=steps,
                   epoch_s=round(statistics.median(e for e, _ in rounds), 2),

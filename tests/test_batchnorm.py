@@ -30,7 +30,7 @@ def test_batch_statistics_in_training_running_averages_in_evaluation():
 
 def _fit(workdir, config):
   with mock_tfds(64):
-    data = input_pipeline.image_classification(config, input_pipeline.image_builder(config))
+    data = input_pipeline.image_classification(config)
   model = models.create(config.model, outputs=10, **config.model_kwargs)
   return train.fit(config, str(workdir), model=model, task=tasks.classification,
                    train=data.train, val=data.val, test=data.test)
