@@ -266,12 +266,13 @@ def test_kill_9_then_the_same_command_ends_like_an_uninterrupted_run(tmp_path):
   def command(workdir):
     return [sys.executable, '-m', 'experiments', '--config=configs/celsius.py',
             f'--workdir={workdir}', '--config.num_epochs=600', '--config.log_every_steps=20',
-            '--config.checkpoint_every_epochs=25']
+            '--config.steps_per_execution=1', '--config.eval_every_epochs=1',
+            '--config.log_every_seconds=0', '--config.checkpoint_every_epochs=25']
 
   proc = subprocess.Popen(command(tmp_path / 'killed'), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   for line in proc.stdout:  # Some checkpoints in, then no chance to save anything more.
-    if '[260] ' in line:
+    if '] epoch 260 (' in line:
       break
   proc.kill()
   proc.wait(timeout=60)
