@@ -38,7 +38,7 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
 flags.mark_flags_as_required(['manual_dir'])
 
 
-def _uncached(config, builder) -> input_pipeline.Split:
+def _uncached(config, builder) -> streaming.StreamSplit:
   """The training split as TFDS's records, read and decoded anew each pass (no .cache())."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   ds = builder.as_dataset(split=config.train_split, shuffle_files=False).map(

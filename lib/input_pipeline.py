@@ -22,7 +22,7 @@ training, and from the example's index in evaluation, so that evaluation sees
 the same augmented examples in every run. Evaluation visits every example
 once; the last batch is padded and masked.
 """
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import dataclasses
 import functools
 import hashlib
@@ -94,7 +94,8 @@ class Split:
     arrays: the whole split on the host (every process holds all of it); it is
       placed on the devices once, on first use. None for a streamed split.
     stream: the streamed split (lib.streaming.StreamSplit), or None.
-    num_shards: a training split's data shards (config.data_shards resolved).
+    num_shards: the data shards of a training split on the devices
+      (config.data_shards resolved); a streamed split's shards are its stream's.
   """
   num_examples: int
   spec: dict[str, jax.ShapeDtypeStruct]
@@ -109,7 +110,7 @@ class Split:
     """A streamed split of several shapes: one Split per shape (`by_shape`); else ()."""
     if self.stream is None:
       return ()
-    return tuple(_from_stream(b, self.preprocess) for b in self.stream.buckets)
+    return tuple(from_stream(b, self.preprocess) for b in self.stream.buckets)
 
 
 def _spec(arrays: dict[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -137,18 +138,18 @@ def from_arrays(arrays: dict[str, np.ndarray], num_shards: int | None = None,
   return Split(sizes.pop(), _spec(arrays), preprocess, arrays=arrays, num_shards=shards)
 
 
-def _from_stream(stream: Any, preprocess: Preprocess) -> Split:
+def from_stream(stream: Any, preprocess: Preprocess = _identity) -> Split:
+  """A Split that streams through tf.data: a lib.streaming.StreamSplit."""
   from lib import streaming  # pylint: disable=g-import-not-at-top
   spec = {k: jax.ShapeDtypeStruct(s.shape, s.dtype.as_numpy_dtype)
           for k, s in streaming.element_spec(stream).items()}
-  return Split(stream.num_examples, spec, preprocess, stream=stream,
-               num_shards=len(stream.shards) * jax.process_count() if stream.shards else
-               jax.process_count())
+  return Split(stream.num_examples, spec, preprocess, stream=stream)
 
 
-def from_stream(stream: Any, preprocess: Preprocess = _identity) -> Split:
-  """A Split that streams through tf.data: a lib.streaming.StreamSplit."""
-  return _from_stream(stream, preprocess)
+def _replicated(x: np.ndarray) -> jax.Array:
+  """A host array, the same on every process, as one global array on every device."""
+  sharding = parallel.replicated(parallel.make_mesh())
+  return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
 
 
 def on_devices(split: Split) -> dict[str, jax.Array]:
@@ -156,16 +157,8 @@ def on_devices(split: Split) -> dict[str, jax.Array]:
   if split.arrays is None:
     raise ValueError('a streamed split is not on the devices')
   if not split._placed:  # pylint: disable=protected-access
-    sharding = parallel.replicated(parallel.make_mesh())
-    split._placed.update({  # pylint: disable=protected-access
-        k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
-        for k, v in split.arrays.items()})
+    split._placed.update({k: _replicated(v) for k, v in split.arrays.items()})  # pylint: disable=protected-access
   return split._placed  # pylint: disable=protected-access
-
-
-def _replicated(x: np.ndarray) -> jax.Array:
-  sharding = parallel.replicated(parallel.make_mesh())
-  return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
 
 
 # Training.
@@ -389,14 +382,22 @@ def normalizer(mode: str, mean: np.ndarray | None = None,
   return normalize
 
 
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std of images (N, ..., C), in float64 chunks."""
-  channels = images.shape[-1]
-  total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
-  for start in range(0, len(images), 4096):
-    x = images[start:start + 4096].reshape(-1, channels).astype(np.float64)
-    total += x.sum(0)
-    total_sq += (x * x).sum(0)
+def chunks(images: np.ndarray, size: int = 4096) -> Iterator[np.ndarray]:
+  """`images` a few thousand at a time, e.g. for `channel_stats`."""
+  return (images[start:start + size] for start in range(0, len(images), size))
+
+
+def channel_stats(batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std over batches of images (N, ..., C), summed in float64.
+
+  Batches rather than one array, so that a streamed split needs no room for all of it.
+  """
+  total = total_sq = 0.0
+  count = 0
+  for batch in batches:
+    x = np.asarray(batch).reshape(-1, batch.shape[-1]).astype(np.float64)
+    total = total + x.sum(0)
+    total_sq = total_sq + (x * x).sum(0)
     count += x.shape[0]
   mean = total / count
   std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
@@ -446,11 +447,14 @@ def _cached_info(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     return None
 
 
+def _is_cached(config: ml_collections.ConfigDict, split: str) -> bool:
+  return os.path.isfile(os.path.join(_split_dir(config, split), 'done'))
+
+
 def _load_cached(config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray] | None:
-  path = _split_dir(config, split)
-  if not os.path.isfile(os.path.join(path, 'done')):
+  if not _is_cached(config, split):
     return None
-  return {k: np.load(os.path.join(path, f'{k}.npy')) for k in ('x', 'y')}
+  return {k: np.load(os.path.join(_split_dir(config, split), f'{k}.npy')) for k in ('x', 'y')}
 
 
 def _save_cached(config: ml_collections.ConfigDict, split: str, arrays: dict[str, np.ndarray],
@@ -495,8 +499,7 @@ def image_info(config: ml_collections.ConfigDict) -> ImageInfo:
   """
   check_normalization(config.normalization)
   info = _cached_info(config)
-  if info is None or any(not os.path.isfile(os.path.join(_split_dir(config, s), 'done'))
-                         for s in _split_fields(config).values()):
+  if info is None or not all(_is_cached(config, s) for s in _split_fields(config).values()):
     from lib import streaming  # pylint: disable=g-import-not-at-top
     builder = streaming.tfds_builder(config)
     streaming.check_image_classification(builder)
@@ -524,24 +527,24 @@ def image_classification(config: ml_collections.ConfigDict,
   """
   info = image_info(config)
   fields = _split_fields(config)
-  arrays = {f: _load_cached(config, s) for f, s in fields.items()} if to_cache is None else {}
+  splits = {s: f for f, s in fields.items()}  # Each split once, named by a field that asks for it.
+  arrays = {s: _load_cached(config, s) for s in splits} if to_cache is None else {}
   if to_cache is None and all(a is not None for a in arrays.values()):
-    return _on_devices(config, info, arrays)
+    return _on_devices(config, info, {f: arrays[s] for f, s in fields.items()})
 
   from lib import streaming  # pylint: disable=g-import-not-at-top
   builder = streaming.tfds_builder(config)
   streaming.prepare(builder, config)
   budget = config.device_data_mb * 2**20
-  sizes = {f: streaming.split_bytes(builder, s, f) for f, s in fields.items()}
-  if to_cache is None and budget > 0 and all(n is not None and n <= budget
-                                             for n in sizes.values()):
+  sizes = [streaming.split_bytes(builder, s, f) for s, f in splits.items()]
+  if to_cache is None and budget > 0 and all(n is not None and n <= budget for n in sizes):
     full_info = streaming.image_info(builder)
-    for field, split in fields.items():
-      if arrays.get(field) is None:
-        arrays[field] = streaming.read_split(builder, split, field)
+    for split, field in splits.items():
+      if arrays[split] is None:
+        arrays[split] = streaming.read_split(builder, split, field)
         if builder.is_prepared():  # Not a mocked dataset.
-          _save_cached(config, split, arrays[field], full_info)
-    return _on_devices(config, info, arrays)
+          _save_cached(config, split, arrays[split], full_info)
+    return _on_devices(config, info, {f: arrays[s] for f, s in fields.items()})
   return _streamed(config, info, builder, to_cache)
 
 
@@ -549,7 +552,7 @@ def _on_devices(config: ml_collections.ConfigDict, info: ImageInfo,
                 arrays: dict[str, dict[str, np.ndarray]]) -> ImageData:
   mean = std = None
   if config.normalization == 'standardize':
-    mean, std = channel_stats(arrays['train_split']['x'])
+    mean, std = channel_stats(chunks(arrays['train_split']['x']))
   preprocess = normalizer(config.normalization, mean, std)
   train = from_arrays(arrays['train_split'], config.data_shards, preprocess)
   val = from_arrays(arrays['eval_split'], preprocess=preprocess)
@@ -565,7 +568,8 @@ def _streamed(config: ml_collections.ConfigDict, info: ImageInfo, builder: Any,
   mean = std = None
   if config.normalization == 'standardize':
     # The whole training split on every process, so all normalize alike.
-    mean, std = streaming.image_stats(builder.as_dataset(split=config.train_split))
+    images = builder.as_dataset(split=config.train_split).map(lambda ex: ex['image'])
+    mean, std = channel_stats(images.batch(4096).as_numpy_iterator())
   preprocess = normalizer(config.normalization, mean, std)
   keep = to_cache or (lambda image: image)
 

@@ -41,10 +41,10 @@ Example = dict[str, tf.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class StreamSplit:
-  """One split's examples held by this process: preprocessed, cached, not batched.
+  """One split's examples held by this process: as stored (or as `to_cache` made them), cached.
 
   Attributes:
-    ds: the examples, each a dict with the model input 'x' and target 'y'.
+    ds: the examples, each a dict with the input 'x' and target 'y'.
     num_examples: examples in the whole split, over all processes.
     local_examples: examples held by this process.
     max_local_examples: the largest share of any process; evaluation pads every
@@ -146,9 +146,9 @@ def by_shape(split: StreamSplit, shapes: Sequence[tuple[int, ...]]) -> StreamSpl
 
   def buckets(s: StreamSplit, counts: np.ndarray, global_counts: bool) -> tuple[StreamSplit, ...]:
     return tuple(StreamSplit(_of_shape(s.ds, shapes[k]),
-                       int(totals[k]) if global_counts else int(counts[k]), int(counts[k]),
-                       int(per_process[:, k].max()) if global_counts else int(counts[k]),
-                       index=s.index) for k in kept)
+                             int(totals[k]) if global_counts else int(counts[k]), int(counts[k]),
+                             int(per_process[:, k].max()) if global_counts else int(counts[k]),
+                             index=s.index) for k in kept)
 
   if not split.shards:
     return dataclasses.replace(split, buckets=buckets(split, local[0], True))
@@ -438,20 +438,6 @@ def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
   shards = _split_datasets(builder, split, field, {i: names[i] for i in indices})
   return from_shards({i: ds.map(preprocess, num_parallel_calls=AUTOTUNE)
                       for i, ds in shards.items()})
-
-
-def image_stats(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std of the 'image' feature over a dataset of raw examples."""
-  total = total_sq = 0.0
-  count = 0
-  for batch in ds.map(lambda ex: ex['image']).batch(4096).as_numpy_iterator():
-    x = batch.astype(np.float64).reshape(-1, batch.shape[-1])
-    total = total + x.sum(0)
-    total_sq = total_sq + (x * x).sum(0)
-    count += x.shape[0]
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
-  return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
 def check_image_classification(builder: tfds.core.DatasetBuilder) -> None:

@@ -385,12 +385,15 @@ class _Progress:
   def _means(sums: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: float(v[0] / v[1]) for k, v in sums.items()}
 
-  def add(self, first_step: int, metrics: Any, stacked: bool) -> tuple[int, float] | None:
-    """Adds the steps after `first_step`; returns (step, loss) of the first non-finite loss."""
+  def add(self, first_step: int, metrics: Any) -> tuple[int, float] | None:
+    """Adds the steps after `first_step`; returns (step, loss) of the first non-finite loss.
+
+    `metrics` are a call's CLU Averages, stacked over its steps (a call of one
+    step is a stack of one).
+    """
     metrics = jax.device_get(metrics)
     fields = {k: (np.atleast_1d(v.total), np.atleast_1d(v.count))
               for k, v in vars(metrics).items() if not k.startswith('_')}
-    del stacked  # A scalar call is a stack of one.
     losses = fields['loss'][0] / np.maximum(fields['loss'][1], 1)
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
@@ -400,7 +403,7 @@ class _Progress:
             if (first_step + i + 1) % self._spe == 0 or (first_step + i + 1) % self._log_every == 0
             or first_step + i + 1 == self._total]
     start = 0
-    for cut in cuts + ([n] if not cuts or cuts[-1] != n else []):
+    for cut in sorted({*cuts, n}):
       part = {k: np.array([t[start:cut].sum(), c[start:cut].sum()], np.float64)
               for k, (t, c) in fields.items()}
       for acc in (self._epoch, self._window):
@@ -530,7 +533,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
 
   def absorb(first: int, metrics: Any) -> bool:
     """The host's share of a finished call: NaN check, logs; False ends an LR range test."""
-    bad = progress.add(first, metrics, stacked)
+    bad = progress.add(first, metrics)
     if bad and config.lr_finder:
       meta['stopped_early'] = True
       logging.info('LR range test: loss is %s at step %d; the sweep ends there', bad[1], bad[0])
@@ -614,7 +617,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     ckpt.close()
     writer.close()
 
-  summary_ = {
+  results = {
       'steps': final_step, 'steps_per_epoch': steps_per_epoch, 'epochs': len(meta['history']),
       'params': models.count_params(state.params), 'history': meta['history'],
       # Compilations of the train step in this process: one per distinct batch shape.
@@ -624,5 +627,5 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
       **final,
   }
   if config.best_metric:
-    summary_[f'best_{config.best_metric}'] = meta['best_value']
-  return state, summary_
+    results[f'best_{config.best_metric}'] = meta['best_value']
+  return state, results
