@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from configs import fashion_mlp, mnist_cnn
-from lib import input_pipeline, models, parallel, streaming, tasks, train
+from lib import input_pipeline, models, parallel, streaming, tasks, tfds_builders, train
 
 CONFIGS = {'mlp': fashion_mlp.get_config, 'cnn': mnist_cnn.get_config}
 _WORKLOAD = flags.DEFINE_enum('workload', 'mlp', list(CONFIGS), 'The config to train.')
@@ -53,7 +53,7 @@ def main(argv):
   config = CONFIGS[_WORKLOAD.value]()
   config.update(manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
   data = input_pipeline.image_classification(config)  # On the devices (and cached as arrays).
-  builder = streaming.tfds_builder(config)
+  builder = tfds_builders.builder(config)
   config.device_data_mb = 0
   cached = input_pipeline.image_classification(config)  # tf.data with .cache().
   preprocess = data.train.preprocess

@@ -1,12 +1,21 @@
 """Runs an experiment: python -m experiments --config=configs/NAME.py --workdir=DIR [--config.F=V ...].
 
-The config names its experiment module (config.experiment); the config is
-locked, so a mistyped or unknown field is an error before anything runs.
+The config names its experiment module (config.experiment). The launcher owns
+what every run shares: it checks the command line and the config before any
+work, holds the workdir's lock, checks a rerun's config against the one the
+run started with, times the run, writes results.json and prints the headline.
+An experiment module's `train_and_evaluate(config, workdir)` is its science;
+its `headline(results)` says in one line what it found.
 """
+import difflib
+import glob
 import importlib
+import importlib.util
 import os
-import pkgutil
+import re
 import sys
+import time
+from typing import Any
 
 from lib import cpu
 
@@ -17,9 +26,12 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 import experiments
+from lib import train
+from lib import workdir as workdir_lib
 from lib.errors import is_disk_full, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,24 +50,113 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes, for --d
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, for --distributed.')
 
 
-def run(config, workdir: str) -> dict:
-  """Imports the config's experiment module and runs it."""
-  names = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__)
-                 if not m.name.startswith('_'))
+def experiment_module(config: ml_collections.ConfigDict) -> Any:
+  """The module of experiments/ that config.experiment names."""
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+      os.path.join(os.path.dirname(experiments.__file__), '[!_]*.py')))
   if config.experiment not in names:
     raise UserError(f'config.experiment={config.experiment!r} is unknown; choose one of {names}')
-  module = importlib.import_module(f'experiments.{config.experiment}')
-  return module.train_and_evaluate(config, workdir)
+  return importlib.import_module(f'experiments.{config.experiment}')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs the config's experiment in `workdir`, with the bookends every run shares.
+
+  Args:
+    config: the experiment's config.
+    workdir: the run's directory; a rerun resumes from it.
+
+  Returns:
+    The results, as written to workdir/results.json.
+
+  Raises:
+    UserError: bad config, workdir in use, or a rerun under a changed config.
+  """
+  start = time.time()
+  module = experiment_module(config)
+  if 'optimizer' in config:  # Configs built on configs.common.training() train through lib.train.
+    train.check_config(config)
+  with workdir_lib.lock(workdir) as path:
+    workdir_lib.check_config(path, config)
+    results = module.train_and_evaluate(config, path)
+    results['headline'] = module.headline(results)
+    workdir_lib.write_results(path, results, config, start)
+  return results
+
+
+def _config_fields(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      names += _config_fields(value, f'{prefix}{key}.')
+  return names
+
+
+def _load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config that --config=PATH[:VARIANT] names, or a UserError saying what is wrong."""
+  path, colon, variant = spec.partition(':')
+  if not os.path.isfile(path):
+    known = sorted(p for p in glob.glob('configs/*.py')
+                   if os.path.basename(p) not in ('__init__.py', 'common.py'))
+    raise UserError(f'--config={spec}: no such file; choose one of {known}')
+  module_spec = importlib.util.spec_from_file_location('_checked_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  try:
+    return module.get_config(*([variant] if colon else []))
+  except ValueError as e:  # The configs' way of refusing a variant.
+    raise UserError(f'--config={spec}: {e}') from None
+
+
+def _check_command_line(argv: list[str]) -> ml_collections.ConfigDict | None:
+  """Loads the config and checks that every --config.FIELD names a field, before absl applies them."""
+  specs = [a.split('=', 1)[1] if '=' in a else (argv[i + 1] if i + 1 < len(argv) else '')
+           for i, a in enumerate(argv) if a == '--config' or a.startswith('--config=')]
+  if not specs:
+    return None  # absl says that --config is required.
+  config = _load_config(specs[-1])
+  fields = _config_fields(config)
+  for arg in argv:
+    if arg.startswith('--config.'):
+      name = arg[len('--config.'):].split('=', 1)[0]
+      if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=3)
+        raise UserError(f'--config.{name}: the config has no field {name!r}'
+                        + (f'; did you mean {" or ".join(close)}?' if close else
+                           f'; its fields are {fields}'))
+  return config
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every mistake reported as one `error:` line and exit status 2."""
+  try:
+    config = _check_command_line(argv[1:])
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      message = str(e).splitlines()[0].removeprefix('flag ')
+      field = re.match(r'--config\.([\w.]+)=', message)
+      if field and config is not None:  # Say which type the field takes.
+        *parents, leaf = field.group(1).split('.')
+        holder = config
+        for parent in parents:
+          holder = holder[parent]
+        message += f' (config.{field.group(1)} takes a {holder.get_type(leaf).__name__})'
+      raise UserError(message) from None
+  except UserError as e:
+    sys.stderr.write(f'error: {e}\n')
+    sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    sys.exit(f'error: unexpected arguments {argv[1:]}; fields are set as --config.FIELD=VALUE')
   if _DISTRIBUTED.value:  # Before any JAX computation: every process joins the same runtime.
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   try:
-    run(_CONFIG.value, _WORKDIR.value)
+    results = run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     sys.exit(f'error: {e}')
   except Exception as e:  # pylint: disable=broad-except
@@ -68,9 +169,10 @@ def main(argv: list[str]) -> None:
         'command again: it resumes from the last complete checkpoint\n')
     sys.stderr.flush()
     os._exit(1)  # Background writers may be stuck on the full disk: do not wait for them.
+  logging.info('%s', results['headline'])
   logging.info('done: results.json, plots/, checkpoints/ and TensorBoard events are in %s',
                os.path.abspath(_WORKDIR.value))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -17,7 +17,6 @@ image snaps to the nearest bucket side, every batch holds one bucket shape
 from collections.abc import Callable
 import dataclasses
 import os
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -33,7 +32,6 @@ from lib import parallel
 from lib import plots
 from lib import tasks
 from lib import train
-from lib import workdir as workdir_lib
 from lib.errors import UserError
 
 
@@ -159,6 +157,15 @@ def _test_accuracies(config: ml_collections.ConfigDict, state: train.TrainState,
   return accuracy, eval_step._cache_size()  # pylint: disable=protected-access
 
 
+def headline(results: dict[str, Any]) -> str:
+  """Test accuracy per canvas size (or per native shape), one set of weights."""
+  if 'test_accuracy_by_size' in results:
+    by = {s: a for s, a in results['test_accuracy_by_size'].items()}
+  else:
+    by = {s: e['accuracy'] for s, e in results['test_accuracy_by_shape'].items()}
+  return 'test accuracy by size: ' + ', '.join(f'{s}: {a:.4f}' for s, a in by.items())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the fully convolutional CNN on canvases; tests it at every size of config.eval_sizes.
 
@@ -167,18 +174,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
-  train.check_config(config)
   info = input_pipeline.image_info(config)  # Checked before any work.
   shape = info.image_shape
   _check(config, shape)
   num_classes = info.num_classes
   model = models.create(config.model, outputs=num_classes, **config.model_kwargs)
   if config.bucket_sides:
-    return _train_at_native_sizes(config, workdir, model, shape[-1], start)
+    return _train_at_native_sizes(config, workdir, model, shape[-1])
   data = input_pipeline.image_classification(config)
   state, summary = train.fit(
       config, workdir, model=model, task=tasks.classification, train=data.train, val=data.val,
@@ -213,12 +217,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     examples = input_pipeline.first_examples(data.test, 4, canvas_at(max(sizes), config.max_digit))
     plots.image_grid(examples['x'], 1, os.path.join(plot_dir, 'canvas_examples.png'),
                      f'test digits on {max(sizes)}x{max(sizes)} canvases')
-  workdir_lib.write_results(workdir, results, config, start)
   return results
 
 
 def _train_at_native_sizes(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
-                           channels: int, start: float) -> dict[str, Any]:
+                           channels: int) -> dict[str, Any]:
   """Trains on bucketed native-size images; tests the weights on each bucket shape."""
   data = _native_size_data(config, channels)
   state, summary = train.fit(config, workdir, model=model, task=tasks.classification,
@@ -245,5 +248,4 @@ def _train_at_native_sizes(config: ml_collections.ConfigDict, workdir: str, mode
                    os.path.join(plot_dir, 'accuracy_by_shape.png'), xlabel='width (pixels)',
                    ylabel='height (pixels)', title=f'{config.dataset}: one set of weights '
                    '(NaN: no test image of that shape)')
-  workdir_lib.write_results(workdir, results, config, start)
   return results

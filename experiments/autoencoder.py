@@ -129,9 +129,8 @@ def baselines(config: ml_collections.ConfigDict, data: input_pipeline.ImageData,
 
 
 def _train_one(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.ImageData,
-               augment: input_pipeline.Augment,
-               start: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Trains one autoencoder in `workdir`: checkpoints, events, plots and results.json.
+               augment: input_pipeline.Augment) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Trains one autoencoder in `workdir`: checkpoints, events and plots.
 
   Returns:
     The results, and the first test images: clean, corrupted and reconstructed.
@@ -153,8 +152,16 @@ def _train_one(config: ml_collections.ConfigDict, workdir: str, data: input_pipe
                      os.path.join(plot_dir, 'reconstructions.png'),
                      f'{config.model}, {config.model_kwargs.latents} latents, corruption '
                      f"'{config.corruption}': test PSNR {summary['test_psnr']:.2f} dB", rows)
-  workdir_lib.write_results(workdir, results, config, start)
   return results, images
+
+
+def headline(results: dict[str, Any]) -> str:
+  """Test PSNR, per latent size for a sweep, beside the corrupted input's."""
+  runs = results.get('latent_sweep') or [results]
+  line = ', '.join(f"{r['latents']} latents {r['test_psnr']:.2f} dB" for r in runs)
+  if 'test_input_psnr' in results:
+    line += f" (the corrupted input: {results['test_input_psnr']:.2f} dB)"
+  return f"test PSNR: {line}"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -165,11 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory; a sweep puts each size's run in latents_N/.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
-  train.check_config(config)
   shape = input_pipeline.image_info(config).image_shape  # Checked before any work.
   check(config, shape)
   for n in config.latent_sweep or (config.model_kwargs.latents,):
@@ -177,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data = input_pipeline.image_classification(config)
   augment = corruption(config)
   if not config.latent_sweep:
-    return _train_one(config, workdir, data, augment, start)[0]
+    return _train_one(config, workdir, data, augment)[0]
 
   runs, outputs = [], []
   for n in config.latent_sweep:
@@ -185,8 +189,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sub.model_kwargs.latents = n
     sub.latent_sweep = ()
     run_start = time.time()
-    results, images = _train_one(sub, os.path.join(workdir, f'latents_{n}'), data, augment,
-                                 run_start)
+    sub_workdir = os.path.join(workdir, f'latents_{n}')
+    results, images = _train_one(sub, sub_workdir, data, augment)
+    workdir_lib.write_results(sub_workdir, results, sub, run_start)
     runs.append({**{k: results[k] for k in ('latents', 'params', 'test_mse', 'test_psnr')},
                  'wall_seconds': round(time.time() - run_start, 2)})
     outputs.append(images['output'])
@@ -203,5 +208,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      os.path.join(plot_dir, 'latent_sweep_images.png'),
                      'test images (top), then reconstructions from each latent size',
                      ['input', *(f'{n} latents' for n in sizes)])
-  workdir_lib.write_results(workdir, sweep, config, start)
   return sweep

@@ -6,7 +6,6 @@ weight and bias are read back as the line it learned: weight = f(1) - f(0),
 bias = f(0), which also holds for the linear three-layer variant.
 """
 import os
-import time
 from typing import Any
 
 import jax.numpy as jnp
@@ -18,10 +17,15 @@ from lib import models
 from lib import plots
 from lib import tasks
 from lib import train
-from lib import workdir as workdir_lib
 
 CELSIUS = np.array([-40, -10, 0, 8, 15, 22, 38], np.float32)
 FAHRENHEIT = np.array([-40, 14, 32, 46, 59, 72, 100], np.float32)
+
+
+def headline(results: dict[str, Any]) -> str:
+  """The fitted line against the law."""
+  return (f"learned f = {results['weight']:.4f} c + {results['bias']:.3f} (the law: 1.8 c + 32); "
+          f"100 C -> {results['prediction_100c']:.2f} F")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -32,11 +36,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
-  train.check_config(config)
   model = models.create(config.model, **config.model_kwargs)
   pairs = {'x': CELSIUS[:, None], 'y': FAHRENHEIT[:, None]}
   # No held-out data in the notebook: 'val' is the loss on the same 7 pairs.
@@ -63,5 +64,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 {'mean squared error': [h['train_loss'] for h in history]},
                 os.path.join(workdir, 'plots', 'loss.png'), xlabel='epoch', ylabel='loss',
                 title=f"weight {results['weight']:.4f}, bias {results['bias']:.3f}", logy=True)
-  workdir_lib.write_results(workdir, results, config, start)
   return results

@@ -7,7 +7,6 @@ validation_steps, cached training data, the best checkpoint and early stopping.
 Configs: configs/mnist_cnn.py, configs/fashion_mlp.py, configs/fashion_cnn.py.
 """
 import os
-import time
 from typing import Any
 
 import jax
@@ -19,7 +18,14 @@ from lib import models
 from lib import plots
 from lib import tasks
 from lib import train
-from lib import workdir as workdir_lib
+
+
+def headline(results: dict[str, Any]) -> str:
+  """Test accuracy and loss (and the LR range test's suggestion)."""
+  line = f"test accuracy {results['test_accuracy']:.4f}, test loss {results['test_loss']:.4f}"
+  if results.get('suggested_lr'):
+    line += f"; LR range test suggests learning_rate={results['suggested_lr']:.2g}"
+  return line
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -30,11 +36,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
-  train.check_config(config)
   info = input_pipeline.image_info(config)  # Checked before any work.
   model = models.create(config.model, outputs=info.num_classes, **config.model_kwargs)
   data = input_pipeline.image_classification(config)
@@ -55,5 +58,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     show = np.sort(np.concatenate([wrong, right]))
     plots.prediction_grid(x[show], y[show], probs[show], data.class_names,
                           os.path.join(plot_dir, 'predictions.png'))
-  workdir_lib.write_results(workdir, summary, config, start)
   return summary

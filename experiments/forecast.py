@@ -14,7 +14,6 @@ range test (--config.lr_finder=True).
 import copy
 import functools
 import os
-import time
 from typing import Any
 
 from absl import logging
@@ -28,7 +27,6 @@ from lib import models
 from lib import plots
 from lib import tasks
 from lib import train
-from lib import workdir as workdir_lib
 from lib.errors import NonFiniteLossError, UserError
 
 
@@ -140,6 +138,16 @@ def _activation_study(config, workdir, train_split, val_split, std, naive_mae):
   return {'runs': runs, 'by_activation': table}
 
 
+def headline(results: dict[str, Any]) -> str:
+  """Validation MAE against the best baseline (or the activation study's tally)."""
+  if 'activation_study' in results:
+    return '; '.join(f"{a}: {t['diverged']}/{t['runs']} runs diverged, median val MAE "
+                     f"{t['median_val_mae'] if t['median_val_mae'] is None else round(t['median_val_mae'], 2)}"
+                     for a, t in results['activation_study']['by_activation'].items())
+  name, mae = min(results['baselines_val_mae'].items(), key=lambda kv: kv[1])
+  return f"val MAE {results['val_mae']:.3f}; the best baseline ({name}) {mae:.3f}"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the configured forecaster (or runs the ReLU vs tanh study); writes results and plots.
 
@@ -148,11 +156,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
-  train.check_config(config)
   _check(config)
   models.create(config.model, outputs=1, **config.model_kwargs)
 
@@ -192,7 +197,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys())
       ax.grid(alpha=0.3)
       plots.save(fig, os.path.join(plot_dir, 'activation_study.png'))
-    workdir_lib.write_results(workdir, results, config, start)
     return results
 
   model, state, summary = _fit(config, workdir, train_split, val_split, std)
@@ -215,5 +219,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ax.set(xlabel='time', ylabel='value', title='forecast over the validation period')
     ax.legend()
     plots.save(fig, os.path.join(plot_dir, 'forecast.png'))
-  workdir_lib.write_results(workdir, results, config, start)
   return results

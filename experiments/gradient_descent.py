@@ -16,7 +16,6 @@ the optimizer the training engine uses. Both steps are compiled once and the
 optimizes one number without data, so it does not go through lib.train.fit.
 """
 import os
-import time
 from typing import Any
 
 from clu import metric_writers
@@ -28,7 +27,6 @@ import optax
 
 from lib import checkpoints
 from lib import plots
-from lib import workdir as workdir_lib
 
 
 def descend(x0: jax.Array, target: float, lr: float, num_steps: int) -> tuple[jax.Array, jax.Array]:
@@ -56,6 +54,12 @@ def descend(x0: jax.Array, target: float, lr: float, num_steps: int) -> tuple[ja
   return jnp.concatenate([x0[None], xs]), jnp.concatenate([x0[None], xs_optax])
 
 
+def headline(results: dict[str, Any]) -> str:
+  """Where both descents ended, against the closed form."""
+  return (f"x = {results['x_final']:.5f} by hand, {results['x_final_optax']:.5f} with optax "
+          f"(closed form {results['x_final_closed_form']:.5f}) after {results['steps']} steps")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs both descents; writes x per step (TensorBoard and a plot), a checkpoint and results.json.
 
@@ -64,10 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
   x0 = jax.random.normal(jax.random.PRNGKey(config.seed), ())
   ckpt = checkpoints.Checkpoints(workdir, keep=1)
   if ckpt.latest_step() == config.num_steps:  # Done before: report the saved trajectories.
@@ -100,5 +102,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'x_final_closed_form': float(config.target + (xs[0] - config.target)
                                    * (1 - 2 * config.learning_rate) ** config.num_steps),
   }
-  workdir_lib.write_results(workdir, results, config, start)
   return results

@@ -8,7 +8,6 @@ cannot. The data is generated locally (the mnist1d package), then trained
 through the one engine and pipeline.
 """
 import os
-import time
 from typing import Any
 
 import jax
@@ -20,7 +19,6 @@ from lib import models
 from lib import plots
 from lib import tasks
 from lib import train
-from lib import workdir as workdir_lib
 from lib.errors import UserError
 
 
@@ -35,6 +33,11 @@ def make_dataset(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
           'x_test': data['x_test'].astype(np.float32), 'y_test': data['y_test'].astype(np.int32)}
 
 
+def headline(results: dict[str, Any]) -> str:
+  """Test accuracy."""
+  return f"test accuracy {results['test_accuracy']:.4f} on {results['test_examples']} examples"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the configured model on MNIST-1D; writes results.json and plots.
 
@@ -43,11 +46,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
-  train.check_config(config)
   if not 0 < config.train_fraction < 1:
     raise UserError(f'config.train_fraction={config.train_fraction} must be in (0, 1)')
   model = models.create(config.model, outputs=10, **config.model_kwargs)
@@ -67,5 +67,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 {f'digit {d}': data['x'][i] + 3 * d for d, i in enumerate(firsts)},
                 os.path.join(plot_dir, 'examples.png'), xlabel='position',
                 ylabel='value (offset by class)', title='MNIST-1D: one training sequence per class')
-  workdir_lib.write_results(workdir, results, config, start)
   return results

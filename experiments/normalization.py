@@ -13,7 +13,6 @@ shared rate).
 import copy
 import math
 import os
-import time
 from typing import Any
 
 from absl import logging
@@ -28,7 +27,6 @@ from lib import models
 from lib import plots
 from lib import tasks
 from lib import train
-from lib import workdir as workdir_lib
 from lib.errors import NonFiniteLossError, UserError
 
 
@@ -117,6 +115,13 @@ def _fit(config: ml_collections.ConfigDict, workdir: str,
     return None
 
 
+def headline(results: dict[str, Any]) -> str:
+  """The largest learning rate that trains, per input normalization."""
+  modes = [k for k in results if k != 'toy']
+  return 'largest learning rate that trains: ' + ', '.join(
+      f"{m} {results[m]['largest_learning_rate_that_trains']}" for m in modes)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The toy problem, then per normalization the LR sweep and the shared-rate curves.
 
@@ -125,11 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory; each training run has its own subdirectory.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
-  train.check_config(config)
   _check(config)
   input_pipeline.image_info(config)  # Checked before any work.
   models.create(config.model, **config.model_kwargs)
@@ -192,5 +194,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ax.grid(alpha=0.3)
     ax.legend(title='pixels')
     plots.save(fig, os.path.join(plot_dir, 'loss_curves.png'))
-  workdir_lib.write_results(workdir, results, config, start)
   return results

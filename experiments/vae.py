@@ -12,7 +12,6 @@ After training the experiment reports the importance-weighted bound on
 """
 import math
 import os
-import time
 from typing import Any
 
 import jax
@@ -27,7 +26,6 @@ from lib import models
 from lib import plots
 from lib import tasks
 from lib import train
-from lib import workdir as workdir_lib
 
 
 def binarize(example: input_pipeline.Example, key: jax.Array) -> input_pipeline.Example:
@@ -103,6 +101,12 @@ def _plots(model, state, data, config, plot_dir: str) -> None:
               ['input', 'decoded'])
 
 
+def headline(results: dict[str, Any]) -> str:
+  """The test bounds on -log p(x), in nats."""
+  return (f"{results['latents']} latents: test negative ELBO {results['test_neg_elbo']:.2f} nats, "
+          f"IWAE-{results['iwae_samples']} NLL {results['test_iwae_nll']:.2f}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the VAE; writes results.json (negative ELBO, its terms, IWAE bound) and the plots.
 
@@ -111,11 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir: the run's directory.
 
   Returns:
-    The results written to results.json.
+    The results (the launcher writes them to results.json).
   """
-  start = time.time()
-  workdir = workdir_lib.prepare(workdir)
-  train.check_config(config)
   info = input_pipeline.image_info(config)  # Checked before any work.
   model = models.create(config.model, outputs=int(np.prod(info.image_shape)),
                         **config.model_kwargs)
@@ -141,5 +142,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if summary['history']:
       plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))
     _plots(model, state, data, config, plot_dir)
-  workdir_lib.write_results(workdir, results, config, start)
   return results

@@ -13,12 +13,12 @@ import shutil
 from typing import Any
 
 from absl import logging as absl_logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from lib.errors import DiskFull
-
+from lib.errors import DiskFull, UserError
 
 
 def _drop_orbax_info(record: logging.LogRecord) -> bool:
@@ -46,6 +46,15 @@ class _LatestAndBest(policies.PreservationPolicy):
     return [c.step in latest or c.step == best for c in checkpoints]
 
 
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """Each array's path ('params/Dense_0/kernel') and shape; orbax's metadata and states alike."""
+  def name(key):
+    return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, 'shape'))[0]
+  return {'/'.join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves
+          if hasattr(leaf, 'shape')}
+
+
 class Checkpoints:
   """Saves and restores (state, meta) pairs by step.
 
@@ -60,6 +69,7 @@ class Checkpoints:
         self.directory,
         options=ocp.CheckpointManagerOptions(preservation_policy=_LatestAndBest(n=keep)),
         item_names=('state', 'meta'))
+    self._handler = ocp.StandardCheckpointHandler()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -104,11 +114,41 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def restore(self, step: int, state: Any = None) -> tuple[Any, dict[str, Any]]:
-    """Restores `step` into arrays shaped and sharded like `state` (as saved if None)."""
+    """Restores `step` into arrays shaped and sharded like `state`.
+
+    With state=None, into a tree of dicts and lists as saved, on this process's
+    first device: a checkpoint saved on any number of devices reads anywhere.
+    """
     self.wait_until_finished()  # The step may still be being written.
+    if state is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      state = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          self._handler.metadata(epath.Path(self.directory) / str(step) / 'state').tree,
+          is_leaf=lambda x: hasattr(x, 'shape'))
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
+
+  def _check_fits(self, step: int, state: Any) -> None:
+    """Raises UserError if checkpoint `step` holds arrays of other names or shapes than `state`.
+
+    Such a checkpoint is readable, only not by this model: it is an error
+    that moves nothing, never a reason to set the checkpoint aside.
+    """
+    try:
+      saved = _shapes(self._handler.metadata(epath.Path(self.directory) / str(step) / 'state'))
+    except Exception:  # pylint: disable=broad-except  # Unreadable: restore_latest decides.
+      return
+    here = _shapes(state)
+    diffs = [f'{k}: {saved.get(k, "absent")} saved, {here.get(k, "absent")} here'
+             for k in sorted(saved.keys() | here.keys(), key=lambda k: (not k.startswith('params'), k))
+             if saved.get(k) != here.get(k)]
+    if diffs:
+      raise UserError(
+          f'checkpoint {step} in {self.directory} does not fit this model ({len(diffs)} arrays '
+          f'differ: {"; ".join(diffs[:3])}{"; ..." if len(diffs) > 3 else ""}); nothing was '
+          'moved: pass a new --workdir, or the config the checkpoint was trained with')
 
   def restore_latest(self, state: Any) -> tuple[int, Any, dict[str, Any]] | None:
     """Restores the newest checkpoint that reads back, or None if there is none.
@@ -117,14 +157,17 @@ class Checkpoints:
     that orbax's atomic rename did not cover) is moved aside to
     `checkpoints_unreadable/STEP` with a warning, and the previous one is
     tried: the run resumes from the newest good step and loses nothing else.
+    One that reads but holds another model's arrays is an error that moves nothing.
 
     Args:
-      state: the template the arrays are restored into.
+      state: the template the arrays are restored into, shaped and sharded as
+        this run needs them (a run saved on 8 devices restores onto 1 or 4).
 
     Returns:
       (step, state, meta) of the newest readable checkpoint, or None.
     """
     for step in sorted(self._manager.all_steps(), reverse=True):
+      self._check_fits(step, state)
       try:
         return (step, *self.restore(step, state))
       except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.

@@ -495,15 +495,17 @@ def image_info(config: ml_collections.ConfigDict) -> ImageInfo:
   TensorFlow then), else from TFDS.
 
   Raises:
-    UserError: unknown dataset, no 'image'/'label' features, unknown normalization.
+    UserError: unknown dataset, no 'image'/'label' features, unknown normalization, or
+      a dataset that is not prepared and cannot be built offline as the config says.
   """
   check_normalization(config.normalization)
   info = _cached_info(config)
   if info is None or not all(_is_cached(config, s) for s in _split_fields(config).values()):
-    from lib import streaming  # pylint: disable=g-import-not-at-top
-    builder = streaming.tfds_builder(config)
-    streaming.check_image_classification(builder)
-    info = streaming.image_info(builder)
+    from lib import tfds_builders  # pylint: disable=g-import-not-at-top
+    builder = tfds_builders.builder(config)
+    tfds_builders.check_image_classification(builder)
+    tfds_builders.check(builder, config)
+    info = tfds_builders.image_info(builder)
   return ImageInfo(info['num_classes'], info['class_names'], tuple(info['image_shape']))
 
 
@@ -532,13 +534,13 @@ def image_classification(config: ml_collections.ConfigDict,
   if to_cache is None and all(a is not None for a in arrays.values()):
     return _on_devices(config, info, {f: arrays[s] for f, s in fields.items()})
 
-  from lib import streaming  # pylint: disable=g-import-not-at-top
-  builder = streaming.tfds_builder(config)
-  streaming.prepare(builder, config)
+  from lib import streaming, tfds_builders  # pylint: disable=g-import-not-at-top
+  builder = tfds_builders.builder(config)
+  tfds_builders.prepare(builder, config)
   budget = config.device_data_mb * 2**20
   sizes = [streaming.split_bytes(builder, s, f) for s, f in splits.items()]
   if to_cache is None and budget > 0 and all(n is not None and n <= budget for n in sizes):
-    full_info = streaming.image_info(builder)
+    full_info = tfds_builders.image_info(builder)
     for split, field in splits.items():
       if arrays[split] is None:
         arrays[split] = streaming.read_split(builder, split, field)

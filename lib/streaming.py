@@ -17,20 +17,16 @@ augmentation run in the step, in JAX, as for arrays on the devices.
 """
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
-import difflib
 import functools
 import math
-import os
-import tempfile
-from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lib import parallel
+from lib import tfds_builders
 from lib.errors import UserError
 
 # TF only reads data here: keep it off the accelerators that JAX uses.
@@ -316,55 +312,6 @@ def eval_dataset(split: StreamSplit, batch_size: int,
   return ds.batch(batch_size).take(n).prefetch(AUTOTUNE)
 
 
-def tfds_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of `config.dataset` in `config.data_dir`, not yet prepared.
-
-  Raises:
-    UserError: the name is not a TFDS dataset.
-  """
-  try:
-    return tfds.builder(config.dataset, data_dir=config.data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
-    raise UserError(
-        f'config.dataset={config.dataset!r} is not a TFDS dataset'
-        + (f'; did you mean {close}?' if close else '; see tfds.list_builders()')) from None
-
-
-def prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
-  """Builds the dataset into data_dir if it is not there yet.
-
-  From `config.manual_dir` (the dataset's original files; TFDS verifies their
-  checksums) when given, else by download when `config.download` allows it.
-
-  Raises:
-    UserError: the data is missing and cannot be built offline.
-  """
-  if builder.is_prepared():
-    return
-  name = builder.info.name
-  if config.manual_dir and not os.path.isdir(config.manual_dir):
-    raise UserError(f'config.manual_dir={config.manual_dir!r} is not a directory')
-  if not config.manual_dir and not config.download:
-    raise UserError(
-        f'dataset {name!r} is not prepared in {builder.data_dir} and this run may not download; '
-        f'pass --config.manual_dir=DIR with its original files (e.g. ../shared/data/{name}), '
-        '--config.data_dir=DIR where it is prepared, or --config.download=True')
-  # TFDS names an extracted manual file after its file name alone, so in a shared
-  # extract_dir MNIST and Fashion-MNIST (same file names) would reuse each
-  # other's files. Extract into a fresh directory instead.
-  with tempfile.TemporaryDirectory(prefix=f'tfds_extract_{name}_') as extract_dir:
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=config.manual_dir, extract_dir=extract_dir,
-        force_checksums_validation=bool(config.manual_dir), try_download_gcs=not config.manual_dir)
-    try:
-      builder.download_and_prepare(download_config=download_config)
-    except Exception as e:  # TFDS raises many kinds: network, checksum, missing file.
-      raise UserError(
-          f'could not build {name!r} into {builder.data_dir}: {type(e).__name__}: '
-          + str(e).strip().splitlines()[0]) from e
-
-
 def _split_datasets(builder: tfds.core.DatasetBuilder, split: str, field: str,
                     names: dict[int, str]) -> dict[int, tf.data.Dataset]:
   try:
@@ -374,18 +321,9 @@ def _split_datasets(builder: tfds.core.DatasetBuilder, split: str, field: str,
                     + str(e).strip().splitlines()[0]) from None
 
 
-def image_info(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
-  """What models and plots need to know of an image classification dataset."""
-  label = builder.info.features['label']
-  return {'num_classes': label.num_classes, 'class_names': list(label.names),
-          'image_shape': list(builder.info.features['image'].shape),
-          'image_dtype': np.dtype(builder.info.features['image'].np_dtype).name,
-          'version': str(builder.info.version)}
-
-
 def split_bytes(builder: tfds.core.DatasetBuilder, split: str, field: str) -> int | None:
   """Bytes of a split's images and labels as arrays; None where image sizes vary."""
-  info = image_info(builder)
+  info = tfds_builders.image_info(builder)
   if None in info['image_shape']:
     return None
   if not builder.is_prepared():  # Mocked (tfds.testing.mock_data): no split sizes; small.
@@ -438,11 +376,4 @@ def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
   shards = _split_datasets(builder, split, field, {i: names[i] for i in indices})
   return from_shards({i: ds.map(preprocess, num_parallel_calls=AUTOTUNE)
                       for i, ds in shards.items()})
-
-
-def check_image_classification(builder: tfds.core.DatasetBuilder) -> None:
-  features = builder.info.features
-  if 'image' not in features or 'label' not in features:
-    raise UserError(f'config.dataset={builder.info.name!r} has features {list(features)}; '
-                    "an image classifier needs 'image' and 'label'")
 

@@ -1,40 +1,156 @@
-"""A run's working directory: checked before any work, and results.json at the end."""
+"""A run's working directory: one run at a time, the config it was started with, results.json.
+
+The launcher (python -m experiments) takes the workdir's lock, checks a rerun's
+config against the one recorded at the first start, and writes results.json at
+the end; experiments only train and evaluate.
+"""
+import contextlib
+import datetime
+import fcntl
 import json
 import os
+import socket
 import time
-from typing import Any
+from typing import Any, Iterator
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
 from lib.errors import UserError
 
+# Fields that only extend or observe a run: a rerun may change them and still resume.
+# Every other field changes the train state's structure, the data or a step's maths.
+RESUMABLE_FIELDS = frozenset({
+    'num_epochs', 'log_every_steps', 'log_every_seconds', 'eval_every_epochs',
+    'checkpoint_every_epochs', 'keep_checkpoints', 'early_stopping_patience', 'restore_best',
+    'eval_batch_size', 'data_dir', 'manual_dir', 'download',
+})
+# Where a schedule depends on the run's length, a longer run stretches it.
+_LENGTH_DEPENDENT = ('cosine', 'warmup_cosine')
+CONFIG_FILE = 'config.json'
 
-def prepare(workdir: str) -> str:
-  """Creates `workdir` (and `workdir/plots`) and checks that it can be written.
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[str]:
+  """Creates `workdir` (and `workdir/plots`) and holds its lock; another run on it fails at once.
+
+  Each process of a run locks its own file, `lock.PROCESS_INDEX`: the
+  processes of one multi-host run share the workdir, and any second run
+  collides on process 0's file. `flock` locks belong to the open file, so the
+  kernel releases them when the process dies, even by `kill -9`: no stale locks.
 
   Args:
     workdir: the run's directory.
 
-  Returns:
+  Yields:
     The absolute path of the directory.
 
   Raises:
-    UserError: the directory cannot be created or written.
+    UserError: the directory cannot be written, or another process holds its
+      lock (named by host, pid and start).
   """
   path = os.path.abspath(workdir)
-  probe = os.path.join(path, '.write_test')
   try:
-    os.makedirs(os.path.join(path, 'plots'), exist_ok=True)
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, f'lock.{jax.process_index()}'), os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise UserError(
-        f'--workdir={workdir} cannot be written ({e.strerror}); '
-        'pass a directory you can write to') from None
-  return path
+    raise UserError(f'--workdir={workdir} cannot be written ({e.strerror}); '
+                    'pass a directory you can write to') from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = ''
+      for _ in range(20):  # The holder writes its name just after it locks.
+        holder = os.pread(fd, 1000, 0).decode(errors='replace').strip()
+        if holder:
+          break
+        time.sleep(0.05)
+      raise UserError(f'--workdir={workdir} is in use by another run ({holder or "unknown"}); '
+                      'wait for it to end, stop it, or pass another --workdir') from None
+    since = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'host {socket.gethostname()}, pid {os.getpid()}, since {since}'.encode(), 0)
+    os.makedirs(os.path.join(path, 'plots'), exist_ok=True)
+    yield path
+  finally:
+    os.close(fd)  # Releases the lock.
+
+
+def _flat(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _has_resume_point(workdir: str) -> bool:
+  ckpt = os.path.join(workdir, 'checkpoints')
+  steps = os.listdir(ckpt) if os.path.isdir(ckpt) else []
+  return any(s.isdigit() for s in steps) or os.path.exists(os.path.join(workdir, 'results.json'))
+
+
+def _recorded_config(workdir: str) -> dict[str, Any] | None:
+  for name, key in ((CONFIG_FILE, None), ('results.json', 'config')):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        record = json.load(f)
+      return record[key] if key else record
+  return None
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Compares `config` with the one the workdir's run started with; then records it.
+
+  A workdir with something to lose (a checkpoint or results.json) resumes
+  only under a config that differs in RESUMABLE_FIELDS at most; those
+  changes are logged. One with nothing to lose takes the new config.
+
+  Args:
+    workdir: the run's directory, locked.
+    config: this run's config.
+
+  Raises:
+    UserError: a field outside RESUMABLE_FIELDS changed; one line per field, old → new.
+  """
+  new = _flat(_to_json(config.to_dict()))
+  old = _recorded_config(workdir) if _has_resume_point(workdir) else None
+  if old is not None:
+    old = _flat(old)
+    changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k])
+    refused = [k for k in changed if k.split('.')[0] not in RESUMABLE_FIELDS]
+    if refused:
+      lines = '\n'.join(f'  config.{k}: {old[k]!r} → {new[k]!r}' for k in refused)
+      raise UserError(
+          f'--workdir={workdir} holds a run of another config; these fields differ:\n{lines}\n'
+          'Pass a new --workdir for the new config, or the old values to resume the run '
+          f'(its config is in {os.path.join(workdir, CONFIG_FILE)}). Nothing was changed.')
+    for k in changed:
+      logging.info('resuming with config.%s changed: %r → %r', k, old[k], new[k])
+    if 'num_epochs' in changed and new.get('lr_schedule') in _LENGTH_DEPENDENT:
+      logging.warning('config.num_epochs changed under lr_schedule=%r: the schedule now spans '
+                      'the new length, so the resumed steps follow another curve than the '
+                      'saved ones did', new['lr_schedule'])
+    for k in sorted(new.keys() - old.keys()):
+      logging.warning('config.%s=%r is not in the recorded config (a field added since); '
+                      'taking it', k, new[k])
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+
+
+def _write_json(path: str, payload: Any) -> None:
+  """Writes `payload` beside `path` and renames it into place: never half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(_to_json(payload), f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
 
 
 def _to_json(value: Any) -> Any:
@@ -72,9 +188,5 @@ def write_results(workdir: str, results: dict[str, Any],
   payload['wall_seconds'] = round(time.time() - start_time, 2)
   payload['devices'] = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   payload['config'] = config.to_dict()
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(_to_json(payload), f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
+  _write_json(path, payload)
   return path

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from configs import fashion_mlp, mnist_cnn
-from lib import input_pipeline, parallel, streaming
+from lib import input_pipeline, streaming
 from lib.errors import UserError
 from tests.conftest import mock_tfds, tiny
 

@@ -6,7 +6,7 @@ import pytest
 
 from configs import mnist_cnn
 from experiments import classifier
-from lib import input_pipeline, streaming
+from lib import input_pipeline, streaming, tfds_builders
 from lib.errors import UserError
 from tests.conftest import run_cli
 
@@ -17,7 +17,7 @@ def mnist_data_dir(mnist_dir, tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   config = mnist_cnn.get_config()
   config.update(data_dir=data_dir, manual_dir=mnist_dir)
-  streaming.prepare(streaming.tfds_builder(config), config)
+  tfds_builders.prepare(tfds_builders.builder(config), config)
   return data_dir
 
 
@@ -46,8 +46,8 @@ def test_mnist_and_fashion_mnist_built_in_one_data_dir_stay_apart(mnist_data_dir
   for name, manual_dir in (('mnist', mnist_dir), ('fashion_mnist', fashion_dir)):
     config = mnist_cnn.get_config()
     config.update(dataset=name, data_dir=mnist_data_dir, manual_dir=manual_dir)
-    builder = streaming.tfds_builder(config)
-    streaming.prepare(builder, config)
+    builder = tfds_builders.builder(config)
+    tfds_builders.prepare(builder, config)
     images = builder.as_dataset(split='test').map(lambda ex: ex['image'])
     means[name] = float(input_pipeline.channel_stats(images.batch(4096).as_numpy_iterator())[0][0])
   # Published test-set pixel means: MNIST 33.8, Fashion-MNIST 73.1 (of 255).
@@ -64,7 +64,7 @@ def test_wrong_files_in_manual_dir_fail_the_checksum(tmp_path):
   config = mnist_cnn.get_config()
   config.update(data_dir=str(tmp_path / 'tfds'), manual_dir=str(fake))
   with pytest.raises(UserError, match="could not build 'mnist'.*checksum"):
-    streaming.prepare(streaming.tfds_builder(config), config)
+    tfds_builders.prepare(tfds_builders.builder(config), config)
 
 
 def test_arrays_cached_beside_tfds_load_without_tensorflow_and_equal_tfds(mnist_data_dir, tmp_path):
@@ -73,7 +73,7 @@ def test_arrays_cached_beside_tfds_load_without_tensorflow_and_equal_tfds(mnist_
   data = input_pipeline.image_classification(config)  # Read from TFDS, cached (or loaded).
   assert data.train.stream is None and data.train.arrays['x'].dtype == np.uint8
   assert data.train.arrays['x'].shape == (60000, 28, 28, 1)
-  builder = streaming.tfds_builder(config)
+  builder = tfds_builders.builder(config)
   tfds_test = streaming.read_split(builder, 'test', 'test_split')
   for k in ('x', 'y'):
     np.testing.assert_array_equal(data.test.arrays[k], tfds_test[k])
