@@ -2,7 +2,10 @@
 
 An experiment's config starts from `training()` (and `tfds_data()` when it reads
 a TFDS dataset) and overrides what it changes. The comments here document each
-shared field once.
+shared field once. A rerun in a workdir resumes its run; it may change only the
+fields that extend or observe it (lib.workdir.RESUMABLE_FIELDS: num_epochs, the
+logging, evaluation and checkpoint periods, patience, data_dir, ...): any other
+change is refused before any work.
 """
 import ml_collections
 from ml_collections import config_dict

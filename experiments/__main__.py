@@ -25,14 +25,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF only feeds data, if at 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
-import jax
 import ml_collections
 from ml_collections import config_flags
 
 import experiments
-from lib import train
-from lib import workdir as workdir_lib
 from lib.errors import is_disk_full, UserError
+
+# JAX and the library are imported once the command line has been checked, so that
+# a mistake there is reported in a second.
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: configs/NAME.py or configs/NAME.py:VARIANT.',
@@ -72,6 +72,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   Raises:
     UserError: bad config, workdir in use, or a rerun under a changed config.
   """
+  from lib import train  # pylint: disable=g-import-not-at-top
+  from lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   start = time.time()
   module = experiment_module(config)
   if 'optimizer' in config:  # Configs built on configs.common.training() train through lib.train.
@@ -142,7 +144,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         holder = config
         for parent in parents:
           holder = holder[parent]
-        message += f' (config.{field.group(1)} takes a {holder.get_type(leaf).__name__})'
+        message += (f' (config.{field.group(1)} expects a value of type '
+                    f'{holder.get_type(leaf).__name__})')
       raise UserError(message) from None
   except UserError as e:
     sys.stderr.write(f'error: {e}\n')
@@ -153,6 +156,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}; fields are set as --config.FIELD=VALUE')
   if _DISTRIBUTED.value:  # Before any JAX computation: every process joins the same runtime.
+    import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   try:

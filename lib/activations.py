@@ -13,8 +13,8 @@ def relu(x: jax.Array) -> jax.Array:
   broadcast with two users stayed out of them, so every step wrote out a tensor
   of zeros the size of each ReLU's input (12.8 MB for the MNIST CNN's first
   layer). -0.0 is another constant, and max(x, -0.0) == max(x, 0.0) for every x:
-  the MNIST CNN's step is 4-5% faster on CPU with either YNNPACK setting (paired,
-  README, issue 3), and GPU/TPU run the same ops.
+  the MNIST CNN's step is 4-5% faster on CPU with either YNNPACK setting
+  (docs/performance.md), and GPU/TPU run the same ops.
 
   Args:
     x: any array.

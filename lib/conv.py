@@ -7,7 +7,7 @@ speed once lib.cpu keeps lone convolutions out of YNNPACK), lib.conv_kernel the
 weight gradients (XLA's ran at ~115 GFLOP/s, the kernel at ~190) and, with
 `relu_pool='avg'` or `'max'`, a whole first block (conv from 1-3 channels + bias
 + ReLU + 2x2 pool, forward and backward) in one pass. The MNIST CNN's step,
-paired in one process: 1.46x XLA's convolutions (README, issue 3).
+paired in one process: 1.46x XLA's convolutions (docs/performance.md).
 `impl='im2col'` writes the convolution as the kh*kw shifted, strided slices of
 the padded input side by side times the kernel as one matrix; 'auto' takes it on
 a CPU whose XLA still sends lone convolutions to YNNPACK (the user's own

@@ -1,7 +1,7 @@
 """Settings that make training fast on CPU, applied once, before JAX, TF or numpy start.
 
 Two causes of slow CPU steps, both measured on the MNIST CNN step
-(benchmarks/frameworks.py, README "Benchmarks"):
+(benchmarks/frameworks.py, docs/performance.md):
 
 * Page faults. XLA:CPU allocates each step's temporary buffers anew (~40 MB for
   the MNIST CNN). glibc's malloc serves allocations that large by mmap, or from
@@ -14,10 +14,10 @@ Two causes of slow CPU steps, both measured on the MNIST CNN step
 * YNNPACK convolutions. XLA:CPU (jaxlib 0.10) sends convolutions to YNNPACK,
   whose backward convolutions are slow here; `configure` takes convolutions
   out of XLA:CPU's default YNNPACK fusions and leaves the rest as installed.
-  Adding YNNPACK's elementwise and reduce fusions (this module's choice until
-  2026-11-24) made the MNIST CNN's step ~7% faster but dense models' steps
-  15-30% slower (fresh processes, interleaved: vae 24,800 vs 29,100 examples/s,
-  mlp 91,800 vs 120,700); a convnet user can still ask for them in XLA_FLAGS.
+  Adding YNNPACK's elementwise and reduce fusions makes the MNIST CNN's step
+  ~7% faster but dense models' steps 15-30% slower (YNNPACK splits an Adam
+  update into three passes where XLA makes one loop); a convnet user can still
+  ask for them in XLA_FLAGS.
 
 `configure` leaves alone what the user chose: XLA_FLAGS that set the YNNPACK
 fusions, and malloc settings from the environment (MALLOC_*, GLIBC_TUNABLES, or

@@ -128,7 +128,8 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if refused:
       lines = '\n'.join(f'  config.{k}: {old[k]!r} → {new[k]!r}' for k in refused)
       raise UserError(
-          f'--workdir={workdir} holds a run of another config; these fields differ:\n{lines}\n'
+          f'--workdir={workdir} holds a run of another config '
+          f'({", ".join(f"config.{k}" for k in refused)} differ):\n{lines}\n'
           'Pass a new --workdir for the new config, or the old values to resume the run '
           f'(its config is in {os.path.join(workdir, CONFIG_FILE)}). Nothing was changed.')
     for k in changed:

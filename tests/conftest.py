@@ -1,4 +1,5 @@
 """Shared test helpers: tiny configs on mock data, and the real MNIST files when present."""
+import hashlib
 import json
 import os
 import subprocess
@@ -66,3 +67,65 @@ def mnist_dir():
   if not os.path.isfile(os.path.join(path, 'train-images-idx3-ubyte.gz')):
     pytest.skip(f'MNIST files not found in {path} (see ../shared/data/README.md)')
   return path
+
+
+# Installed as sitecustomize.py: every connection and name lookup fails, and is recorded.
+_NO_NETWORK = """
+import os, socket
+def _blocked(*args, **kwargs):
+  with open(os.environ['NETWORK_ATTEMPTS'], 'a') as f:
+    f.write(repr(args)[:200] + '\\n')
+  raise OSError('network blocked by the test')
+socket.getaddrinfo = socket.create_connection = _blocked
+_connect = socket.socket.connect
+def _connect_local(self, address):
+  if self.family in (socket.AF_INET, socket.AF_INET6):
+    _blocked(address)
+  return _connect(self, address)
+socket.socket.connect = _connect_local
+socket.socket.connect_ex = _connect_local
+"""
+
+
+def no_network_env(directory: str) -> dict[str, str]:
+  """Environment for run_cli in which Python cannot reach the network; attempts land in a file."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'sitecustomize.py'), 'w') as f:
+    f.write(_NO_NETWORK)
+  return {'PYTHONPATH': os.pathsep.join([directory, REPO]),
+          'NETWORK_ATTEMPTS': os.path.join(directory, 'attempts.txt')}
+
+
+def tree_digest(path: str) -> dict[str, str]:
+  """SHA-256 of every file under `path`, by relative name: equal digests, byte-for-byte equal trees."""
+  digests = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, 'rb') as f:
+        digests[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+@pytest.fixture(scope='session')
+def mnist_run(mnist_dir, tmp_path_factory):
+  """mnist_cnn:tiny through the launcher, building MNIST offline from the original files.
+
+  Networking is blocked for the whole run (no_network_env). Returns the TFDS
+  data_dir (MNIST prepared, arrays cached), the run's workdir and its
+  CompletedProcess, plus the file of network attempts.
+  """
+  root = tmp_path_factory.mktemp('mnist_run')
+  env = no_network_env(str(root / 'no_network'))
+  out = run_cli('--config=configs/mnist_cnn.py:tiny', f'--workdir={root / "run"}',
+                f'--config.data_dir={root / "tfds"}', f'--config.manual_dir={mnist_dir}',
+                env=env)
+  return {'data_dir': str(root / 'tfds'), 'workdir': str(root / 'run'), 'out': out,
+          'network_attempts': env['NETWORK_ATTEMPTS']}
+
+
+@pytest.fixture(scope='session')
+def mnist_data_dir(mnist_run):
+  """A TFDS data_dir with MNIST built from the original files, checksums verified."""
+  assert mnist_run['out'].returncode == 0, mnist_run['out'].stderr[-3000:]
+  return mnist_run['data_dir']

@@ -1,11 +1,15 @@
-"""The same run on 8 (fake CPU) devices and on 1 device gives the same numbers."""
+"""The same run on 8 (fake CPU) devices, on 1 device and on 2 processes gives the same numbers."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
+from lib import checkpoints
 from tests.conftest import REPO, read_results
 
 _RUN = r'''
@@ -78,3 +82,37 @@ def test_two_processes_end_like_one_process_with_the_same_global_batch(tmp_path)
     for key in ('train_loss', 'val_loss', 'val_accuracy'):
       assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
   assert two['test_accuracy'] == pytest.approx(one['test_accuracy'], abs=1e-6)
+
+
+def _final_params(workdir) -> dict:
+  ckpt = checkpoints.Checkpoints(str(workdir), keep=2)
+  state, _ = ckpt.restore(ckpt.latest_step())  # Onto this process's one device.
+  ckpt.close()
+  return state['params']
+
+
+def test_a_run_saved_on_8_devices_resumes_on_1_and_on_4_like_an_uninterrupted_run(tmp_path):
+  """Orbax restores the replicated state into the new run's shardings; the data order is the step's."""
+  args = ['--config=configs/mnist1d.py:tiny', '--config.batch_size=16',
+          '--config.eval_batch_size=48']
+
+  def run(devices, workdir, epochs):
+    out = subprocess.run(
+        [sys.executable, '-m', 'experiments', *args, f'--workdir={workdir}',
+         f'--config.num_epochs={epochs}'], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+             'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+  run(8, tmp_path / 'whole', 4)
+  run(8, tmp_path / 'half', 2)
+  whole = _final_params(tmp_path / 'whole')
+  for devices in (1, 4):
+    shutil.copytree(tmp_path / 'half', tmp_path / f'on{devices}')
+    out = run(devices, tmp_path / f'on{devices}', 4)
+    assert 'at step 6' in out.stderr and f'{devices} devices' in out.stderr
+    resumed = _final_params(tmp_path / f'on{devices}')
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    assert read_results(tmp_path / f'on{devices}')['steps'] == 12

@@ -11,16 +11,6 @@ from lib.errors import UserError
 from tests.conftest import run_cli
 
 
-@pytest.fixture(scope='module')
-def mnist_data_dir(mnist_dir, tmp_path_factory):
-  """A TFDS data_dir with MNIST built from the original files, checksums verified."""
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  config = mnist_cnn.get_config()
-  config.update(data_dir=data_dir, manual_dir=mnist_dir)
-  tfds_builders.prepare(tfds_builders.builder(config), config)
-  return data_dir
-
-
 def test_mnist_cnn_reaches_95_percent_in_a_few_hundred_steps(mnist_data_dir, tmp_path):
   config = mnist_cnn.get_config()
   config.update(data_dir=mnist_data_dir, num_epochs=1, steps_per_epoch=300,
