@@ -10,6 +10,8 @@ short epochs (config.steps_per_execution), and the terminal gets at most one
 line per epoch and per config.log_every_seconds.
 """
 from collections.abc import Callable, Sequence
+import copy
+import dataclasses
 import functools
 import math
 import os
@@ -121,14 +123,7 @@ def steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int) -> i
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
                            steps_per_epoch: int) -> optax.Schedule:
-  """`config.lr_schedule` over the run: constant, cosine decay to 0, or linear warmup then cosine.
-
-  With config.lr_finder, the range test's exponential sweep instead:
-  lr_finder_start * 10 ** (epoch / lr_finder_epochs_per_decade), epoch fractional.
-  """
-  if config.lr_finder:
-    steps_per_decade = steps_per_epoch * config.lr_finder_epochs_per_decade
-    return lambda step: config.lr_finder_start * 10.0 ** (step / steps_per_decade)
+  """`config.lr_schedule` over the run: constant, cosine decay to 0, or linear warmup then cosine."""
   lr = config.learning_rate
   if config.lr_schedule == 'constant':
     return optax.constant_schedule(lr)
@@ -421,6 +416,15 @@ class _Progress:
     return None
 
 
+def lr_sweep_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """The LR range test's exponential sweep (the course's 1e-8 * 10 ** (epoch / 20)).
+
+  lr_finder_start * 10 ** (epoch / lr_finder_epochs_per_decade), epoch fractional.
+  """
+  steps_per_decade = steps_per_epoch * config.lr_finder_epochs_per_decade
+  return lambda step: config.lr_finder_start * 10.0 ** (step / steps_per_decade)
+
+
 def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule,
                      steps_per_epoch: int, workdir: str) -> dict[str, Any]:
   """The LR range test's curve, its suggested rate and plot (plots/lr_finder.png).
@@ -445,12 +449,291 @@ def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule,
           'suggested_lr': suggested, 'lowest_loss_lr': rates[lowest]}
 
 
+def _due(first: int, last: int, period: int, total: int) -> bool:
+  """Whether it is time: a call that ran steps (first, last] crossed a multiple of `period`, or ended the run."""
+  return last // period > first // period or last == total
+
+
+@dataclasses.dataclass
+class _Engine:
+  """What a run sets up once: its step counts, schedule, initial state and compiled steps."""
+  steps_per_epoch: int
+  total_steps: int
+  per_call: int  # Steps per compiled call.
+  schedule: optax.Schedule
+  state: TrainState  # At step 0.
+  train_steps: TrainSteps
+  evaluate: Callable[..., dict[str, float]]  # (state, split, prefix, max_batches=None).
+  train_sharding: jax.sharding.Sharding
+  augmentation: input_pipeline.Augmentation
+
+
+def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
+            train: input_pipeline.Split, rng_streams: Sequence[str],
+            augmentation: input_pipeline.Augmentation,
+            schedule: optax.Schedule | None) -> _Engine:
+  """Steps, schedule, the state at step 0 and the compiled train and eval steps."""
+  if (len(augmentation.train) > 1 or train.buckets) and config.steps_per_execution != 1:
+    raise UserError('config.steps_per_execution must be 1 here: this experiment changes the '
+                    'batch shape from step to step, and only equal batches can be stacked')
+  mesh = parallel.make_mesh()
+  steps_per_epoch, total_steps = epochs_to_steps(config, train.num_examples)
+  per_call = steps_per_call(config, steps_per_epoch)
+  schedule = schedule or learning_rate_schedule(config, total_steps, steps_per_epoch)
+  example = input_pipeline.model_spec(train, augmentation.train[0])
+  state = create_train_state(config, model, example['x'].shape, example['x'].dtype,
+                             create_optimizer(config, schedule), parallel.replicated(mesh),
+                             rng_streams)
+  logging.info('model: %s params; %d steps per epoch, %d steps, %d per call; %d devices, %d '
+               'processes; training data %s', f'{models.count_params(state.params):,}',
+               steps_per_epoch, total_steps, per_call, jax.device_count(), jax.process_count(),
+               'on the devices' if train.stream is None else 'streamed through tf.data')
+  # The task's value names, found by tracing once without computing.
+  batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in example.items()}
+  names = sorted(jax.eval_shape(
+      lambda s, b: task(s.apply_fn({'params': s.params, **s.model_state}, b['x'], train=False,
+                                   rngs=_rngs(s.rng, rng_streams)), b), state, batch))
+  if config.best_metric and config.best_metric not in [f'val_{n}' for n in names]:
+    raise UserError(f'config.best_metric={config.best_metric!r} is not measured; '
+                    f"choose one of {[f'val_{n}' for n in names]}")
+  train_steps = TrainSteps(task, metrics_collection(names), mesh, rng_streams, train.preprocess,
+                           augmentation, per_call)
+  run_eval = functools.partial(evaluate, jit_eval_step(task, names, mesh, rng_streams),
+                               batch_size=config.eval_batch_size, augment=augmentation.eval)
+  train_sharding = (parallel.stacked_batch_sharding(mesh) if per_call > 1 else
+                    parallel.batch_sharding(mesh))
+  return _Engine(steps_per_epoch, total_steps, per_call, schedule, state, train_steps, run_eval,
+                 train_sharding, augmentation)
+
+
+class _Loop:
+  """The training loop and the bookkeeping it carries from call to call.
+
+  `meta` (history, best value and step, patience, stopped_early) is saved in
+  every checkpoint beside the state, so a resumed run carries on from it.
+
+  Args:
+    config: the run's config.
+    engine: from `_set_up`.
+    ckpt: the run's checkpoints.
+    writer: its TensorBoard events.
+    meta: the bookkeeping, fresh or restored.
+    saved_step: the step of the latest checkpoint, None if there is none.
+    sweep: an LR range test: a non-finite loss ends the run instead of failing it.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, engine: _Engine,
+               ckpt: checkpoints.Checkpoints, writer: summary.EventWriter,
+               meta: dict[str, Any], saved_step: int | None, sweep: bool):
+    self.config, self.engine, self.ckpt, self.writer = config, engine, ckpt, writer
+    self.meta, self.saved_step, self.sweep = meta, saved_step, sweep
+    self.progress = _Progress(engine.steps_per_epoch, engine.total_steps, config.log_every_steps)
+    self.last_line = 0.0  # When the terminal got its last epoch line.
+    self.started, self.start_step = time.time(), 0  # For the steps/s of those lines.
+
+  def run(self, state: TrainState, train: input_pipeline.Split,
+          val: input_pipeline.Split) -> TrainState:
+    """Trains from state.step to the end (or an early stop); returns the last state."""
+    config, engine = self.config, self.engine
+    every_eval = config.eval_every_epochs * engine.steps_per_epoch
+    every_save = config.checkpoint_every_epochs * engine.steps_per_epoch
+    step = int(state.step)
+    feed = input_pipeline.TrainFeed(train, config.batch_size, seed=config.seed,
+                                    shuffle_buffer=config.get('shuffle_buffer', 0),
+                                    start_step=step,
+                                    stack=engine.per_call if engine.per_call > 1 else 0)
+    self.started, self.start_step = time.time(), step
+    pending = None  # The previous call's metrics: read one call late, so that the host
+                    # never waits on the steps it has just dispatched.
+    with _StopSignals() as signals:
+      while step < engine.total_steps and not self.meta['stopped_early']:
+        # Step: dispatch the next call.
+        first, count = step, min(engine.per_call, engine.total_steps - step)
+        state, metrics = engine.train_steps(state, feed.data,
+                                            feed.next(count, engine.train_sharding),
+                                            engine.augmentation.index(step))
+        step += count
+        if pending and not self.absorb(*pending):
+          break
+        pending = (first, metrics)
+        evaluate_now = _due(first, step, every_eval, engine.total_steps)
+        save_now = _due(first, step, every_save, engine.total_steps)
+        if not (evaluate_now or save_now or signals.received):
+          continue
+        # Log: this call's metrics, now that the evaluation or checkpoint needs them.
+        if not self.absorb(*pending):
+          break
+        pending = None
+        # Evaluate.
+        if evaluate_now:
+          save_now = self.evaluate(state, step, val) or save_now
+        # Checkpoint.
+        if save_now or signals.received:
+          self.save(state, step)
+        # Stop on a signal, saved.
+        if signals.received:
+          raise Interrupted(f'{signals.received} at step {step}: checkpoint saved in '
+                            f'{self.ckpt.directory}; run the same command again to resume')
+      if pending:
+        self.absorb(*pending)
+    return state
+
+  def absorb(self, first: int, metrics: Any) -> bool:
+    """The host's share of a finished call: NaN check, TensorBoard, history.
+
+    Returns:
+      False where a non-finite loss ends an LR range test.
+
+    Raises:
+      NonFiniteLossError: a non-finite loss in a training run.
+    """
+    bad = self.progress.add(first, metrics)
+    if bad and self.sweep:
+      self.meta['stopped_early'] = True
+      logging.info('LR range test: loss is %s at step %d; the sweep ends there', bad[1], bad[0])
+      return False
+    if bad:
+      kept = (f'the last good checkpoint (step {self.saved_step}) is kept in '
+              f'{self.ckpt.directory}' if self.saved_step is not None else
+              'no checkpoint was saved yet')
+      raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}; training stopped, {kept}. '
+                               'Lower config.learning_rate or check the inputs')
+    for at, means in self.progress.windows:
+      self.writer.write_scalars(at, {'learning_rate': float(self.engine.schedule(at - 1)),
+                                     **{f'train_{k}': v for k, v in means.items()}})
+    self.progress.windows.clear()
+    self.meta['history'].extend(self.progress.epochs)
+    self.progress.epochs.clear()
+    return True
+
+  def evaluate(self, state: TrainState, step: int, val: input_pipeline.Split) -> bool:
+    """Evaluates `val` into the epoch's record; returns whether it is a new best (to save)."""
+    config = self.config
+    val_metrics = self.engine.evaluate(state, val, prefix='val_',
+                                       max_batches=config.validation_steps)
+    self.writer.write_scalars(step, val_metrics)
+    record = self.meta['history'][-1]
+    record.update(val_metrics)
+    improved = bool(config.best_metric) and _track_best(
+        self.meta, config, val_metrics[config.best_metric], step, record['epoch'])
+    if time.time() - self.last_line >= config.log_every_seconds or step == self.engine.total_steps:
+      self.last_line = time.time()
+      rate = (step - self.start_step) / (self.last_line - self.started)
+      logging.info('epoch %d (step %d, %.0f steps/s): %s', record['epoch'], step, rate,
+                   ', '.join(f'{k}={v:.5g}' for k, v in record.items()
+                             if k not in ('epoch', 'step')))
+    return improved or self.meta['stopped_early']
+
+  def save(self, state: TrainState, step: int) -> None:
+    if self.saved_step != step:
+      self.ckpt.save(step, state, self.meta, best_step=self.meta['best_step'])
+      self.saved_step = step
+
+
+def _finish(config: ml_collections.ConfigDict, engine: _Engine, ckpt: checkpoints.Checkpoints,
+            meta: dict[str, Any], state: TrainState, val: input_pipeline.Split,
+            test: input_pipeline.Split | None) -> tuple[TrainState, dict[str, float]]:
+  """The best weights if config.restore_best asks, and the final val_* and test_* metrics."""
+  final_step = int(state.step)
+  restore = config.restore_best and meta['best_step'] not in (None, final_step)
+  if restore:
+    state, _ = ckpt.restore(meta['best_step'], state)
+    logging.info('restored the best weights: epoch %d, %s=%.5g', meta['best_epoch'],
+                 config.best_metric, meta['best_value'])
+  final = {}
+  evaluated = [h for h in meta['history'] if any(k.startswith('val_') for k in h)]
+  if evaluated:
+    final.update({k: v for k, v in evaluated[-1].items() if k.startswith('val_')})
+  if restore:
+    final.update(engine.evaluate(state, val, prefix='val_', max_batches=config.validation_steps))
+  if test is not None:
+    final.update(engine.evaluate(state, test, prefix='test_'))
+  return state, final
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
+           train: input_pipeline.Split, val: input_pipeline.Split,
+           test: input_pipeline.Split | None, rng_streams: Sequence[str],
+           augment: input_pipeline.Augment | input_pipeline.Augmentation | None,
+           schedule: optax.Schedule | None = None,
+           sweep: bool = False) -> tuple[TrainState, dict[str, Any]]:
+  """`fit`'s engine; `schedule` replaces the config's, `sweep` makes a NaN end the run."""
+  # Set up: steps, the state at step 0, the compiled steps.
+  check_config(config)
+  engine = _set_up(config, model, task, train, rng_streams,
+                   input_pipeline.augmentation(augment), schedule)
+
+  # Restore the latest checkpoint, if any.
+  ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
+  meta = {'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
+          'epochs_since_best': 0, 'stopped_early': False}
+  state, saved_step = engine.state, None
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    saved_step, state, meta = restored
+    logging.info('resumed from %s at step %d', ckpt.directory, saved_step)
+  writer = summary.EventWriter(workdir, enabled=jax.process_index() == 0)
+  if saved_step is None:
+    writer.write_hparams(_flat_hparams(config))
+
+  try:
+    # The loop: step, log, evaluate, checkpoint, stop.
+    loop = _Loop(config, engine, ckpt, writer, meta, saved_step, sweep)
+    state = loop.run(state, train, val)
+    final_step = int(state.step)
+    # Finish: the best weights if asked, the final metrics.
+    state, final = _finish(config, engine, ckpt, meta, state, val, test)
+    writer.write_scalars(final_step, {k: v for k, v in final.items() if k.startswith('test_')})
+  finally:
+    ckpt.close()
+    writer.close()
+
+  results = {
+      'steps': final_step, 'steps_per_epoch': engine.steps_per_epoch,
+      'epochs': len(meta['history']), 'params': models.count_params(state.params),
+      'history': meta['history'],
+      # Compilations of the train step in this process: one per distinct batch shape.
+      'train_step_compiles': engine.train_steps.compiles(),
+      'stopped_early': meta['stopped_early'], 'best_epoch': meta['best_epoch'],
+      'restored_best': bool(config.restore_best and meta['best_step'] is not None),
+      **final,
+  }
+  if config.best_metric:
+    results[f'best_{config.best_metric}'] = meta['best_value']
+  return state, results
+
+
+def lr_range_test(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module,
+                  task: Task, train: input_pipeline.Split, val: input_pipeline.Split,
+                  test: input_pipeline.Split | None = None, rng_streams: Sequence[str] = (),
+                  augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
+                  ) -> tuple[TrainState, dict[str, Any]]:
+  """The LR range test (the notes' "schedule to find the rate") on the same engine.
+
+  Trains with `lr_sweep_schedule` in place of the config's schedule, without
+  early stopping or a best checkpoint, until the loss turns non-finite or
+  config.num_epochs end; adds the loss-vs-rate curve, `suggested_lr` and
+  plots/lr_finder.png to the results. Arguments as `fit`'s.
+  """
+  steps_per_epoch, _ = epochs_to_steps(config, train.num_examples)
+  schedule = lr_sweep_schedule(config, steps_per_epoch)
+  sweep = copy.deepcopy(config)
+  sweep.update(early_stopping_patience=0, restore_best=False, best_metric='')
+  state, results = _train(sweep, workdir, model=model, task=task, train=train, val=val,
+                          test=test, rng_streams=rng_streams, augment=augment,
+                          schedule=schedule, sweep=True)
+  results.update(_lr_range_result(results['history'], schedule, steps_per_epoch, workdir))
+  return state, results
+
+
 def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
         train: input_pipeline.Split, val: input_pipeline.Split,
         test: input_pipeline.Split | None = None, rng_streams: Sequence[str] = (),
         augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
         ) -> tuple[TrainState, dict[str, Any]]:
   """Trains `model` on `train`, evaluating on `val` every config.eval_every_epochs and on `test` at the end.
+
+  With config.lr_finder, runs `lr_range_test` instead.
 
   Args:
     config: the run's config (the engine fields of configs/common.py).
@@ -472,160 +755,6 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, ta
     evaluated), best epoch and value, whether it stopped early, and the final
     val_* and test_* metrics.
   """
-  # Set up: steps, the state, the compiled steps, the data on the devices.
-  check_config(config)
-  augmentation = input_pipeline.augmentation(augment)
-  if (len(augmentation.train) > 1 or train.buckets) and config.steps_per_execution != 1:
-    raise UserError('config.steps_per_execution must be 1 here: this experiment changes the '
-                    'batch shape from step to step, and only equal batches can be stacked')
-  mesh = parallel.make_mesh()
-  steps_per_epoch, total_steps = epochs_to_steps(config, train.num_examples)
-  per_call = steps_per_call(config, steps_per_epoch)
-  schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
-  example = input_pipeline.model_spec(train, augmentation.train[0])
-  state = create_train_state(config, model, example['x'].shape, example['x'].dtype,
-                             create_optimizer(config, schedule), parallel.replicated(mesh),
-                             rng_streams)
-  logging.info('model: %s params; %d steps per epoch, %d steps, %d per call; %d devices, %d '
-               'processes; training data %s', f'{models.count_params(state.params):,}',
-               steps_per_epoch, total_steps, per_call, jax.device_count(), jax.process_count(),
-               'on the devices' if train.stream is None else 'streamed through tf.data')
-  # The task's value names, found by tracing once without computing.
-  batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in example.items()}
-  names = sorted(jax.eval_shape(
-      lambda s, b: task(s.apply_fn({'params': s.params, **s.model_state}, b['x'], train=False,
-                                   rngs=_rngs(s.rng, rng_streams)), b), state, batch))
-  if config.best_metric and config.best_metric not in [f'val_{n}' for n in names]:
-    raise UserError(f'config.best_metric={config.best_metric!r} is not measured; '
-                    f"choose one of {[f'val_{n}' for n in names]}")
-  stacked = per_call > 1
-  train_steps = TrainSteps(task, metrics_collection(names), mesh, rng_streams, train.preprocess,
-                           augmentation, per_call)
-  eval_step = jit_eval_step(task, names, mesh, rng_streams)
-  run_eval = functools.partial(evaluate, eval_step, batch_size=config.eval_batch_size,
-                               augment=augmentation.eval)
-  train_sharding = (parallel.stacked_batch_sharding(mesh) if stacked else
-                    parallel.batch_sharding(mesh))
-
-  # Restore the latest checkpoint, if any.
-  ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
-  meta = {'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
-          'epochs_since_best': 0, 'stopped_early': False}
-  saved_step = None
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    saved_step, state, meta = restored
-    logging.info('resumed from %s at step %d', ckpt.directory, saved_step)
-  step = int(state.step)
-  writer = summary.EventWriter(workdir, enabled=jax.process_index() == 0)
-  if step == 0:
-    writer.write_hparams(_flat_hparams(config))
-  feed = input_pipeline.TrainFeed(train, config.batch_size, seed=config.seed,
-                                  shuffle_buffer=config.get('shuffle_buffer', 0), start_step=step,
-                                  stack=per_call if stacked else 0)
-  progress = _Progress(steps_per_epoch, total_steps, config.log_every_steps)
-  every_eval = config.eval_every_epochs * steps_per_epoch
-  every_save = config.checkpoint_every_epochs * steps_per_epoch
-  last_line, started, start_step = 0.0, time.time(), step
-
-  def crossed(first: int, last: int, period: int) -> bool:
-    return last // period > first // period or last == total_steps
-
-  def absorb(first: int, metrics: Any) -> bool:
-    """The host's share of a finished call: NaN check, logs; False ends an LR range test."""
-    bad = progress.add(first, metrics)
-    if bad and config.lr_finder:
-      meta['stopped_early'] = True
-      logging.info('LR range test: loss is %s at step %d; the sweep ends there', bad[1], bad[0])
-      return False
-    if bad:
-      kept = (f'the last good checkpoint (step {saved_step}) is kept in {ckpt.directory}'
-              if saved_step is not None else 'no checkpoint was saved yet')
-      raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}; training stopped, {kept}. '
-                               'Lower config.learning_rate or check the inputs')
-    for at, means in progress.windows:
-      writer.write_scalars(at, {'learning_rate': float(schedule(at - 1)),
-                                **{f'train_{k}': v for k, v in means.items()}})
-    progress.windows.clear()
-    meta['history'].extend(progress.epochs)
-    progress.epochs.clear()
-    return True
-
-  # The loop: step, check, evaluate, checkpoint, stop.
-  try:
-    with _StopSignals() as signals:
-      pending = None  # The previous call's metrics, read one call late so the host never
-                      # waits on the steps it just dispatched.
-      while step < total_steps and not meta['stopped_early']:
-        first, count = step, min(per_call, total_steps - step)
-        inputs = feed.next(count, train_sharding)
-        state, metrics = train_steps(state, feed.data, inputs, augmentation.index(step))
-        step += count
-        if pending and not absorb(*pending):
-          break
-        pending = (first, metrics)
-
-        evaluate_now = crossed(first, step, every_eval)
-        save_now = crossed(first, step, every_save)
-        if not (evaluate_now or save_now or signals.received):
-          continue
-        if not absorb(*pending):
-          break
-        pending = None
-        if evaluate_now:
-          val_metrics = run_eval(state, val, prefix='val_', max_batches=config.validation_steps)
-          writer.write_scalars(step, val_metrics)
-          record = meta['history'][-1]
-          record.update(val_metrics)
-          improved = bool(config.best_metric) and not config.lr_finder and _track_best(
-              meta, config, val_metrics[config.best_metric], step, record['epoch'])
-          save_now = save_now or improved or meta['stopped_early']
-          if time.time() - last_line >= config.log_every_seconds or step == total_steps:
-            last_line = time.time()
-            rate = (step - start_step) / (last_line - started)
-            logging.info('epoch %d (step %d, %.0f steps/s): %s', record['epoch'], step, rate,
-                         ', '.join(f'{k}={v:.5g}' for k, v in record.items()
-                                   if k not in ('epoch', 'step')))
-        if save_now or signals.received:
-          if saved_step != step:
-            ckpt.save(step, state, meta, best_step=meta['best_step'])
-            saved_step = step
-        if signals.received:
-          raise Interrupted(f'{signals.received} at step {step}: checkpoint saved in '
-                            f'{ckpt.directory}; run the same command again to resume')
-      if pending:
-        absorb(*pending)
-
-    # Finish: the best weights if asked, the final metrics.
-    final_step = step
-    if config.restore_best and meta['best_step'] not in (None, step):
-      state, _ = ckpt.restore(meta['best_step'], state)
-      logging.info('restored the best weights: epoch %d, %s=%.5g', meta['best_epoch'],
-                   config.best_metric, meta['best_value'])
-    final = {}
-    if config.lr_finder:
-      final.update(_lr_range_result(meta['history'], schedule, steps_per_epoch, workdir))
-    evaluated = [h for h in meta['history'] if any(k.startswith('val_') for k in h)]
-    if evaluated:
-      final.update({k: v for k, v in evaluated[-1].items() if k.startswith('val_')})
-    if config.restore_best and meta['best_step'] not in (None, final_step):
-      final.update(run_eval(state, val, prefix='val_', max_batches=config.validation_steps))
-    if test is not None:
-      final.update(run_eval(state, test, prefix='test_'))
-    writer.write_scalars(final_step, {k: v for k, v in final.items() if k.startswith('test_')})
-  finally:
-    ckpt.close()
-    writer.close()
-
-  results = {
-      'steps': final_step, 'steps_per_epoch': steps_per_epoch, 'epochs': len(meta['history']),
-      'params': models.count_params(state.params), 'history': meta['history'],
-      # Compilations of the train step in this process: one per distinct batch shape.
-      'train_step_compiles': train_steps.compiles(),
-      'stopped_early': meta['stopped_early'], 'best_epoch': meta['best_epoch'],
-      'restored_best': bool(config.restore_best and meta['best_step'] is not None),
-      **final,
-  }
-  if config.best_metric:
-    results[f'best_{config.best_metric}'] = meta['best_value']
-  return state, results
+  run = lr_range_test if config.lr_finder else _train
+  return run(config, workdir, model=model, task=task, train=train, val=val, test=test,
+             rng_streams=rng_streams, augment=augment)
