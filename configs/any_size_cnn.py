@@ -29,10 +29,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('any_size_cnn'), 'mnist')
   c.model = 'any_size_cnn'  # 'cnn' (Flatten + Dense) refuses every size but the one it was built for.
   # Four blocks: a receptive field of ~50 px, so a 56-px digit is seen whole (three blocks
-  # reached 0.82 at 56 px against 0.94 at 28, README).
-  # conv: lib.conv.IMPLEMENTATIONS: 'auto' (the fastest here), 'xla', 'im2col', 'kernel'.
-  c.model_kwargs = ml_collections.ConfigDict({'features': (16, 32, 64, 128), 'pool': 'max',
-                                              'conv': 'auto'})
+  # reach 0.82 at 56 px against 0.94 at 28, docs/experiments.md).
+  c.model_kwargs = ml_collections.ConfigDict({'features': (16, 32, 64, 128), 'pool': 'max'})
   c.normalization = 'unit'  # Required: the blank canvas is 0, the digits' background.
   c.optimizer = 'adam'
   c.learning_rate = 1e-3
@@ -60,8 +58,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.bucket_sides = (128, 192, 256, 320)
     c.max_side = 320
     c.model_kwargs = ml_collections.ConfigDict(
-        {'features': (32, 64, 128, 256, 256), 'pool': 'avg',  # Photos: average the evidence.
-         'conv': 'auto'})
+        {'features': (32, 64, 128, 256, 256), 'pool': 'avg'})  # Photos: average the evidence.
     c.batch_size = 64
     c.eval_batch_size = 64  # Each shape's last batch is padded: small batches pad little.
     c.num_epochs = 30

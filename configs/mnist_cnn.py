@@ -19,8 +19,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('classifier'), 'mnist')
   c.model = 'cnn'
   c.model_kwargs = ml_collections.ConfigDict(
-      {'features': (32, 64), 'dense': 256, 'pool': 'avg',  # The Flax example's CNN.
-       'conv': 'auto'})  # lib.conv: 'auto' (fastest here), 'xla', 'im2col' or 'kernel'.
+      {'features': (32, 64), 'dense': 256, 'pool': 'avg'})  # The Flax example's CNN.
   c.optimizer = 'sgd'
   c.learning_rate = 0.1
   c.momentum = 0.9

@@ -13,7 +13,9 @@ the padded input side by side times the kernel as one matrix; 'auto' takes it on
 a CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
 XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), where it and XLA's are level.
 """
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+import contextlib
+import contextvars
 import functools
 
 import flax.linen as nn
@@ -24,8 +26,27 @@ import jax.numpy as jnp
 from lib import conv_kernel
 from lib import cpu
 from lib.activations import relu
+from lib.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
+# The implementation of the Conv layers traced in this context; models never name one.
+_CHOICE = contextvars.ContextVar('jaxnotes_conv_implementation', default='auto')
+
+
+@contextlib.contextmanager
+def implementation(name: str) -> Iterator[None]:
+  """Conv layers traced inside this block compute with `name` (a key of IMPLEMENTATIONS).
+
+  For tests and benchmarks that compare implementations; runs use 'auto' (`resolve`).
+  A function jitted inside keeps the choice it was traced with.
+  """
+  if name not in IMPLEMENTATIONS:
+    raise UserError(f'convolution {name!r} is unknown; choose one of {list(IMPLEMENTATIONS)}')
+  token = _CHOICE.set(name)
+  try:
+    yield
+  finally:
+    _CHOICE.reset(token)
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -176,7 +197,8 @@ class Conv(nn.Module):
     strides: (sh, sw) or one int for both.
     padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
     use_bias: add a bias.
-    impl: 'auto' (see `resolve`), 'xla' (lax.conv_general_dilated, as nn.Conv),
+    impl: None (the enclosing `implementation`, 'auto' by default), 'auto' (see
+      `resolve`), 'xla' (lax.conv_general_dilated, as nn.Conv),
       'im2col', or 'kernel' (XLA's, with lib.conv_kernel's kernel gradient on CPU where the
       channels allow it, else XLA's; a custom VJP, so reverse mode only: forward-mode
       derivatives such as jax.jvp or Hessians need 'xla').
@@ -190,7 +212,7 @@ class Conv(nn.Module):
   strides: int | Sequence[int] = 1
   padding: Padding = 'SAME'
   use_bias: bool = True
-  impl: str = 'auto'
+  impl: str | None = None
   relu_pool: str | None = None
 
   @nn.compact
@@ -199,7 +221,7 @@ class Conv(nn.Module):
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     kernel = self.param('kernel', nn.linear.default_kernel_init,
                         (kh, kw, x.shape[-1], self.features))
-    impl = resolve(self.impl)
+    impl = resolve(self.impl or _CHOICE.get())
     kernel_path = (impl == 'kernel' and x.dtype == kernel.dtype == jnp.float32 and
                    conv_kernel.available())
     bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,))

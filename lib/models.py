@@ -87,13 +87,11 @@ class CNN(nn.Module):
     dense: units of the hidden Dense layer.
     pool: 'avg' (the Flax example) or 'max' (the Udacity Fashion-MNIST notebook).
     outputs: number of classes.
-    conv: the convolution, a key of lib.conv.IMPLEMENTATIONS ('auto': lib.conv.resolve).
   """
   features: Sequence[int] = (32, 64)
   dense: int = 256
   pool: str = 'avg'
   outputs: int = 10
-  conv: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -101,7 +99,7 @@ class CNN(nn.Module):
     _pick(conv_lib.POOLS, self.pool, 'pool')
     size = x.shape[1:3]
     for channels in self.features:  # One pass on CPU where lib.conv_kernel takes the block.
-      x = conv_lib.Conv(channels, (3, 3), impl=self.conv, relu_pool=self.pool)(x)
+      x = conv_lib.Conv(channels, (3, 3), relu_pool=self.pool)(x)
     x = x.reshape((x.shape[0], -1))
     built = self.variables.get('params', {}).get('Dense_0', {}).get('kernel')
     if built is not None and built.shape[0] != x.shape[-1]:
@@ -125,20 +123,18 @@ class AnySizeCNN(nn.Module):
     outputs: number of classes.
     pool: the global pool, 'max' (where the object is does not matter, nor how
       much empty canvas surrounds it) or 'avg'.
-    conv: the convolution, a key of lib.conv.IMPLEMENTATIONS ('auto': lib.conv.resolve).
   """
   features: Sequence[int] = (16, 32, 64)
   outputs: int = 10
   pool: str = 'max'
-  conv: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     for channels in self.features:
-      x = relu(conv_lib.Conv(channels, (3, 3), impl=self.conv)(x))
+      x = relu(conv_lib.Conv(channels, (3, 3))(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
-    x = conv_lib.Conv(self.outputs, (1, 1), impl=self.conv)(x)
+    x = conv_lib.Conv(self.outputs, (1, 1))(x)
     return jnp.max(x, axis=(1, 2)) if self.pool == 'max' else jnp.mean(x, axis=(1, 2))
 
 
@@ -295,13 +291,10 @@ class ConvAutoencoder(nn.Module):
     features: channels of each stride-2 conv block (the decoder reverses them).
     shape: the image shape (height, width, channels); height and width must be
       multiples of 2 ** len(features).
-    conv: the encoder's convolution, a key of lib.conv.IMPLEMENTATIONS ('auto':
-      lib.conv.resolve).
   """
   latents: int = 32
   features: Sequence[int] = (32, 64)
   shape: Sequence[int] = (28, 28, 1)
-  conv: str = 'auto'
 
   def check(self) -> None:
     """Raises UserError for an image size the stride-2 blocks cannot halve evenly."""
@@ -312,7 +305,7 @@ class ConvAutoencoder(nn.Module):
 
   def setup(self):
     scale = 2 ** len(self.features)
-    self.encoder_convs = [conv_lib.Conv(f, (3, 3), strides=2, impl=self.conv)
+    self.encoder_convs = [conv_lib.Conv(f, (3, 3), strides=2)
                           for f in self.features]
     self.encoder_out = nn.Dense(self.latents)
     self.code_shape = (self.shape[0] // scale, self.shape[1] // scale, self.features[-1])
@@ -376,8 +369,6 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     _pick(CELLS, model.cell, 'cell')
   if 'readout' in fields:
     _pick(READOUTS, model.readout, 'readout')
-  if 'conv' in fields:
-    _pick(dict.fromkeys(conv_lib.IMPLEMENTATIONS), model.conv, 'conv')
   if hasattr(model, 'check'):
     model.check()
   return model

@@ -166,19 +166,22 @@ def test_auto_takes_im2col_only_where_xla_sends_convolutions_to_ynnpack(monkeypa
 ])
 def test_models_give_the_same_outputs_with_either_convolution(name, kwargs, shape):
   x = jax.random.uniform(jax.random.PRNGKey(0), shape)
-  xla = models.create(name, conv='xla', **kwargs)
-  fast = models.create(name, conv='im2col', **kwargs)
-  variables = xla.init(jax.random.PRNGKey(1), x)
-  jax.tree.map(np.testing.assert_array_equal, fast.init(jax.random.PRNGKey(1), x), variables)
-  np.testing.assert_allclose(fast.apply(variables, x), xla.apply(variables, x), rtol=1e-4,
-                             atol=1e-5)
+  model = models.create(name, **kwargs)  # Models never name their convolution.
+  with conv.implementation('xla'):
+    variables = model.init(jax.random.PRNGKey(1), x)
+    want = model.apply(variables, x)
+  with conv.implementation('im2col'):
+    jax.tree.map(np.testing.assert_array_equal, model.init(jax.random.PRNGKey(1), x), variables)
+    np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-4, atol=1e-5)
   if conv_kernel.available():  # Its forward is XLA's; its kernel gradients must match too.
-    kernel = models.create(name, conv='kernel', **kwargs)
-    loss = lambda model: jax.grad(lambda v: jnp.sum(model.apply(v, x) ** 2))(variables)
+    def grads(impl):
+      with conv.implementation(impl):
+        return jax.grad(lambda v: jnp.sum(model.apply(v, x) ** 2))(variables)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-                 loss(kernel), loss(xla))
+                 grads('kernel'), grads('xla'))
 
 
 def test_unknown_convolution_is_a_clear_error():
-  with pytest.raises(Exception, match=r"conv='fft' is unknown; choose one of \['auto', 'im2col', 'kernel', 'xla'\]"):
-    models.create('cnn', conv='fft')
+  with pytest.raises(Exception, match=r"convolution 'fft' is unknown; choose one of \['auto', 'xla', 'im2col', 'kernel'\]"):
+    with conv.implementation('fft'):
+      pass
