@@ -7,9 +7,9 @@ The same network (the Flax MNIST example's CNN: conv 32 → avg-pool → conv 64
 avg-pool → dense 256 → dense 10, 824,458 params), batch 128, SGD 0.1 with
 momentum 0.9, on one device-resident random batch. jaxnotes runs with the
 launcher's choice (`conv='auto'`: on one CPU device with lib.cpu's settings,
-lib.conv_kernel's fused first block and weight-gradient kernel beside XLA's
+lib.cpu.conv_kernel's fused first block and weight-gradient kernel beside XLA's
 convolutions), with XLA's convolutions alone (`conv='xla'`, flax.linen.Conv's)
-and with lib.conv's im2col.
+and with lib.cpu.conv's im2col.
 
 lib.cpu.configure (malloc reuses freed memory; YNNPACK's convolutions off) is
 process-wide and helps or hurts each framework differently, so every framework
@@ -41,7 +41,7 @@ import numpy as np
 
 from configs import mnist_cnn
 from benchmarks import timing
-from lib import conv as conv_lib
+from lib.cpu import conv as conv_lib
 from lib import models, parallel, tasks, train
 
 _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
@@ -54,7 +54,7 @@ BATCH = 128
 def jaxnotes_step(x: np.ndarray, y: np.ndarray, conv: str):
   """The engine's train step, built as lib.train.fit builds it; returns a blocking step().
 
-  `conv` is the convolution, a key of lib.conv.IMPLEMENTATIONS, used where the step is traced.
+  `conv` is the convolution, a key of lib.cpu.conv.IMPLEMENTATIONS, used where the step is traced.
   """
   config = mnist_cnn.get_config()
   model = models.create(config.model, outputs=10, **config.model_kwargs)

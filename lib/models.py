@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lib import conv as conv_lib
-from lib.activations import relu
+from lib.cpu import conv as conv_lib
+from lib.cpu.activations import relu
 from lib.errors import UserError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -98,7 +98,7 @@ class CNN(nn.Module):
     del train
     _pick(conv_lib.POOLS, self.pool, 'pool')
     size = x.shape[1:3]
-    for channels in self.features:  # One pass on CPU where lib.conv_kernel takes the block.
+    for channels in self.features:  # One pass on CPU where lib.cpu.conv_kernel takes the block.
       x = conv_lib.Conv(channels, (3, 3), relu_pool=self.pool)(x)
     x = x.reshape((x.shape[0], -1))
     built = self.variables.get('params', {}).get('Dense_0', {}).get('kernel')

@@ -1,11 +1,12 @@
-"""lib.conv: im2col and the CPU kernel compute flax.linen.Conv's function, params and gradients."""
+"""lib.cpu.conv: im2col and the CPU kernel compute flax.linen.Conv's function, params and gradients."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lib import conv, conv_kernel, cpu, models
+from lib import cpu, models
+from lib.cpu import conv, conv_kernel
 
 # (input shape, kernel, strides, padding): the codebase's convolutions, then harder cases.
 CASES = [
@@ -43,7 +44,7 @@ def test_im2col_matches_nn_conv_outputs_and_gradients(shape, kernel_size, stride
 
 needs_kernel = pytest.mark.skipif(
     not conv_kernel.available(),
-    reason='lib.conv_kernel is not available here (needs x86-64 with AVX-512 and a C++ compiler)')
+    reason='lib.cpu.conv_kernel is not available here (needs x86-64 with AVX-512 and a C++ compiler)')
 
 # (input shape, kernel, strides, padding, features) the kernel takes: in-channels a multiple
 # of 4, features of 16; between them every register tiling it picks.

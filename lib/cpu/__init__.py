@@ -1,4 +1,19 @@
-"""Settings that make training fast on CPU, applied once, before JAX, TF or numpy start.
+"""The CPU speed layer: process settings, convolutions and a ReLU that make training fast on CPU.
+
+What it holds, and when each part applies:
+
+* `configure()` (this module): malloc and XLA:CPU settings, applied once by the
+  launcher, tests and benchmarks before JAX, TF or numpy start (below).
+* `lib.cpu.conv.Conv`: flax.linen.Conv's params and function, computed by XLA's
+  convolution (GPU, TPU, several devices), by im2col, or with the AVX-512 kernels
+  of `lib.cpu.conv_kernel` (one CPU device with AVX-512 and a C++ compiler); the
+  choice is `lib.cpu.conv.resolve`'s, per backend, never a model's.
+* `lib.cpu.activations.relu`: nn.relu's values and gradient, cheaper on XLA:CPU.
+
+Nothing here changes a result beyond float32 summation order, and checkpoints
+load whichever convolution ran.
+
+Settings that make training fast on CPU, applied once, before JAX, TF or numpy start.
 
 Two causes of slow CPU steps, both measured on the MNIST CNN step
 (benchmarks/frameworks.py, docs/performance.md):

@@ -1,9 +1,9 @@
 """`Conv`: flax.linen.Conv's function and params, by XLA's convolution, im2col or a CPU kernel.
 
 GPU and TPU run XLA's convolution ('xla'). On CPU, with lib.cpu's settings (the
-launcher's), 'auto' is 'kernel' on one device where lib.conv_kernel builds: XLA
+launcher's), 'auto' is 'kernel' on one device where lib.cpu.conv_kernel builds: XLA
 computes the forward and input-gradient convolutions (near this CPU's matmul
-speed once lib.cpu keeps lone convolutions out of YNNPACK), lib.conv_kernel the
+speed once lib.cpu keeps lone convolutions out of YNNPACK), lib.cpu.conv_kernel the
 weight gradients (XLA's ran at ~115 GFLOP/s, the kernel at ~190) and, with
 `relu_pool='avg'` or `'max'`, a whole first block (conv from 1-3 channels + bias
 + ReLU + 2x2 pool, forward and backward) in one pass. The MNIST CNN's step,
@@ -23,9 +23,9 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from lib import conv_kernel
+from lib.cpu import conv_kernel
 from lib import cpu
-from lib.activations import relu
+from lib.cpu.activations import relu
 from lib.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
@@ -55,7 +55,7 @@ def resolve(impl: str) -> str:
   """The implementation `impl` means here.
 
   'auto' is 'xla' on GPU and TPU. On CPU it is 'im2col' where XLA still sends
-  convolutions to YNNPACK; else 'kernel' on one device where lib.conv_kernel is
+  convolutions to YNNPACK; else 'kernel' on one device where lib.cpu.conv_kernel is
   available (its custom call does not split over devices), else 'xla'.
   """
   if impl != 'auto':
@@ -84,7 +84,7 @@ def xla_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def kernel_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
                 padding: tuple[tuple[int, int], ...]) -> jax.Array:
-  """XLA's convolution whose kernel gradient is lib.conv_kernel's (CPU only; see `resolve`).
+  """XLA's convolution whose kernel gradient is lib.cpu.conv_kernel's (CPU only; see `resolve`).
 
   Args:
     x: (batch, height, width, in_channels) float32; in_channels a multiple of 4.
@@ -121,13 +121,13 @@ POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
 
 
 def relu_pool(y: jax.Array, pool: str) -> jax.Array:
-  """The 2x2 pool ('avg' or 'max', stride 2, 'VALID') of lib.activations.relu(y)."""
+  """The 2x2 pool ('avg' or 'max', stride 2, 'VALID') of lib.cpu.activations.relu(y)."""
   return POOLS[pool](relu(y), (2, 2), strides=(2, 2))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, pool: str) -> jax.Array:
-  """`relu_pool(conv 'SAME' stride 1 + bias, pool)` by lib.conv_kernel's fused block.
+  """`relu_pool(conv 'SAME' stride 1 + bias, pool)` by lib.cpu.conv_kernel's fused block.
 
   CPU only, where `conv_kernel.block_supports` (the first layer of an image CNN).
 
@@ -199,12 +199,12 @@ class Conv(nn.Module):
     use_bias: add a bias.
     impl: None (the enclosing `implementation`, 'auto' by default), 'auto' (see
       `resolve`), 'xla' (lax.conv_general_dilated, as nn.Conv),
-      'im2col', or 'kernel' (XLA's, with lib.conv_kernel's kernel gradient on CPU where the
+      'im2col', or 'kernel' (XLA's, with lib.cpu.conv_kernel's kernel gradient on CPU where the
       channels allow it, else XLA's; a custom VJP, so reverse mode only: forward-mode
       derivatives such as jax.jvp or Hessians need 'xla').
     relu_pool: None, or 'avg' / 'max': return `relu_pool(output, relu_pool)`, the 2x2
       pool of its ReLU; with impl 'kernel' (and 'auto' where it means 'kernel') and a
-      block lib.conv_kernel.block_supports (few input channels, 'SAME', stride 1), in
+      block lib.cpu.conv_kernel.block_supports (few input channels, 'SAME', stride 1), in
       one pass.
   """
   features: int

@@ -1,5 +1,5 @@
-// Convolution kernels for XLA:CPU, as XLA FFI handlers (AVX-512): lib/conv_kernel.py builds this
-// file and lib/conv.py calls it. Two of them:
+// Convolution kernels for XLA:CPU, as XLA FFI handlers (AVX-512): lib/cpu/conv_kernel.py builds this
+// file and lib/cpu/conv.py calls it. Two of them:
 //
 // 1. The weight gradient of a 2-D convolution (NHWC input, HWIO kernel, no dilation, one group):
 //
@@ -206,7 +206,7 @@ __attribute__((target("avx512f"))) void BlockForward(const float* xp, const floa
 }
 
 // Sums, over images [n0, n1), the kernel (dw, T x K) and bias (db, K) gradients of the block.
-// ReLU's gradient is lib.activations.relu's (g where y > 0, else 0, NaN included); the max
+// ReLU's gradient is lib.cpu.activations.relu's (g where y > 0, else 0, NaN included); the max
 // pool's goes to the first position of the window that holds the maximum.
 template <int T, bool kMax>
 __attribute__((target("avx512f"))) void BlockBackward(const float* xp, const float* w,

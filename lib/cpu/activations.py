@@ -1,4 +1,4 @@
-"""Activations shared by lib.models and lib.conv."""
+"""Activations shared by lib.models and lib.cpu.conv."""
 import jax
 from jax import lax
 import jax.numpy as jnp

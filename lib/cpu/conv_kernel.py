@@ -1,4 +1,4 @@
-"""The CPU convolution kernels (lib/conv_kernel.cc): built, loaded and called.
+"""The CPU convolution kernels (lib/cpu/conv_kernel.cc): built, loaded and called.
 
 The C++ source is compiled on first use with the C++ compiler (`$CXX`, else
 `g++`) against the XLA FFI headers that jaxlib ships, into a cache folder
@@ -6,7 +6,7 @@ The C++ source is compiled on first use with the C++ compiler (`$CXX`, else
 source, the command and the jaxlib version; later processes load the cached
 library (~4 s once here, then nothing). Where it cannot be had (not x86-64, no
 AVX-512, no compiler, JAXNOTES_CONV_KERNEL=0) `available()` is False, with one
-logged line saying why, and lib.conv uses XLA's convolution alone.
+logged line saying why, and lib.cpu.conv uses XLA's convolution alone.
 """
 from collections.abc import Sequence
 import ctypes
@@ -53,18 +53,18 @@ def available() -> bool:
   if os.environ.get('JAXNOTES_CONV_KERNEL') == '0':
     return False
   if platform.machine().lower() not in ('x86_64', 'amd64'):
-    logging.info('lib.conv_kernel: not an x86-64 CPU; XLA computes the convolutions')
+    logging.info('lib.cpu.conv_kernel: not an x86-64 CPU; XLA computes the convolutions')
     return False
   try:
     library = ctypes.CDLL(str(_build()))
   except (OSError, subprocess.CalledProcessError) as e:
     lines = (getattr(e, 'stderr', '') or str(e)).splitlines()
     detail = next((line for line in lines if 'error' in line), lines[-1] if lines else '')
-    logging.warning('lib.conv_kernel: could not build or load %s (%s); XLA computes the '
+    logging.warning('lib.cpu.conv_kernel: could not build or load %s (%s); XLA computes the '
                     'convolutions', SOURCE.name, detail.strip())
     return False
   if not library.JaxnotesConvKernelSupported():
-    logging.info('lib.conv_kernel: this CPU has no AVX-512; XLA computes the convolutions')
+    logging.info('lib.cpu.conv_kernel: this CPU has no AVX-512; XLA computes the convolutions')
     return False
   for target, handler in [(WEIGHT_GRAD, library.JaxnotesConvWgrad),
                           (BLOCK_FORWARD, library.JaxnotesConvBlockForward),
