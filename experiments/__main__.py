@@ -11,6 +11,7 @@ import difflib
 import glob
 import importlib
 import importlib.util
+import logging as py_logging
 import os
 import re
 import sys
@@ -33,6 +34,8 @@ from lib.errors import is_disk_full, UserError
 
 # JAX and the library are imported once the command line has been checked, so that
 # a mistake there is reported in a second.
+# JAX logs each platform it looked for and did not find ("Unable to initialize backend 'tpu'").
+py_logging.getLogger('jax._src.xla_bridge').setLevel(py_logging.WARNING)
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: configs/NAME.py or configs/NAME.py:VARIANT.',
