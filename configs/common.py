@@ -27,6 +27,19 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   c.momentum = 0.9  # SGD momentum; 0 is plain SGD. Unused by Adam.
   c.lr_schedule = 'constant'  # 'constant', 'cosine' (to 0 at the end) or 'warmup_cosine'.
   c.warmup_epochs = 0.0  # Linear warmup length for 'warmup_cosine'.
+  # Decoupled weight decay on the kernels (AdamW; for SGD added after the momentum and
+  # scaled by the rate, SGDW); biases and normalization scales are not decayed. 0 is off.
+  c.weight_decay = 0.0
+  c.grad_clip_norm = 0.0  # Clip the gradient's global norm to this before the optimizer; 0 is off.
+  # Average the gradients of this many steps into one update (optax.MultiSteps): an update
+  # of grad_accum_steps * batch_size examples; it must divide steps_per_epoch. 1 is off.
+  c.grad_accum_steps = 1
+  # Keep an exponential moving average of the params with this decay (e.g. 0.999): evaluated
+  # beside them as val_ema_* / test_ema_* (best_metric may name those) and checkpointed. 0 is off.
+  c.ema_decay = 0.0
+  # The model's arithmetic: 'bfloat16' (for GPU and TPU) casts the params and inputs in the
+  # step; the params, gradients and optimizer state stay float32.
+  c.compute_dtype = 'float32'
   c.batch_size = 128  # Global: split over all processes and devices, so a multiple of the devices.
   c.eval_batch_size = 1000  # Global evaluation batch; the last one is padded and masked.
   c.num_epochs = 10  # Epochs of steps_per_epoch steps.
@@ -60,6 +73,9 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   c.restore_best = False  # End on the best checkpoint's weights (results then report those).
   # Stop after this many evaluations without a better best_metric; 0 never.
   c.early_stopping_patience = 0
+  # Trace this many steps (after the first call, which compiles) with jax.profiler into
+  # WORKDIR/plugins/profile, for TensorBoard's profile tab; 0 is off.
+  c.profile_steps = 0
 
   # LR range test: instead of lr_schedule, the rate grows exponentially,
   # lr_finder_start * 10 ** (epoch / lr_finder_epochs_per_decade) (the course's

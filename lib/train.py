@@ -22,6 +22,7 @@ from typing import Any
 
 from absl import logging
 from clu import metrics as clu_metrics
+from clu import parameter_overview
 import flax.linen as nn
 from flax.training import train_state
 import jax
@@ -43,6 +44,7 @@ Task = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class TrainState(train_state.TrainState):
@@ -51,9 +53,12 @@ class TrainState(train_state.TrainState):
   Attributes:
     model_state: the model's other variable collections, e.g. {'batch_stats': ...}; {} if none.
     rng: the run's base key; step s uses fold_in(rng, s), so a resumed run draws the same keys.
+    ema_params: with config.ema_decay, the exponential moving average of the
+      params (evaluated beside them, checkpointed with them); None otherwise.
   """
   model_state: Any
   rng: jax.Array
+  ema_params: Any = None
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -69,6 +74,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   allowed('optimizer', OPTIMIZERS)
   allowed('lr_schedule', SCHEDULES)
   allowed('best_mode', ('max', 'min'))
+  allowed('compute_dtype', tuple(COMPUTE_DTYPES))
   for field in ('num_epochs', 'log_every_steps', 'checkpoint_every_epochs', 'eval_every_epochs',
                 'keep_checkpoints', 'steps_per_execution'):
     if config[field] < 1:
@@ -76,6 +82,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field in ('steps_per_epoch', 'validation_steps'):
     if config[field] is not None and config[field] < 1:
       raise UserError(f'config.{field}={config[field]} must be at least 1, or None for a whole split')
+  for field in ('weight_decay', 'grad_clip_norm', 'profile_steps'):
+    if config[field] < 0:
+      raise UserError(f'config.{field}={config[field]} must be >= 0 (0 is off)')
+  if config.grad_accum_steps < 1:
+    raise UserError(f'config.grad_accum_steps={config.grad_accum_steps} must be at least 1 '
+                    '(1 is off)')
+  if not 0 <= config.ema_decay < 1:
+    raise UserError(f'config.ema_decay={config.ema_decay} must be in [0, 1) (0 is off; '
+                    'e.g. 0.999)')
+  if config.lr_finder and config.grad_accum_steps > 1:
+    raise UserError('config.lr_finder sweeps the rate step by step: it needs '
+                    'config.grad_accum_steps=1')
   if config.log_every_seconds < 0:
     raise UserError(f'config.log_every_seconds={config.log_every_seconds} must be >= 0')
   if config.early_stopping_patience < 0:
@@ -133,12 +151,36 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
   return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total_steps)
 
 
+def _kernels(params: Any) -> Any:
+  """Weight decay's mask: the kernels (2 or more axes), not biases or normalization scales."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
 def create_optimizer(config: ml_collections.ConfigDict,
                      schedule: optax.Schedule) -> optax.GradientTransformation:
-  """`config.optimizer` ('sgd' with `config.momentum`, or 'adam') following `schedule`."""
-  if config.optimizer == 'sgd':
-    return optax.sgd(schedule, momentum=config.momentum or None)
-  return optax.adam(schedule)
+  """`config.optimizer` ('sgd' with `config.momentum`, or 'adam') following `schedule`.
+
+  With the config's options (each off at 0, or 1 for grad_accum_steps):
+  weight_decay, decoupled from the gradient (AdamW; for SGD added after the
+  momentum, then scaled by the rate: SGDW), on kernels only; grad_clip_norm,
+  the gradient's global norm clipped first; grad_accum_steps, the gradients of
+  that many steps averaged into one update (optax.MultiSteps). `schedule` is
+  then a function of the update, not of the step.
+  """
+  decay = config.weight_decay
+  if config.optimizer == 'sgd' and decay:
+    tx = optax.chain(optax.trace(decay=config.momentum) if config.momentum else optax.identity(),
+                     optax.add_decayed_weights(decay, mask=_kernels),
+                     optax.scale_by_learning_rate(schedule))
+  elif config.optimizer == 'sgd':
+    tx = optax.sgd(schedule, momentum=config.momentum or None)
+  else:
+    tx = optax.adamw(schedule, weight_decay=decay, mask=_kernels) if decay else optax.adam(schedule)
+  if config.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  if config.grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps).gradient_transformation()
+  return tx
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
@@ -165,8 +207,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
     rngs = dict(zip(('params', *rng_streams), jax.random.split(init_rng, 1 + len(rng_streams))))
     variables = model.init(rngs, jnp.zeros((1, *input_shape), input_dtype), train=False)
     model_state = {k: v for k, v in variables.items() if k != 'params'}
+    ema = variables['params'] if config.get('ema_decay') else None
     return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                             model_state=model_state, rng=state_rng)
+                             model_state=model_state, rng=state_rng, ema_params=ema)
 
   return jax.jit(init, out_shardings=sharding)()
 
@@ -185,36 +228,60 @@ def _rngs(key: jax.Array, streams: Sequence[str]) -> dict[str, jax.Array]:
 _AUGMENT_STREAM = 2**31 - 2
 
 
+def _cast(tree: Any, dtype: Any) -> Any:
+  """Floating-point leaves of `tree` as `dtype`; others as they are."""
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                      tree)
+
+
+def _apply(state: TrainState, params: Any, x: jax.Array, compute_dtype: Any,
+           **kwargs: Any) -> Any:
+  """The model on `x` in `compute_dtype` (params and inputs cast; outputs back to float32)."""
+  if compute_dtype == jnp.float32:
+    return state.apply_fn({'params': params, **state.model_state}, x, **kwargs)
+  out = state.apply_fn({'params': _cast(params, compute_dtype), **state.model_state},
+                       _cast(x, compute_dtype), **kwargs)
+  return _cast(out, jnp.float32)
+
+
 def make_train_step(task: Task, collection: type[clu_metrics.Collection],
-                    rng_streams: Sequence[str] = ()) -> Callable[..., Any]:
-  """`train_step(state, batch) -> (state, metrics)`: one gradient step on the mean loss."""
+                    rng_streams: Sequence[str] = (), compute_dtype: Any = jnp.float32,
+                    ema_decay: float = 0.0) -> Callable[..., Any]:
+  """`train_step(state, batch) -> (state, metrics)`: one gradient step on the mean loss.
+
+  The model computes in `compute_dtype` while the params, their gradients and
+  the optimizer stay float32; with `ema_decay`, state.ema_params follows the
+  params (optax.incremental_update).
+  """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rngs = _rngs(jax.random.fold_in(state.rng, state.step), rng_streams)
 
     def loss_fn(params):
-      outputs, model_state = state.apply_fn(
-          {'params': params, **state.model_state}, batch['x'], train=True, rngs=rngs,
-          mutable=list(state.model_state))
+      outputs, model_state = _apply(state, params, batch['x'], compute_dtype, train=True,
+                                    rngs=rngs, mutable=list(state.model_state))
       values = task(outputs, batch)
       return jnp.mean(values['loss']), (values, model_state)
 
     (_, (values, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, model_state=model_state)
+    if ema_decay:
+      state = state.replace(ema_params=optax.incremental_update(
+          state.params, state.ema_params, step_size=1 - ema_decay))
     return state, collection.single_from_model_output(**values)
 
   return train_step
 
 
 def make_eval_step(task: Task, collection: type[clu_metrics.Collection],
-                   rng_streams: Sequence[str] = ()) -> Callable[..., Any]:
+                   rng_streams: Sequence[str] = (),
+                   compute_dtype: Any = jnp.float32) -> Callable[..., Any]:
   """`eval_step(state, batch) -> metrics`: the task's values in evaluation mode, padding masked."""
 
   def eval_step(state: TrainState, batch: dict[str, jax.Array]):
     # A fixed key, so evaluating the same weights twice gives the same numbers.
     rngs = _rngs(jax.random.fold_in(state.rng, 2**31 - 1), rng_streams)
-    outputs = state.apply_fn({'params': state.params, **state.model_state}, batch['x'],
-                             train=False, rngs=rngs)
+    outputs = _apply(state, state.params, batch['x'], compute_dtype, train=False, rngs=rngs)
     return collection.single_from_model_output(**task(outputs, batch), mask=batch['mask'])
 
   return eval_step
@@ -234,8 +301,9 @@ class TrainSteps:
   def __init__(self, task: Task, collection: type[clu_metrics.Collection],
                mesh: jax.sharding.Mesh, rng_streams: Sequence[str],
                preprocess: input_pipeline.Preprocess,
-               augmentation: input_pipeline.Augmentation, steps_per_execution: int):
-    self._one_step = make_train_step(task, collection, rng_streams)
+               augmentation: input_pipeline.Augmentation, steps_per_execution: int,
+               compute_dtype: Any = jnp.float32, ema_decay: float = 0.0):
+    self._one_step = make_train_step(task, collection, rng_streams, compute_dtype, ema_decay)
     self._mesh, self._preprocess = mesh, preprocess
     self._augmentation, self._scan = augmentation, steps_per_execution > 1
     self._jitted: dict[int, Any] = {}
@@ -270,9 +338,10 @@ class TrainSteps:
 
 
 def jit_eval_step(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
-                  rng_streams: Sequence[str] = ()) -> Callable[..., Any]:
+                  rng_streams: Sequence[str] = (),
+                  compute_dtype: Any = jnp.float32) -> Callable[..., Any]:
   """The eval step on prepared batches (input_pipeline.eval_batches), compiled once per shape."""
-  return jax.jit(make_eval_step(task, metrics_collection(names), rng_streams),
+  return jax.jit(make_eval_step(task, metrics_collection(names), rng_streams, compute_dtype),
                  out_shardings=parallel.replicated(mesh))
 
 
@@ -449,6 +518,42 @@ def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule,
           'suggested_lr': suggested, 'lowest_loss_lr': rates[lowest]}
 
 
+def _with_ema(run_eval: Callable[..., dict[str, float]], state: TrainState,
+              split: input_pipeline.Split, prefix: str, **kwargs: Any) -> dict[str, float]:
+  """`run_eval` of the params, then of their moving average under prefix + 'ema_'."""
+  averaged = state.replace(params=state.ema_params)
+  return {**run_eval(state, split, prefix=prefix, **kwargs),
+          **run_eval(averaged, split, prefix=prefix + 'ema_', **kwargs)}
+
+
+class _Profiler:
+  """A jax.profiler trace of `steps` steps into logdir/plugins/profile (TensorBoard's profile tab).
+
+  It starts after the first call, so the trace holds steps and not their compilation.
+  """
+
+  def __init__(self, steps: int, logdir: str):
+    self.steps, self.logdir, self.started_at = steps, logdir, None
+
+  def after_call(self, step: int, state: TrainState) -> None:
+    if not self.steps:
+      return
+    if self.started_at is None:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.logdir)
+      self.started_at = step
+    elif step - self.started_at >= self.steps:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      logging.info('profile of steps %d-%d written to %s/plugins/profile', self.started_at + 1,
+                   step, self.logdir)
+      self.steps = 0
+
+  def close(self) -> None:
+    if self.started_at is not None and self.steps:
+      jax.profiler.stop_trace()
+
+
 def _due(first: int, last: int, period: int, total: int) -> bool:
   """Whether it is time: a call that ran steps (first, last] crossed a multiple of `period`, or ended the run."""
   return last // period > first // period or last == total
@@ -479,27 +584,41 @@ def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
   mesh = parallel.make_mesh()
   steps_per_epoch, total_steps = epochs_to_steps(config, train.num_examples)
   per_call = steps_per_call(config, steps_per_epoch)
-  schedule = schedule or learning_rate_schedule(config, total_steps, steps_per_epoch)
+  accum = config.grad_accum_steps
+  if steps_per_epoch % accum:
+    raise UserError(f'config.grad_accum_steps={accum} must divide the {steps_per_epoch} steps '
+                    'of an epoch')
+  if schedule is None:  # The optimizer's schedule counts updates: one per `accum` steps.
+    by_update = learning_rate_schedule(config, total_steps // accum, steps_per_epoch / accum)
+    schedule = by_update if accum == 1 else lambda step: by_update(step // accum)
+  else:
+    by_update = schedule
   example = input_pipeline.model_spec(train, augmentation.train[0])
   state = create_train_state(config, model, example['x'].shape, example['x'].dtype,
-                             create_optimizer(config, schedule), parallel.replicated(mesh),
+                             create_optimizer(config, by_update), parallel.replicated(mesh),
                              rng_streams)
   logging.info('model: %s params; %d steps per epoch, %d steps, %d per call; %d devices, %d '
-               'processes; training data %s', f'{models.count_params(state.params):,}',
+               'processes; training data %s\n%s', f'{models.count_params(state.params):,}',
                steps_per_epoch, total_steps, per_call, jax.device_count(), jax.process_count(),
-               'on the devices' if train.stream is None else 'streamed through tf.data')
+               'on the devices' if train.stream is None else 'streamed through tf.data',
+               parameter_overview.get_parameter_overview(state.params, include_stats=False))
   # The task's value names, found by tracing once without computing.
   batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in example.items()}
   names = sorted(jax.eval_shape(
       lambda s, b: task(s.apply_fn({'params': s.params, **s.model_state}, b['x'], train=False,
                                    rngs=_rngs(s.rng, rng_streams)), b), state, batch))
-  if config.best_metric and config.best_metric not in [f'val_{n}' for n in names]:
+  measured = [f'val_{n}' for n in names]
+  measured += [f'val_ema_{n}' for n in names] if config.ema_decay else []
+  if config.best_metric and config.best_metric not in measured:
     raise UserError(f'config.best_metric={config.best_metric!r} is not measured; '
-                    f"choose one of {[f'val_{n}' for n in names]}")
+                    f'choose one of {measured}')
+  dtype = COMPUTE_DTYPES[config.compute_dtype]
   train_steps = TrainSteps(task, metrics_collection(names), mesh, rng_streams, train.preprocess,
-                           augmentation, per_call)
-  run_eval = functools.partial(evaluate, jit_eval_step(task, names, mesh, rng_streams),
+                           augmentation, per_call, dtype, config.ema_decay)
+  run_eval = functools.partial(evaluate, jit_eval_step(task, names, mesh, rng_streams, dtype),
                                batch_size=config.eval_batch_size, augment=augmentation.eval)
+  if config.ema_decay:  # The average's metrics beside the params': val_ema_*, test_ema_*.
+    run_eval = functools.partial(_with_ema, run_eval)
   train_sharding = (parallel.stacked_batch_sharding(mesh) if per_call > 1 else
                     parallel.batch_sharding(mesh))
   return _Engine(steps_per_epoch, total_steps, per_call, schedule, state, train_steps, run_eval,
@@ -543,6 +662,7 @@ class _Loop:
                                     start_step=step,
                                     stack=engine.per_call if engine.per_call > 1 else 0)
     self.started, self.start_step = time.time(), step
+    profiler = _Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
     pending = None  # The previous call's metrics: read one call late, so that the host
                     # never waits on the steps it has just dispatched.
     with _StopSignals() as signals:
@@ -553,6 +673,7 @@ class _Loop:
                                             feed.next(count, engine.train_sharding),
                                             engine.augmentation.index(step))
         step += count
+        profiler.after_call(step, state)
         if pending and not self.absorb(*pending):
           break
         pending = (first, metrics)
@@ -576,6 +697,7 @@ class _Loop:
                             f'{self.ckpt.directory}; run the same command again to resume')
       if pending:
         self.absorb(*pending)
+    profiler.close()
     return state
 
   def absorb(self, first: int, metrics: Any) -> bool:

@@ -25,7 +25,7 @@ from lib.errors import UserError
 RESUMABLE_FIELDS = frozenset({
     'num_epochs', 'log_every_steps', 'log_every_seconds', 'eval_every_epochs',
     'checkpoint_every_epochs', 'keep_checkpoints', 'early_stopping_patience', 'restore_best',
-    'eval_batch_size', 'data_dir', 'manual_dir', 'download',
+    'eval_batch_size', 'data_dir', 'manual_dir', 'download', 'profile_steps',
 })
 # Where a schedule depends on the run's length, a longer run stretches it.
 _LENGTH_DEPENDENT = ('cosine', 'warmup_cosine')
@@ -138,9 +138,10 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
       logging.warning('config.num_epochs changed under lr_schedule=%r: the schedule now spans '
                       'the new length, so the resumed steps follow another curve than the '
                       'saved ones did', new['lr_schedule'])
-    for k in sorted(new.keys() - old.keys()):
-      logging.warning('config.%s=%r is not in the recorded config (a field added since); '
-                      'taking it', k, new[k])
+    added = sorted(new.keys() - old.keys())
+    if added:
+      logging.warning('fields added to the configs since this run started, taken as given: %s',
+                      ', '.join(f'{k}={new[k]!r}' for k in added))
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
 

@@ -45,16 +45,22 @@ def test_mnist_and_fashion_mnist_built_in_one_data_dir_stay_apart(mnist_data_dir
   assert means['fashion_mnist'] == pytest.approx(73.1, abs=0.5), means
 
 
-def test_wrong_files_in_manual_dir_fail_the_checksum(tmp_path):
+def test_wrong_files_in_manual_dir_are_named_before_any_build(tmp_path, mnist_dir):
+  """Each file by size, then SHA-256: a file of the right size and wrong bytes is caught too."""
   fake = tmp_path / 'manual'
   fake.mkdir()
-  for name in ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
-               't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
-    (fake / name).write_bytes(b'not mnist')
+  for name in ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'):
+    (fake / name).write_bytes((open(os.path.join(mnist_dir, name), 'rb').read()))
+  (fake / 't10k-images-idx3-ubyte.gz').write_bytes(b'not mnist')
+  size = os.path.getsize(os.path.join(mnist_dir, 't10k-labels-idx1-ubyte.gz'))
+  (fake / 't10k-labels-idx1-ubyte.gz').write_bytes(bytes(size))
   config = mnist_cnn.get_config()
   config.update(data_dir=str(tmp_path / 'tfds'), manual_dir=str(fake))
-  with pytest.raises(UserError, match="could not build 'mnist'.*checksum"):
-    tfds_builders.prepare(tfds_builders.builder(config), config)
+  with pytest.raises(UserError, match=(
+      r"does not hold the original files of 'mnist': t10k-images-idx3-ubyte.gz has 9 bytes, "
+      r"not 1648877; t10k-labels-idx1-ubyte.gz has SHA-256 [0-9a-f]{12}\.\.\., not f7ae60f92e00")):
+    input_pipeline.image_info(config)  # The check the experiments make before any work.
+  assert not os.path.exists(tmp_path / 'tfds' / 'mnist' / '3.0.1' / 'dataset_info.json')
 
 
 def test_arrays_cached_beside_tfds_load_without_tensorflow_and_equal_tfds(mnist_data_dir, tmp_path):
