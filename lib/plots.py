@@ -50,6 +50,21 @@ def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: str, 
   return save(fig, path)
 
 
+def error_bars(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+               path: str, *, xlabel: str, ylabel: str, logx: bool = False) -> str:
+  """One line per entry of `series`, label -> (x, mean, std), with ± std error bars."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, (x, mean, std) in series.items():
+    ax.errorbar(x, mean, yerr=std, label=label or None, marker='o', capsize=4)
+  if logx:
+    ax.set_xscale('log')
+  ax.set(xlabel=xlabel, ylabel=ylabel)
+  ax.grid(alpha=0.3)
+  if any(series):
+    ax.legend()
+  return save(fig, path)
+
+
 def training_curves(history: Sequence[Mapping[str, float]], path: str) -> str:
   """Train and validation curves per epoch, one panel per metric (loss, accuracy, ...)."""
   names = sorted({k[len('train_'):] for k in history[0] if k.startswith('train_')})

@@ -1,0 +1,53 @@
+"""experiments.sweep: a grid of runs, resumable point by point, summarized as mean ± std over seeds."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+def _sweep(*args):
+  return subprocess.run([sys.executable, '-m', 'experiments.sweep', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=900)
+
+
+def test_a_sweep_of_3_seeds_by_2_rates_summarizes_and_reruns_without_training(tmp_path):
+  args = ['--config=configs/mnist1d.py:tiny', f'--workdir={tmp_path}', '--grid=seed=0,1,2',
+          '--grid=learning_rate=0.01,0.001', '--plot=learning_rate:val_accuracy']
+  first = _sweep(*args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  with open(tmp_path / 'summary.json') as f:
+    summary = json.load(f)
+  assert len(summary['points']) == 6 and not summary['failed']
+  assert len({p['name'] for p in summary['points']}) == 6
+  for entry in summary['summary']:
+    assert entry['n'] == 3
+    seeds = [p['metrics']['val_loss'] for p in summary['points']
+             if p['point']['learning_rate'] == entry['point']['learning_rate']]
+    assert entry['val_loss']['mean'] == pytest.approx(np.mean(seeds))
+    assert entry['val_loss']['std'] == pytest.approx(np.std(seeds, ddof=1))
+    assert entry['val_loss']['n'] == 3
+  assert os.path.getsize(tmp_path / 'plots' / 'val_accuracy_by_learning_rate.png') > 1000
+  results = sorted(tmp_path.glob('*/results.json'))
+  assert len(results) == 6
+  stamps = [r.stat().st_mtime_ns for r in results]
+
+  again = _sweep(*args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stderr.count('done before, skipped') == 6 and ': running' not in again.stderr
+  assert [r.stat().st_mtime_ns for r in results] == stamps  # Nothing trained or rewritten.
+
+
+@pytest.mark.parametrize('grid,message', [
+    ('learning_rate', 'write FIELD=V1,V2'),
+    ('lerning_rate=0.1', "the config has no field 'lerning_rate'"),
+    ('num_epochs=two', "'two' is not of type int"),
+])
+def test_bad_grids_are_one_error_line(tmp_path, grid, message):
+  out = _sweep('--config=configs/mnist1d.py:tiny', f'--workdir={tmp_path}', f'--grid={grid}')
+  assert out.returncode != 0 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith('error:') and message in out.stderr
