@@ -90,6 +90,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return results
 
 
+def field_type(config: ml_collections.ConfigDict, name: str) -> type:
+  """The type of config field `name` ('model_kwargs.dense' for a nested one).
+
+  Raises:
+    KeyError, AttributeError: the config has no such field.
+  """
+  *parents, leaf = name.split('.')
+  for parent in parents:
+    config = config[parent]
+  return config.get_type(leaf)
+
+
 def _config_fields(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
   names = []
   for key, value in config.items():
@@ -144,12 +156,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
       message = str(e).splitlines()[0].removeprefix('flag ')
       field = re.match(r'--config\.([\w.]+)=', message)
       if field and config is not None:  # Say which type the field takes.
-        *parents, leaf = field.group(1).split('.')
-        holder = config
-        for parent in parents:
-          holder = holder[parent]
         message += (f' (config.{field.group(1)} expects a value of type '
-                    f'{holder.get_type(leaf).__name__})')
+                    f'{field_type(config, field.group(1)).__name__})')
       raise UserError(message) from None
   except UserError as e:
     sys.stderr.write(f'error: {e}\n')

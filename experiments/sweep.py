@@ -47,12 +47,8 @@ def parse_grid(specs: list[str], config: ml_collections.ConfigDict) -> dict[str,
     field, eq, values = spec.partition('=')
     if not eq or not values:
       raise UserError(f'--grid={spec}: write FIELD=V1,V2,...')
-    *parents, leaf = field.split('.')
-    holder = config
     try:
-      for parent in parents:
-        holder = holder[parent]
-      kind = holder.get_type(leaf)
+      kind = launcher.field_type(config, field)
     except (KeyError, AttributeError):
       raise UserError(f'--grid={spec}: the config has no field {field!r}') from None
     parsed = []
@@ -84,7 +80,7 @@ def point_name(point: dict[str, Any]) -> str:
 
 def _scalars(results: dict[str, Any]) -> dict[str, float]:
   return {k: float(v) for k, v in results.items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
+          if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,12 +118,7 @@ def main(argv: list[str]) -> None:
       else:
         logging.info('%s: running', point_name(point))
         point_config = copy.deepcopy(config)
-        for field, value in point.items():
-          *parents, leaf = field.split('.')
-          holder = point_config
-          for parent in parents:
-            holder = holder[parent]
-          holder[leaf] = value
+        point_config.update_from_flattened_dict(point)
         try:
           launcher.run(point_config, sub)
         except NonFiniteLossError as e:  # Diverged: a finding of the sweep, not its end.

@@ -122,13 +122,15 @@ class Checkpoints:
     self.wait_until_finished()  # The step may still be being written.
     if state is None:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      state = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-          self._handler.metadata(epath.Path(self.directory) / str(step) / 'state').tree,
-          is_leaf=lambda x: hasattr(x, 'shape'))
+      state = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                           self._state_metadata(step).tree, is_leaf=lambda x: hasattr(x, 'shape'))
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
+
+  def _state_metadata(self, step: int) -> Any:
+    """The saved state's tree of array metadata (shapes, dtypes), read without the arrays."""
+    return self._handler.metadata(epath.Path(self.directory) / str(step) / 'state')
 
   def _check_fits(self, step: int, state: Any) -> None:
     """Raises UserError if checkpoint `step` holds arrays of other names or shapes than `state`.
@@ -137,7 +139,7 @@ class Checkpoints:
     that moves nothing, never a reason to set the checkpoint aside.
     """
     try:
-      saved = _shapes(self._handler.metadata(epath.Path(self.directory) / str(step) / 'state'))
+      saved = _shapes(self._state_metadata(step))
     except Exception:  # pylint: disable=broad-except  # Unreadable: restore_latest decides.
       return
     here = _shapes(state)

@@ -10,6 +10,7 @@ short epochs (config.steps_per_execution), and the terminal gets at most one
 line per epoch and per config.log_every_seconds.
 """
 from collections.abc import Callable, Sequence
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -207,7 +208,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
     rngs = dict(zip(('params', *rng_streams), jax.random.split(init_rng, 1 + len(rng_streams))))
     variables = model.init(rngs, jnp.zeros((1, *input_shape), input_dtype), train=False)
     model_state = {k: v for k, v in variables.items() if k != 'params'}
-    ema = variables['params'] if config.get('ema_decay') else None
+    ema = variables['params'] if config.ema_decay else None
     return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                              model_state=model_state, rng=state_rng, ema_params=ema)
 
@@ -665,7 +666,7 @@ class _Loop:
     profiler = _Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
     pending = None  # The previous call's metrics: read one call late, so that the host
                     # never waits on the steps it has just dispatched.
-    with _StopSignals() as signals:
+    with _StopSignals() as signals, contextlib.closing(profiler):
       while step < engine.total_steps and not self.meta['stopped_early']:
         # Step: dispatch the next call.
         first, count = step, min(engine.per_call, engine.total_steps - step)
@@ -697,7 +698,6 @@ class _Loop:
                             f'{self.ckpt.directory}; run the same command again to resume')
       if pending:
         self.absorb(*pending)
-    profiler.close()
     return state
 
   def absorb(self, first: int, metrics: Any) -> bool:

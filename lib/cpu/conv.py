@@ -23,8 +23,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from lib.cpu import conv_kernel
 from lib import cpu
+from lib.cpu import conv_kernel
 from lib.cpu.activations import relu
 from lib.errors import UserError
 
@@ -47,6 +47,7 @@ def implementation(name: str) -> Iterator[None]:
     yield
   finally:
     _CHOICE.reset(token)
+
 
 Padding = str | Sequence[tuple[int, int]]
 
