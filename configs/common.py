@@ -16,6 +16,12 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = experiment  # Module of experiments/ that runs this config.
   c.seed = 0  # Seeds the params, the model's random streams and the data order.
+  # Train this many models at once, seeds seed, seed + 1, ...: one vmapped program on
+  # the device-resident data, each model with its own init, data order and random
+  # streams (model k ends as a run with seed + k would). Logged and tracked metrics,
+  # the best checkpoint and early stopping follow the mean over the models;
+  # results.json reports each seed and the mean and std. 1 is a single run.
+  c.num_seeds = 1
 
   # Model.
   c.model = 'cnn'  # A key of lib.models.MODELS.

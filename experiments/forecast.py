@@ -202,8 +202,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model, state, summary = _fit(config, workdir, train_split, val_split, std)
   variables = {'params': state.params, **state.model_state}
   forecast = np.asarray(jax.jit(model.apply)(variables, val_arrays['x']))[:, 0] * std + mean
+  # The task's val_mae is the forecast's MAE over the validation period, in the series'
+  # units (for a population, the mean over its models; the plot shows the first model).
   results.update(summary)
-  results['val_mae'] = float(np.mean(np.abs(forecast - actual)))
   if jax.process_index() == 0:
     if summary['history']:
       plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))
@@ -211,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(t, series, color='lightgray', label='series')
     ax.plot(val_arrays['t'], forecast, color='tab:red', linewidth=1,
-            label=f"{config.model} forecast (MAE {results['val_mae']:.2f})")
+            label=f"{config.model} forecast (MAE {np.mean(np.abs(forecast - actual)):.2f})")
     best = min(results['baselines_val_mae'], key=results['baselines_val_mae'].get)
     ax.plot(val_arrays['t'], forecasts[best], color='tab:blue', linewidth=1, alpha=0.7,
             label=f"baseline {best} (MAE {results['baselines_val_mae'][best]:.2f})")

@@ -103,8 +103,11 @@ def _plots(model, state, data, config, plot_dir: str) -> None:
 
 def headline(results: dict[str, Any]) -> str:
   """The test bounds on -log p(x), in nats."""
-  return (f"{results['latents']} latents: test negative ELBO {results['test_neg_elbo']:.2f} nats, "
+  line = (f"{results['latents']} latents: test negative ELBO {results['test_neg_elbo']:.2f} nats, "
           f"IWAE-{results['iwae_samples']} NLL {results['test_iwae_nll']:.2f}")
+  if 'seeds' in results:
+    line += f" (the IWAE bound of seed {results['seeds']['seed'][0]}'s model)"
+  return line
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -175,12 +175,20 @@ class TrainFeed:
     start_step: steps already trained.
     stack: if positive, each call gets this many steps' inputs stacked on a
       new leading axis (config.steps_per_execution).
+    members: models trained together (config.num_seeds); above 1, member k
+      draws the order of seed + k, and each step's indices get a member axis
+      (after the stacked one).
   """
 
   def __init__(self, split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
-               start_step: int = 0, stack: int = 0):
-    self.split, self._seed, self._stack = split, seed, stack
+               start_step: int = 0, stack: int = 0, members: int = 1):
+    self.split, self._stack = split, stack
+    self._seeds = [seed + k for k in range(members)] if members > 1 else None
+    self._seed = seed
     self._step = start_step
+    if split.stream is not None and members > 1:
+      raise UserError(f'config.num_seeds={members} trains on a split kept on the devices; '
+                      'this one streams (over config.device_data_mb, or of several shapes)')
     if split.stream is not None:
       self.data = {}
       self._stream = None
@@ -202,28 +210,34 @@ class TrainFeed:
     self._per_pass = self._shard_size // self._shard_batch
     self._perms: dict[tuple[int, int], np.ndarray] = {}
 
-  def _permutation(self, shard: int, pass_index: int) -> np.ndarray:
-    key = (shard, pass_index)
+  def _permutation(self, seed: int, shard: int, pass_index: int) -> np.ndarray:
+    key = (seed, shard, pass_index)
     if key not in self._perms:
-      if len(self._perms) > 4 * self.split.num_shards:
+      if len(self._perms) > 4 * self.split.num_shards * len(self._seeds or [seed]):
         self._perms.clear()
-      rng = np.random.default_rng([self._seed % 2**32, shard, pass_index])
+      rng = np.random.default_rng([seed % 2**32, shard, pass_index])
       self._perms[key] = (rng.permutation(self._shard_size) + shard * self._shard_size).astype(
           np.int32)
     return self._perms[key]
 
-  def indices(self, step: int) -> np.ndarray:
-    """The global batch of `step` as indices into the split: one slice of each shard."""
+  def indices(self, step: int, seed: int | None = None) -> np.ndarray:
+    """The global batch of `step` (in the order of `seed`, default the run's) as indices into
+    the split: one slice of each shard."""
+    seed = self._seed if seed is None else seed
     pass_index, position = divmod(step, self._per_pass)
     lo, hi = position * self._shard_batch, (position + 1) * self._shard_batch
-    return np.concatenate([self._permutation(k, pass_index)[lo:hi]
+    return np.concatenate([self._permutation(seed, k, pass_index)[lo:hi]
                            for k in range(self.split.num_shards)])
 
   def next(self, count: int, sharding: jax.sharding.Sharding) -> dict[str, Any]:
     """The inputs of the next `count` steps (stacked when the feed stacks), for `train_steps`."""
     first, self._step = self._step, self._step + count
     if self.split.stream is None:
-      idx = np.stack([self.indices(s) for s in range(first, first + count)])
+      steps = range(first, first + count)
+      if self._seeds:  # (steps, members, batch).
+        idx = np.stack([np.stack([self.indices(s, seed) for seed in self._seeds]) for s in steps])
+      else:
+        idx = np.stack([self.indices(s) for s in steps])
       return {'idx': _replicated(idx if self._stack else idx[0])}
     if self._stream is None:
       from lib import streaming  # pylint: disable=g-import-not-at-top

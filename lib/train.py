@@ -92,6 +92,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.ema_decay < 1:
     raise UserError(f'config.ema_decay={config.ema_decay} must be in [0, 1) (0 is off; '
                     'e.g. 0.999)')
+  if config.get('num_seeds', 1) < 1:
+    raise UserError(f'config.num_seeds={config.num_seeds} must be at least 1')
+  if config.lr_finder and config.get('num_seeds', 1) > 1:
+    raise UserError('config.lr_finder sweeps the rate for one model: it needs config.num_seeds=1')
   if config.lr_finder and config.grad_accum_steps > 1:
     raise UserError('config.lr_finder sweeps the rate step by step: it needs '
                     'config.grad_accum_steps=1')
@@ -190,8 +194,11 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
                        rng_streams: Sequence[str] = ()) -> TrainState:
   """Initializes params from `config.seed`, replicated over the mesh.
 
+  With config.num_seeds > 1, a population: every leaf gets a leading axis of
+  that many members, member k initialized as a run with seed + k would be.
+
   Args:
-    config: the run's config (`seed`).
+    config: the run's config (`seed`, `num_seeds`).
     model: the Flax module.
     input_shape: shape of one example's model input, without the batch axis.
     input_dtype: its dtype.
@@ -202,9 +209,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
   Returns:
     The TrainState at step 0.
   """
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-
-  def init():
+  def init(seed):
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
     rngs = dict(zip(('params', *rng_streams), jax.random.split(init_rng, 1 + len(rng_streams))))
     variables = model.init(rngs, jnp.zeros((1, *input_shape), input_dtype), train=False)
     model_state = {k: v for k, v in variables.items() if k != 'params'}
@@ -212,7 +218,26 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
     return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                              model_state=model_state, rng=state_rng, ema_params=ema)
 
-  return jax.jit(init, out_shardings=sharding)()
+  n = config.get('num_seeds', 1)
+  if n == 1:
+    return jax.jit(init, static_argnums=0, out_shardings=sharding)(config.seed)
+  seeds = jnp.arange(config.seed, config.seed + n, dtype=jnp.int32)
+  return jax.jit(jax.vmap(init), out_shardings=sharding)(seeds)
+
+
+def members(state: TrainState) -> int:
+  """Models in `state`: 0 for a single model, N for a population of N (config.num_seeds)."""
+  return 0 if jnp.ndim(state.step) == 0 else state.step.shape[0]
+
+
+def member(state: TrainState, k: int) -> TrainState:
+  """Model `k` of a population (seed config.seed + k), as a single model's state."""
+  return jax.tree.map(lambda a: a[k], state)
+
+
+def current_step(state: TrainState) -> int:
+  """The step `state` has trained (the members of a population share it)."""
+  return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
 
 
 def metrics_collection(names: Sequence[str]) -> type[clu_metrics.Collection]:
@@ -297,15 +322,17 @@ class TrainSteps:
   augmentation.train[which] and takes the gradient step. With
   steps_per_execution > 1 the inputs are stacked on a leading axis and the
   steps run in a `lax.scan`, returning each step's metrics stacked the same way.
+  With `members` (a population's state, config.num_seeds), the step is
+  vmapped over the members: each its own state and indices, the data shared.
   """
 
   def __init__(self, task: Task, collection: type[clu_metrics.Collection],
                mesh: jax.sharding.Mesh, rng_streams: Sequence[str],
                preprocess: input_pipeline.Preprocess,
                augmentation: input_pipeline.Augmentation, steps_per_execution: int,
-               compute_dtype: Any = jnp.float32, ema_decay: float = 0.0):
+               compute_dtype: Any = jnp.float32, ema_decay: float = 0.0, members: int = 0):
     self._one_step = make_train_step(task, collection, rng_streams, compute_dtype, ema_decay)
-    self._mesh, self._preprocess = mesh, preprocess
+    self._mesh, self._preprocess, self._members = mesh, preprocess, members
     self._augmentation, self._scan = augmentation, steps_per_execution > 1
     self._jitted: dict[int, Any] = {}
 
@@ -317,6 +344,8 @@ class TrainSteps:
       key = jax.random.fold_in(jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step)
       return self._one_step(state, input_pipeline.prepare(batch, self._preprocess, augment, key))
 
+    if self._members:
+      fed_step = jax.vmap(fed_step, in_axes=(0, None, 0))
     if self._scan:
       def fn(state, data, inputs):
         return jax.lax.scan(lambda s, inp: fed_step(s, data, inp), state, inputs)
@@ -339,16 +368,21 @@ class TrainSteps:
 
 
 def jit_eval_step(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
-                  rng_streams: Sequence[str] = (),
-                  compute_dtype: Any = jnp.float32) -> Callable[..., Any]:
-  """The eval step on prepared batches (input_pipeline.eval_batches), compiled once per shape."""
-  return jax.jit(make_eval_step(task, metrics_collection(names), rng_streams, compute_dtype),
-                 out_shardings=parallel.replicated(mesh))
+                  rng_streams: Sequence[str] = (), compute_dtype: Any = jnp.float32,
+                  members: int = 0) -> Callable[..., Any]:
+  """The eval step on prepared batches (input_pipeline.eval_batches), compiled once per shape.
+
+  With `members`, vmapped over a population's states, each member on the same batch.
+  """
+  step = make_eval_step(task, metrics_collection(names), rng_streams, compute_dtype)
+  if members:
+    step = jax.vmap(step, in_axes=(0, None))
+  return jax.jit(step, out_shardings=parallel.replicated(mesh))
 
 
 def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipeline.Split,
              batch_size: int, prefix: str, max_batches: int | None = None,
-             augment: input_pipeline.Augment | None = None) -> dict[str, float]:
+             augment: input_pipeline.Augment | None = None) -> dict[str, Any]:
   """Averages the task's values over every example of `split` (padding masked), on the devices.
 
   Args:
@@ -361,13 +395,22 @@ def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipe
     augment: the evaluation augmentation, keyed by each example's index.
 
   Returns:
-    The metrics, after one transfer to the host.
+    The metrics, after one transfer to the host: floats, or for a population
+    an array of its members' values each.
   """
   total = None
   for batch in input_pipeline.eval_batches(split, batch_size, max_batches, augment):
     m = eval_step(state, batch)
     total = m if total is None else total.merge(m)
-  return {prefix + k: float(v) for k, v in jax.device_get(total.compute()).items()}
+  # A population's collection has a member axis, which CLU's compute must not see.
+  values = total.compute() if np.ndim(total.loss.count) == 0 else jax.vmap(type(total).compute)(total)
+  return {prefix + k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)
+          for k, v in jax.device_get(values).items()}
+
+
+def _mean(metrics: dict[str, Any]) -> dict[str, float]:
+  """A population's metrics as the mean over its members; a single model's as they are."""
+  return {k: float(np.mean(v)) for k, v in metrics.items()}
 
 
 class _StopSignals:
@@ -450,20 +493,27 @@ class _Progress:
   def _means(sums: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: float(v[0] / v[1]) for k, v in sums.items()}
 
-  def add(self, first_step: int, metrics: Any) -> tuple[int, float] | None:
-    """Adds the steps after `first_step`; returns (step, loss) of the first non-finite loss.
+  def add(self, first_step: int, steps: int, metrics: Any) -> tuple[int, float, int] | None:
+    """Adds the `steps` steps after `first_step`.
 
     `metrics` are a call's CLU Averages, stacked over its steps (a call of one
-    step is a stack of one).
+    step is a stack of one), for a population with a member axis after it:
+    the population's mean is recorded (every member counts as many examples).
+
+    Returns:
+      (step, loss, member) of the first non-finite loss, else None.
     """
     metrics = jax.device_get(metrics)
-    fields = {k: (np.atleast_1d(v.total), np.atleast_1d(v.count))
+    fields = {k: (np.asarray(v.total, np.float64).reshape(steps, -1),
+                  np.asarray(v.count, np.float64).reshape(steps, -1))
               for k, v in vars(metrics).items() if not k.startswith('_')}
     losses = fields['loss'][0] / np.maximum(fields['loss'][1], 1)
-    bad = np.flatnonzero(~np.isfinite(losses))
+    bad = np.argwhere(~np.isfinite(losses))
     if bad.size:
-      return first_step + int(bad[0]) + 1, float(losses[bad[0]])
-    n = len(losses)
+      i, k = bad[0]
+      return first_step + int(i) + 1, float(losses[i, k]), int(k)
+    fields = {k: (t.sum(1), c.sum(1)) for k, (t, c) in fields.items()}
+    n = steps
     cuts = [i + 1 for i in range(n)
             if (first_step + i + 1) % self._spe == 0 or (first_step + i + 1) % self._log_every == 0
             or first_step + i + 1 == self._total]
@@ -569,7 +619,7 @@ class _Engine:
   schedule: optax.Schedule
   state: TrainState  # At step 0.
   train_steps: TrainSteps
-  evaluate: Callable[..., dict[str, float]]  # (state, split, prefix, max_batches=None).
+  evaluate: Callable[..., dict[str, Any]]  # (state, split, prefix, max_batches=None).
   train_sharding: jax.sharding.Sharding
   augmentation: input_pipeline.Augmentation
 
@@ -598,16 +648,19 @@ def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
   state = create_train_state(config, model, example['x'].shape, example['x'].dtype,
                              create_optimizer(config, by_update), parallel.replicated(mesh),
                              rng_streams)
-  logging.info('model: %s params; %d steps per epoch, %d steps, %d per call; %d devices, %d '
-               'processes; training data %s\n%s', f'{models.count_params(state.params):,}',
+  population = members(state)
+  one = member(state, 0) if population else state
+  logging.info('model: %s params%s; %d steps per epoch, %d steps, %d per call; %d devices, %d '
+               'processes; training data %s\n%s', f'{models.count_params(one.params):,}',
+               f' x {population} seeds' if population else '',
                steps_per_epoch, total_steps, per_call, jax.device_count(), jax.process_count(),
                'on the devices' if train.stream is None else 'streamed through tf.data',
-               parameter_overview.get_parameter_overview(state.params, include_stats=False))
+               parameter_overview.get_parameter_overview(one.params, include_stats=False))
   # The task's value names, found by tracing once without computing.
   batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in example.items()}
   names = sorted(jax.eval_shape(
       lambda s, b: task(s.apply_fn({'params': s.params, **s.model_state}, b['x'], train=False,
-                                   rngs=_rngs(s.rng, rng_streams)), b), state, batch))
+                                   rngs=_rngs(s.rng, rng_streams)), b), one, batch))
   measured = [f'val_{n}' for n in names]
   measured += [f'val_ema_{n}' for n in names] if config.ema_decay else []
   if config.best_metric and config.best_metric not in measured:
@@ -615,9 +668,10 @@ def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
                     f'choose one of {measured}')
   dtype = COMPUTE_DTYPES[config.compute_dtype]
   train_steps = TrainSteps(task, metrics_collection(names), mesh, rng_streams, train.preprocess,
-                           augmentation, per_call, dtype, config.ema_decay)
-  run_eval = functools.partial(evaluate, jit_eval_step(task, names, mesh, rng_streams, dtype),
-                               batch_size=config.eval_batch_size, augment=augmentation.eval)
+                           augmentation, per_call, dtype, config.ema_decay, population)
+  run_eval = functools.partial(
+      evaluate, jit_eval_step(task, names, mesh, rng_streams, dtype, population),
+      batch_size=config.eval_batch_size, augment=augmentation.eval)
   if config.ema_decay:  # The average's metrics beside the params': val_ema_*, test_ema_*.
     run_eval = functools.partial(_with_ema, run_eval)
   train_sharding = (parallel.stacked_batch_sharding(mesh) if per_call > 1 else
@@ -657,11 +711,12 @@ class _Loop:
     config, engine = self.config, self.engine
     every_eval = config.eval_every_epochs * engine.steps_per_epoch
     every_save = config.checkpoint_every_epochs * engine.steps_per_epoch
-    step = int(state.step)
+    step = current_step(state)
     feed = input_pipeline.TrainFeed(train, config.batch_size, seed=config.seed,
                                     shuffle_buffer=config.get('shuffle_buffer', 0),
                                     start_step=step,
-                                    stack=engine.per_call if engine.per_call > 1 else 0)
+                                    stack=engine.per_call if engine.per_call > 1 else 0,
+                                    members=config.get('num_seeds', 1))
     self.started, self.start_step = time.time(), step
     profiler = _Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
     pending = None  # The previous call's metrics: read one call late, so that the host
@@ -677,7 +732,7 @@ class _Loop:
         profiler.after_call(step, state)
         if pending and not self.absorb(*pending):
           break
-        pending = (first, metrics)
+        pending = (first, count, metrics)
         evaluate_now = _due(first, step, every_eval, engine.total_steps)
         save_now = _due(first, step, every_save, engine.total_steps)
         if not (evaluate_now or save_now or signals.received):
@@ -700,7 +755,7 @@ class _Loop:
         self.absorb(*pending)
     return state
 
-  def absorb(self, first: int, metrics: Any) -> bool:
+  def absorb(self, first: int, steps: int, metrics: Any) -> bool:
     """The host's share of a finished call: NaN check, TensorBoard, history.
 
     Returns:
@@ -709,7 +764,7 @@ class _Loop:
     Raises:
       NonFiniteLossError: a non-finite loss in a training run.
     """
-    bad = self.progress.add(first, metrics)
+    bad = self.progress.add(first, steps, metrics)
     if bad and self.sweep:
       self.meta['stopped_early'] = True
       logging.info('LR range test: loss is %s at step %d; the sweep ends there', bad[1], bad[0])
@@ -718,8 +773,10 @@ class _Loop:
       kept = (f'the last good checkpoint (step {self.saved_step}) is kept in '
               f'{self.ckpt.directory}' if self.saved_step is not None else
               'no checkpoint was saved yet')
-      raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}; training stopped, {kept}. '
-                               'Lower config.learning_rate or check the inputs')
+      which = (f' (the model of seed {self.config.seed + bad[2]})'
+               if self.config.get('num_seeds', 1) > 1 else '')
+      raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}{which}; training stopped, '
+                               f'{kept}. Lower config.learning_rate or check the inputs')
     for at, means in self.progress.windows:
       self.writer.write_scalars(at, {'learning_rate': float(self.engine.schedule(at - 1)),
                                      **{f'train_{k}': v for k, v in means.items()}})
@@ -731,8 +788,11 @@ class _Loop:
   def evaluate(self, state: TrainState, step: int, val: input_pipeline.Split) -> bool:
     """Evaluates `val` into the epoch's record; returns whether it is a new best (to save)."""
     config = self.config
-    val_metrics = self.engine.evaluate(state, val, prefix='val_',
-                                       max_batches=config.validation_steps)
+    per_model = self.engine.evaluate(state, val, prefix='val_',
+                                     max_batches=config.validation_steps)
+    val_metrics = _mean(per_model)  # A population is logged and ranked by its mean.
+    if config.get('num_seeds', 1) > 1:
+      self.meta['val_per_seed'] = {k: v.tolist() for k, v in per_model.items()}
     self.writer.write_scalars(step, val_metrics)
     record = self.meta['history'][-1]
     record.update(val_metrics)
@@ -755,8 +815,11 @@ class _Loop:
 def _finish(config: ml_collections.ConfigDict, engine: _Engine, ckpt: checkpoints.Checkpoints,
             meta: dict[str, Any], state: TrainState, val: input_pipeline.Split,
             test: input_pipeline.Split | None) -> tuple[TrainState, dict[str, float]]:
-  """The best weights if config.restore_best asks, and the final val_* and test_* metrics."""
-  final_step = int(state.step)
+  """The best weights if config.restore_best asks, and the final val_* and test_* metrics.
+
+  A population's metrics are arrays of its members' values.
+  """
+  final_step = current_step(state)
   restore = config.restore_best and meta['best_step'] not in (None, final_step)
   if restore:
     state, _ = ckpt.restore(meta['best_step'], state)
@@ -764,7 +827,9 @@ def _finish(config: ml_collections.ConfigDict, engine: _Engine, ckpt: checkpoint
                  config.best_metric, meta['best_value'])
   final = {}
   evaluated = [h for h in meta['history'] if any(k.startswith('val_') for k in h)]
-  if evaluated:
+  if 'val_per_seed' in meta:  # A population's last evaluation, model by model.
+    final.update({k: np.asarray(v) for k, v in meta['val_per_seed'].items()})
+  elif evaluated:
     final.update({k: v for k, v in evaluated[-1].items() if k.startswith('val_')})
   if restore:
     final.update(engine.evaluate(state, val, prefix='val_', max_batches=config.validation_steps))
@@ -802,14 +867,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module,
     # The loop: step, log, evaluate, checkpoint, stop.
     loop = _Loop(config, engine, ckpt, writer, meta, saved_step, sweep)
     state = loop.run(state, train, val)
-    final_step = int(state.step)
+    final_step = current_step(state)
     # Finish: the best weights if asked, the final metrics.
-    state, final = _finish(config, engine, ckpt, meta, state, val, test)
+    state, per_model = _finish(config, engine, ckpt, meta, state, val, test)
+    final = _mean(per_model)
     writer.write_scalars(final_step, {k: v for k, v in final.items() if k.startswith('test_')})
   finally:
     ckpt.close()
     writer.close()
 
+  population = members(state)
+  if population:  # The experiment carries on with the first model (config.seed)'s weights.
+    state = member(state, 0)
   results = {
       'steps': final_step, 'steps_per_epoch': engine.steps_per_epoch,
       'epochs': len(meta['history']), 'params': models.count_params(state.params),
@@ -822,6 +891,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module,
   }
   if config.best_metric:
     results[f'best_{config.best_metric}'] = meta['best_value']
+  if population:  # The metrics above are the means over the models; here each and the spread.
+    results['seeds'] = {'seed': list(range(config.seed, config.seed + population)),
+                        **{k: np.asarray(v).tolist() for k, v in per_model.items()}}
+    results['std'] = {k: float(np.std(v, ddof=1)) for k, v in per_model.items()}
   return state, results
 
 

@@ -1,0 +1,57 @@
+"""config.num_seeds: a population of models trained as one vmapped program, each equal to its own run."""
+import jax
+import numpy as np
+import pytest
+
+from configs import mnist1d
+import experiments.__main__ as launcher
+from lib import checkpoints
+from lib.errors import UserError
+from tests.conftest import tiny
+
+
+def _run(workdir, **overrides):
+  return launcher.run(tiny(mnist1d, **overrides), str(workdir))
+
+
+def _params(workdir):
+  ckpt = checkpoints.Checkpoints(str(workdir), keep=2)
+  state, _ = ckpt.restore(ckpt.latest_step())
+  ckpt.close()
+  return state['params']
+
+
+@pytest.mark.parametrize('steps_per_execution', [1, 3])
+def test_each_seed_of_a_population_is_its_own_run(tmp_path, steps_per_execution):
+  """Seeds 1, 2, 3 together: seeds 1 and 3 alone end with the same params and metrics.
+
+  The population also resumes: it trains one epoch, then a rerun extends it to two.
+  """
+  common = {'steps_per_execution': steps_per_execution, 'num_epochs': 2}
+  singles = {s: _run(tmp_path / f'seed{s}', seed=s, **common) for s in (1, 3)}
+  _run(tmp_path / 'population', seed=1, num_seeds=3, **{**common, 'num_epochs': 1})
+  population = _run(tmp_path / 'population', seed=1, num_seeds=3, **common)
+  assert population['steps'] == 6 and population['epochs'] == 2
+  seeds = population['seeds']
+  assert seeds['seed'] == [1, 2, 3]
+  for k, s in ((0, 1), (2, 3)):
+    assert seeds['val_loss'][k] == pytest.approx(singles[s]['val_loss'], rel=1e-5, abs=1e-6)
+    assert seeds['val_accuracy'][k] == pytest.approx(singles[s]['val_accuracy'])
+    for mine, alone in zip(jax.tree.leaves(_params(tmp_path / 'population')),
+                           jax.tree.leaves(_params(tmp_path / f'seed{s}')), strict=True):
+      np.testing.assert_allclose(mine[k], alone, rtol=1e-5, atol=1e-6)
+  # The metrics are the means over the seeds, with their spread beside them.
+  assert population['val_loss'] == pytest.approx(np.mean(seeds['val_loss']))
+  assert population['std']['val_loss'] == pytest.approx(np.std(seeds['val_loss'], ddof=1))
+  assert population['history'][-1]['val_loss'] == pytest.approx(population['val_loss'])
+  assert seeds['val_loss'][1] not in (seeds['val_loss'][0], seeds['val_loss'][2])
+  assert 'the mean of 3 seeds' in population['headline']
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'num_seeds': 0}, 'config.num_seeds=0 must be at least 1'),
+    ({'num_seeds': 2, 'lr_finder': True}, 'config.lr_finder .* needs config.num_seeds=1'),
+])
+def test_bad_populations_are_clear_errors(tmp_path, overrides, message):
+  with pytest.raises(UserError, match=message):
+    _run(tmp_path, **overrides)
