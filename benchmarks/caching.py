@@ -91,12 +91,14 @@ def main(argv):
     seconds[name] = round(times[1], 2)
     print(f'{name}: first epoch {times[0]:.2f} s, next {times[1]:.2f} s', flush=True)
   device = seconds['on the devices']
-  print(json.dumps({
-      'workload': _WORKLOAD.value, 'steps_per_epoch': steps_per_epoch, 'batch': config.batch_size,
-      'epoch_seconds': seconds, 'vs_on_the_devices': {k: round(v / device, 2)
-                                                      for k, v in seconds.items()},
-      'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
-      'cpu_settings': CPU_SETTINGS}))
+  print(
+      json.dumps({
+          'workload': _WORKLOAD.value, 'steps_per_epoch': steps_per_epoch,
+          'batch': config.batch_size, 'epoch_seconds': seconds, 'vs_on_the_devices': {
+              k: round(v / device, 2) for k, v in seconds.items()
+          }, 'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+          'cpu_settings': CPU_SETTINGS
+      }))
 
 
 if __name__ == '__main__':

@@ -46,8 +46,9 @@ from lib import models, parallel, tasks, train
 
 _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
 _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds of fresh processes per framework and setting.')
-_ONE = flags.DEFINE_string('one', None, 'Time this framework in this process and print its '
-                           'rate (what each child process does).')
+_ONE = flags.DEFINE_string(
+    'one', None, 'Time this framework in this process and print its '
+    'rate (what each child process does).')
 BATCH = 128
 
 
@@ -60,8 +61,10 @@ def jaxnotes_step(x: np.ndarray, y: np.ndarray, conv: str):
   model = models.create(config.model, outputs=10, **config.model_kwargs)
   mesh = parallel.make_mesh()
   tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10**6, 1))
-  holder = {'state': train.create_train_state(config, model, (28, 28, 1), np.float32, tx,
-                                              parallel.replicated(mesh))}
+  holder = {
+      'state': train.create_train_state(config, model, (28, 28, 1), np.float32, tx,
+                                        parallel.replicated(mesh))
+  }
   # The engine's step as lib.train.fit runs it, gathering the batch on the device.
   step = train.TrainSteps(tasks.classification, train.metrics_collection(['accuracy', 'loss']),
                           mesh, (), lambda b: b, input_pipeline.augmentation(None), 1)
@@ -83,9 +86,14 @@ def keras_step(x: np.ndarray, y: np.ndarray):
   layers = keras.layers
   model = keras.Sequential([
       keras.Input((28, 28, 1)),
-      layers.Conv2D(32, 3, padding='same', activation='relu'), layers.AveragePooling2D(2),
-      layers.Conv2D(64, 3, padding='same', activation='relu'), layers.AveragePooling2D(2),
-      layers.Flatten(), layers.Dense(256, activation='relu'), layers.Dense(10)])
+      layers.Conv2D(32, 3, padding='same', activation='relu'),
+      layers.AveragePooling2D(2),
+      layers.Conv2D(64, 3, padding='same', activation='relu'),
+      layers.AveragePooling2D(2),
+      layers.Flatten(),
+      layers.Dense(256, activation='relu'),
+      layers.Dense(10)
+  ])
   model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   assert model.count_params() == 824_458
@@ -96,10 +104,9 @@ def torch_step(x: np.ndarray, y: np.ndarray):
   """PyTorch eager on CPU: the same CNN (NCHW), SGD with momentum."""
   import torch  # pylint: disable=g-import-not-at-top
   nn = torch.nn
-  model = nn.Sequential(
-      nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-      nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Linear(256, 10))
+  model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Linear(256, 10))
   assert sum(p.numel() for p in model.parameters()) == 824_458
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
   images = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
@@ -111,14 +118,17 @@ def torch_step(x: np.ndarray, y: np.ndarray):
     loss = loss_fn(model(images), labels)
     loss.backward()
     opt.step()
+
   return run
 
 
 # In the order each round runs them: jaxnotes next to what it is compared with.
-STEPS = {'jaxnotes': functools.partial(jaxnotes_step, conv='auto'),
-         'keras_tensorflow': keras_step, 'pytorch': torch_step,
-         'jaxnotes_xla_conv': functools.partial(jaxnotes_step, conv='xla'),
-         'jaxnotes_im2col_conv': functools.partial(jaxnotes_step, conv='im2col')}
+STEPS = {
+    'jaxnotes': functools.partial(jaxnotes_step, conv='auto'),
+    'keras_tensorflow': keras_step, 'pytorch': torch_step, 'jaxnotes_xla_conv': functools.partial(
+        jaxnotes_step, conv='xla'), 'jaxnotes_im2col_conv': functools.partial(
+            jaxnotes_step, conv='im2col')
+}
 
 
 def _time_one(name: str) -> dict:
@@ -130,15 +140,18 @@ def _time_one(name: str) -> dict:
   step = STEPS[name](x, y)
   for _ in range(10):  # Warm-up.
     step()
-  return {'examples_per_sec': timing.median_rate(step, BATCH, _BLOCK_SECONDS.value),
-          'cpu_settings': CPU_SETTINGS}
+  return {
+      'examples_per_sec': timing.median_rate(step, BATCH, _BLOCK_SECONDS.value),
+      'cpu_settings': CPU_SETTINGS
+  }
 
 
 def _child(name: str, configured: bool) -> float:
   env = {**_ENVIRON, 'JAXNOTES_CPU_DEFAULTS': '1' if configured else '0'}
-  out = subprocess.run([sys.executable, '-m', 'benchmarks.frameworks', f'--one={name}',
-                        f'--block_seconds={_BLOCK_SECONDS.value}'], env=env, check=True,
-                       capture_output=True, text=True).stdout
+  out = subprocess.run([
+      sys.executable, '-m', 'benchmarks.frameworks', f'--one={name}',
+      f'--block_seconds={_BLOCK_SECONDS.value}'
+  ], env=env, check=True, capture_output=True, text=True).stdout
   result = json.loads(out.strip().splitlines()[-1])
   assert any(result['cpu_settings'].values()) == configured, result
   return result['examples_per_sec']
@@ -153,17 +166,25 @@ def main(argv):
   for _ in range(_ROUNDS.value):
     for name, setting in runs:
       runs[name, setting].append(_child(name, setting == 'configured'))
-  rates = {f'{name}/{setting}': round(statistics.median(r), 1) for (name, setting), r in runs.items()}
+  rates = {
+      f'{name}/{setting}': round(statistics.median(r), 1) for (name, setting), r in runs.items()
+  }
   # Per round, so that the VM's drift between rounds cancels: jaxnotes as the launcher runs
   # it over the fastest other framework at that framework's better setting.
-  ratios = [runs['jaxnotes', 'configured'][i] / max(
-      rate[i] for (name, _), rate in runs.items() if not name.startswith('jaxnotes'))
-            for i in range(_ROUNDS.value)]
-  print(json.dumps({'examples_per_sec': rates, 'rounds': {f'{n}/{s}': [round(v) for v in r]
-                                                          for (n, s), r in runs.items()},
-                    'jaxnotes_vs_fastest_other': round(statistics.median(ratios), 3),
-                    'ratio_per_round': [round(r, 3) for r in ratios], 'batch': BATCH,
-                    'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}'}))
+  ratios = [
+      runs['jaxnotes', 'configured'][i] / max(rate[i]
+                                              for (name, _), rate in runs.items()
+                                              if not name.startswith('jaxnotes'))
+      for i in range(_ROUNDS.value)
+  ]
+  print(
+      json.dumps({
+          'examples_per_sec': rates, 'rounds': {
+              f'{n}/{s}': [round(v) for v in r] for (n, s), r in runs.items()
+          }, 'jaxnotes_vs_fastest_other': round(statistics.median(ratios), 3), 'ratio_per_round': [
+              round(r, 3) for r in ratios
+          ], 'batch': BATCH, 'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}'
+      }))
 
 
 if __name__ == '__main__':

@@ -55,27 +55,29 @@ def _models():
   cats = any_size_cnn.get_config('cats_vs_dogs')
   return [
       ('mnist_cnn', models.create('cnn', outputs=10), (28, 28, 1), mnist_cnn.get_config()),
-      ('autoencoder mlp', models.create('mlp_autoencoder', shape=(28, 28, 1), latents=32),
-       (28, 28, 1), autoencoder.get_config()),
-      ('vae 2-D (500, 500)', models.create('vae', outputs=784, **vae.get_config().model_kwargs),
-       (28, 28, 1), vae.get_config()),
-      ('any_size_cnn cats_vs_dogs', models.create('any_size_cnn', outputs=2, **cats.model_kwargs),
-       (256, 320, 3), cats),
+      ('autoencoder mlp', models.create('mlp_autoencoder', shape=(28, 28, 1),
+                                        latents=32), (28, 28, 1), autoencoder.get_config()),
+      ('vae 2-D (500, 500)', models.create('vae', outputs=784,
+                                           **vae.get_config().model_kwargs), (28, 28, 1),
+       vae.get_config()),
+      ('any_size_cnn cats_vs_dogs', models.create('any_size_cnn', outputs=2,
+                                                  **cats.model_kwargs), (256, 320, 3), cats),
   ]
 
 
 def _checkpoint_times(name, model, shape, config, workdir):
-  state = train.create_train_state(
-      config, model, shape, 'float32', train.create_optimizer(config, lambda _: 1e-3),
-      parallel.replicated(parallel.make_mesh()),
-      rng_streams=('sample',) if 'vae' in name else ())
+  state = train.create_train_state(config, model, shape, 'float32',
+                                   train.create_optimizer(config, lambda _: 1e-3),
+                                   parallel.replicated(parallel.make_mesh()),
+                                   rng_streams=('sample',) if 'vae' in name else ())
   # Random values everywhere: a fresh optimizer state is zeros, which orbax's compression
   # would shrink to nothing; a trained one is not.
   leaves, tree = jax.tree.flatten(state)
   keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
   state = jax.tree.unflatten(tree, [
       jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-      for k, x in zip(keys, leaves)])
+      for k, x in zip(keys, leaves)
+  ])
   ckpt = checkpoints.Checkpoints(workdir, keep=2)
   blocking, complete = [], []
   for step in range(1, _SAVES.value + 2):
@@ -87,20 +89,26 @@ def _checkpoint_times(name, model, shape, config, workdir):
       blocking.append(returned - start)
       complete.append(time.perf_counter() - start)
   ckpt.close()
-  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
-             os.walk(os.path.join(workdir, 'checkpoints', str(_SAVES.value + 1))) for f in fs)
-  return {'benchmark': 'checkpoint', 'model': name, 'params': models.count_params(state.params),
-          'mib': round(size / 2**20, 2),
-          'blocking_ms': round(1000 * statistics.median(blocking), 1),
-          'complete_ms': round(1000 * statistics.median(complete), 1)}
+  size = sum(
+      os.path.getsize(os.path.join(d, f))
+      for d, _, fs in os.walk(os.path.join(workdir, 'checkpoints', str(_SAVES.value + 1)))
+      for f in fs)
+  return {
+      'benchmark': 'checkpoint', 'model': name, 'params': models.count_params(state.params),
+      'mib': round(size / 2**20, 2), 'blocking_ms': round(1000 * statistics.median(blocking),
+                                                          1), 'complete_ms': round(
+                                                              1000 * statistics.median(complete), 1)
+  }
 
 
 def _command(workdir):
-  return [sys.executable, '-m', 'experiments', '--config=configs/mnist_cnn.py',
-          f'--workdir={workdir}', f'--config.manual_dir={os.path.abspath(_MANUAL_DIR.value)}',
-          f'--config.steps_per_epoch={_CHECKPOINT_STEPS.value}',
-          f'--config.num_epochs={_STEPS.value // _CHECKPOINT_STEPS.value}',
-          '--config.log_every_steps=10', '--config.validation_steps=1']
+  return [
+      sys.executable, '-m', 'experiments', '--config=configs/mnist_cnn.py', f'--workdir={workdir}',
+      f'--config.manual_dir={os.path.abspath(_MANUAL_DIR.value)}',
+      f'--config.steps_per_epoch={_CHECKPOINT_STEPS.value}',
+      f'--config.num_epochs={_STEPS.value // _CHECKPOINT_STEPS.value}',
+      '--config.log_every_steps=10', '--config.validation_steps=1'
+  ]
 
 
 def _timed_run(workdir, stop=None):
@@ -133,12 +141,14 @@ def main(argv):
       workdir = os.path.join(tmp, stop.name)
       stopped, exit_s = _timed_run(workdir, stop)
       rerun, _ = _timed_run(workdir)
-      print(json.dumps({
-          'benchmark': 'preemption', 'signal': stop.name, 'steps': _STEPS.value,
-          'stopped_after_step': _STOP_AT.value, 'checkpoint_every': _CHECKPOINT_STEPS.value,
-          'straight_s': round(straight, 1), 'stopped_s': round(stopped, 1),
-          'rerun_s': round(rerun, 1), 'lost_s': round(stopped + rerun - straight, 1),
-          'exit_s': round(exit_s, 2), 'devices': jax.device_count()}), flush=True)
+      print(
+          json.dumps({
+              'benchmark': 'preemption', 'signal': stop.name, 'steps': _STEPS.value,
+              'stopped_after_step': _STOP_AT.value, 'checkpoint_every': _CHECKPOINT_STEPS.value,
+              'straight_s': round(straight, 1), 'stopped_s': round(stopped, 1), 'rerun_s': round(
+                  rerun, 1), 'lost_s': round(stopped + rerun - straight, 1), 'exit_s': round(
+                      exit_s, 2), 'devices': jax.device_count()
+          }), flush=True)
       shutil.rmtree(workdir)
 
 

@@ -97,11 +97,13 @@ WORKLOADS = {
 _WORKLOAD = flags.DEFINE_enum('workload', 'cnn', list(WORKLOADS), 'The config whose model, '
                               'optimizer and batch size are timed.')
 _BLOCK_SECONDS = flags.DEFINE_float('block_seconds', 3.0, 'Least length of a timed block.')
-_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Original dataset files: also time '
-                                  'an epoch through the real input pipeline.')
+_MANUAL_DIR = flags.DEFINE_string(
+    'manual_dir', None, 'Original dataset files: also time '
+    'an epoch through the real input pipeline.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir for --manual_dir.')
-_ROUNDS = flags.DEFINE_integer('rounds', 3, 'With --manual_dir: epochs timed, each next to as '
-                               'many steps on one device-resident batch.')
+_ROUNDS = flags.DEFINE_integer(
+    'rounds', 3, 'With --manual_dir: epochs timed, each next to as '
+    'many steps on one device-resident batch.')
 _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     'steps_per_execution', None, 'Training steps per compiled call; default: the config\'s.')
 
@@ -119,19 +121,22 @@ def main(argv):
   tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10**6, 1))
   rng = np.random.default_rng(0)
   x = rng.random((config.batch_size, *workload.input_shape), np.float32)
-  local = {'x': (x < 0.5).astype(np.float32) if workload.binary_inputs else x,
-           'y': (rng.normal(size=config.batch_size).astype(np.float32) if workload.regression
-                 else rng.integers(0, 10, config.batch_size).astype(np.int32))}
+  local = {
+      'x': (x < 0.5).astype(np.float32) if workload.binary_inputs else x,
+      'y': (rng.normal(size=config.batch_size).astype(np.float32)
+            if workload.regression else rng.integers(0, 10, config.batch_size).astype(np.int32))
+  }
   stack = per_call if per_call > 1 else 0  # As lib.train.fit feeds the step.
 
   # The engine's step, built exactly as lib.train.fit builds it.
   state = train.create_train_state(config, model, workload.input_shape, np.float32, tx, replicated,
                                    workload.rng_streams)
-  names = sorted(jax.eval_shape(lambda: workload.task(model.apply(
-      {'params': state.params}, local['x'],
-      rngs={s: jax.random.PRNGKey(0) for s in workload.rng_streams}), local)))
-  train_steps = train.TrainSteps(workload.task, train.metrics_collection(names), mesh,
-                                 workload.rng_streams, lambda b: b,
+  names = sorted(
+      jax.eval_shape(lambda: workload.task(
+          model.apply({'params': state.params}, local['x'], rngs=
+                      {s: jax.random.PRNGKey(0) for s in workload.rng_streams}), local)))
+  train_steps = train.TrainSteps(workload.task, train.metrics_collection(names),
+                                 mesh, workload.rng_streams, lambda b: b,
                                  input_pipeline.augmentation(None), per_call)
   data = input_pipeline.on_devices(input_pipeline.from_arrays(local))
   idx = np.arange(config.batch_size, dtype=np.int32)
@@ -147,14 +152,14 @@ def main(argv):
     return m
 
   # A bare Flax step as in the Flax examples (MNIST, VAE), donated too: the reference.
-  bare_state = train_state.TrainState.create(apply_fn=model.apply, tx=tx,
-                                             params=jax.tree.map(jnp.copy, state.params))
+  bare_state = train_state.TrainState.create(apply_fn=model.apply, tx=tx, params=jax.tree.map(
+      jnp.copy, state.params))
   base_key = jax.random.PRNGKey(1)
 
   def bare_step(state, images, labels):
     key = jax.random.fold_in(base_key, state.step)
-    loss, grads = jax.value_and_grad(
-        lambda p: workload.bare_loss(model, p, images, labels, key))(state.params)
+    loss, grads = jax.value_and_grad(lambda p: workload.bare_loss(model, p, images, labels, key))(
+        state.params)
     return state.apply_gradients(grads=grads), loss
 
   bare_step = jax.jit(bare_step, donate_argnums=0)
@@ -170,10 +175,15 @@ def main(argv):
   bare_rate = timing.median_rate(bare_once, config.batch_size, _BLOCK_SECONDS.value)
   rate = timing.median_rate(engine, config.batch_size * per_call, _BLOCK_SECONDS.value)
   result = {
-      'workload': _WORKLOAD.value, 'batch': config.batch_size, 'steps_per_execution': per_call,
-      'examples_per_sec': round(rate, 1), 'step_ms': round(1000 * config.batch_size / rate, 3),
-      'compile_s': round(compile_s, 3), 'params': models.count_params(state.params),
-      'bare_flax_examples_per_sec': round(bare_rate, 1), 'vs_bare_flax': round(rate / bare_rate, 3),
+      'workload': _WORKLOAD.value,
+      'batch': config.batch_size,
+      'steps_per_execution': per_call,
+      'examples_per_sec': round(rate, 1),
+      'step_ms': round(1000 * config.batch_size / rate, 3),
+      'compile_s': round(compile_s, 3),
+      'params': models.count_params(state.params),
+      'bare_flax_examples_per_sec': round(bare_rate, 1),
+      'vs_bare_flax': round(rate / bare_rate, 3),
       'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
       'cpu_settings': CPU_SETTINGS,
   }
@@ -210,10 +220,10 @@ def main(argv):
     rounds = [(epoch(through_feed), epoch(engine)) for _ in range(_ROUNDS.value)]
     overheads = [epoch_s / pure_s - 1 for epoch_s, pure_s in rounds]
     result.update(epoch_steps=steps,
-                  epoch_s=round(statistics.median(e for e, _ in rounds), 2),
-                  pure_step_s=round(statistics.median(p for _, p in rounds), 2),
-                  pipeline_overhead=round(statistics.median(overheads), 4),
-                  pipeline_overhead_per_round=[round(o, 4) for o in overheads])
+                  epoch_s=round(statistics.median(e for e, _ in rounds), 2), pure_step_s=round(
+                      statistics.median(p for _, p in rounds), 2), pipeline_overhead=round(
+                          statistics.median(overheads),
+                          4), pipeline_overhead_per_round=[round(o, 4) for o in overheads])
   print(json.dumps(result))
 
 

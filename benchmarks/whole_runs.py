@@ -36,9 +36,10 @@ _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Interleaved rounds; the medians are
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None,
                                   "Fashion-MNIST's original files (for fashion_mlp).")
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: TFDS\'s).')
-_KERAS = flags.DEFINE_enum('keras', None, EXPERIMENTS,
-                           'Run this experiment\'s Keras notebook in this process (used by the '
-                           'benchmark itself).')
+_KERAS = flags.DEFINE_enum(
+    'keras', None, EXPERIMENTS,
+    'Run this experiment\'s Keras notebook in this process (used by the '
+    'benchmark itself).')
 
 
 def keras_celsius() -> str:
@@ -90,8 +91,9 @@ def keras_fashion_mlp(data_dir: str | None) -> str:
 
 
 def _commands(name: str, workdir: str) -> dict[str, list[str]]:
-  jaxnotes = [sys.executable, '-m', 'experiments', f'--config=configs/{name}.py',
-              f'--workdir={workdir}']
+  jaxnotes = [
+      sys.executable, '-m', 'experiments', f'--config=configs/{name}.py', f'--workdir={workdir}'
+  ]
   keras = [sys.executable, '-m', 'benchmarks.whole_runs', f'--keras={name}']
   if _DATA_DIR.value:
     jaxnotes.append(f'--config.data_dir={_DATA_DIR.value}')
@@ -132,8 +134,10 @@ def main(argv):
   summary = {}
   for name, runs in seconds.items():
     med = {who: statistics.median(v) for who, v in runs.items()}
-    summary[name] = {'seconds': runs, 'median_seconds': med,
-                     'keras_over_jaxnotes': round(med['keras'] / med['jaxnotes'], 2)}
+    summary[name] = {
+        'seconds': runs, 'median_seconds': med, 'keras_over_jaxnotes': round(
+            med['keras'] / med['jaxnotes'], 2)
+    }
   print(json.dumps(summary))
 
 

@@ -57,8 +57,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     # 16 shapes at most; photos are mostly 4:3 or 3:4 near 500x375, so a few dominate.
     c.bucket_sides = (128, 192, 256, 320)
     c.max_side = 320
-    c.model_kwargs = ml_collections.ConfigDict(
-        {'features': (32, 64, 128, 256, 256), 'pool': 'avg'})  # Photos: average the evidence.
+    c.model_kwargs = ml_collections.ConfigDict({'features': (32, 64, 128, 256, 256),
+                                                'pool': 'avg'})  # Photos: average the evidence.
     c.batch_size = 64
     c.eval_batch_size = 64  # Each shape's last batch is padded: small batches pad little.
     c.num_epochs = 30

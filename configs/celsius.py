@@ -20,8 +20,8 @@ from configs import common
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.training('celsius')
   c.model = 'mlp'
-  c.model_kwargs = ml_collections.ConfigDict(
-      {'hidden': (), 'outputs': 1, 'activation': 'linear'})  # Dense(1): f = w * c + b.
+  c.model_kwargs = ml_collections.ConfigDict({'hidden': (), 'outputs': 1,
+                                              'activation': 'linear'})  # Dense(1): f = w * c + b.
   c.optimizer = 'adam'
   c.learning_rate = 0.1
   c.batch_size = 7  # All 7 pairs in one batch, so one step per epoch (as in Keras' fit).
@@ -43,5 +43,6 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     c.steps_per_execution = c.eval_every_epochs = c.checkpoint_every_epochs = 10
     c.log_every_steps = 5
   elif variant:
-    raise ValueError(f"unknown variant {variant!r}; choose '', 'converged', 'three_layer' or 'tiny'")
+    raise ValueError(
+        f"unknown variant {variant!r}; choose '', 'converged', 'three_layer' or 'tiny'")
   return c

@@ -52,7 +52,8 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   # Keras' meaning: batches per epoch; None is one pass over the training split
   # (examples // batch_size). Smaller values evaluate and checkpoint more often.
   c.steps_per_epoch = config_dict.placeholder(int)
-  c.validation_steps = config_dict.placeholder(int)  # Batches per evaluation; None is the whole split.
+  c.validation_steps = config_dict.placeholder(
+      int)  # Batches per evaluation; None is the whole split.
   # Training steps per compiled call (a lax.scan over that many batches), as in
   # Keras: amortizes Python's per-step cost when steps take well under a millisecond.
   # For dense models only: XLA:CPU runs convolutions ~11x slower inside a scan.

@@ -17,8 +17,8 @@ from configs import common
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('classifier'), 'fashion_mnist')
   c.model = 'cnn'
-  c.model_kwargs = ml_collections.ConfigDict(
-      {'features': (32, 64), 'dense': 128, 'pool': 'max'})  # The notebook's CNN.
+  c.model_kwargs = ml_collections.ConfigDict({'features': (32, 64), 'dense': 128,
+                                              'pool': 'max'})  # The notebook's CNN.
   c.optimizer = 'adam'
   c.learning_rate = 1e-3
   # Adam decayed to 0 by cosine: constant Adam overfits after epoch 5 (0.9188 at the end).

@@ -28,15 +28,16 @@ MODELS = {
     'lstm': ('rnn', {'cell': 'lstm', 'units': (32, 32), 'bidirectional': True}),
     'gru': ('rnn', {'cell': 'gru', 'units': (32, 32), 'bidirectional': True}),
     'conv_lstm': ('rnn', {'cell': 'lstm', 'units': (64, 64), 'conv_features': 32}),
-    'cnn': ('conv1d', {'features': (32,) * 5, 'kernel': (2,) * 5, 'strides': (1,) * 5,
-                       'dilations': (1, 2, 4, 8, 16), 'causal': True, 'readout': 'last'}),
+    'cnn': ('conv1d', {
+        'features': (32,) * 5, 'kernel': (2,) * 5, 'strides': (1,) * 5,
+        'dilations': (1, 2, 4, 8, 16), 'causal': True, 'readout': 'last'
+    }),
 }
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.training('forecast')
-  name = {'': 'rnn', 'relu_study': 'rnn', 'tiny': 'rnn', 'seasonal': 'dense'}.get(variant,
-                                                                                variant)
+  name = {'': 'rnn', 'relu_study': 'rnn', 'tiny': 'rnn', 'seasonal': 'dense'}.get(variant, variant)
   if name not in MODELS:
     raise ValueError(f'unknown variant {variant!r}; choose one of {sorted(MODELS)}, '
                      "'seasonal', 'relu_study' or 'tiny'")

@@ -18,8 +18,10 @@ MODELS = {
     'logistic': ('mlp', {'hidden': (), 'activation': 'linear'}),
     'mlp': ('mlp', {'hidden': (100, 100), 'activation': 'relu'}),
     # Conv1d(1→25, k5, s2, pad 1) → Conv1d(25→25, k3, s2, pad 1) x 2 → Linear; 5,210 params.
-    'cnn': ('conv1d', {'features': (25, 25, 25), 'kernel': (5, 3, 3), 'strides': (2, 2, 2),
-                       'dilations': (1, 1, 1), 'causal': False, 'readout': 'flatten'}),
+    'cnn': ('conv1d', {
+        'features': (25, 25, 25), 'kernel': (5, 3, 3), 'strides': (2, 2, 2), 'dilations': (1, 1, 1),
+        'causal': False, 'readout': 'flatten'
+    }),
     # Bidirectional GRU of 6 units, every time step flattened → Linear.
     'gru': ('rnn', {'cell': 'gru', 'units': (6,), 'bidirectional': True, 'readout': 'flatten'}),
 }

@@ -18,8 +18,8 @@ from configs import common
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('classifier'), 'mnist')
   c.model = 'cnn'
-  c.model_kwargs = ml_collections.ConfigDict(
-      {'features': (32, 64), 'dense': 256, 'pool': 'avg'})  # The Flax example's CNN.
+  c.model_kwargs = ml_collections.ConfigDict({'features': (32, 64), 'dense': 256,
+                                              'pool': 'avg'})  # The Flax example's CNN.
   c.optimizer = 'sgd'
   c.learning_rate = 0.1
   c.momentum = 0.9

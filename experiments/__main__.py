@@ -56,8 +56,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, for --dist
 
 def experiment_module(config: ml_collections.ConfigDict) -> Any:
   """The module of experiments/ that config.experiment names."""
-  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
-      os.path.join(os.path.dirname(experiments.__file__), '[!_]*.py')))
+  names = sorted(
+      os.path.basename(p)[:-3]
+      for p in glob.glob(os.path.join(os.path.dirname(experiments.__file__), '[!_]*.py')))
   names.remove('sweep')  # The sweep launcher, not an experiment.
   if config.experiment not in names:
     raise UserError(f'config.experiment={config.experiment!r} is unknown; choose one of {names}')
@@ -133,8 +134,11 @@ def _load_config(spec: str) -> ml_collections.ConfigDict:
 
 def _check_command_line(argv: list[str]) -> ml_collections.ConfigDict | None:
   """Loads the config and checks that every --config.FIELD names a field, before absl applies them."""
-  specs = [a.split('=', 1)[1] if '=' in a else (argv[i + 1] if i + 1 < len(argv) else '')
-           for i, a in enumerate(argv) if a == '--config' or a.startswith('--config=')]
+  specs = [
+      a.split('=', 1)[1] if '=' in a else (argv[i + 1] if i + 1 < len(argv) else '')
+      for i, a in enumerate(argv)
+      if a == '--config' or a.startswith('--config=')
+  ]
   if not specs:
     return None  # absl says that --config is required.
   config = _load_config(specs[-1])
@@ -144,9 +148,8 @@ def _check_command_line(argv: list[str]) -> ml_collections.ConfigDict | None:
       name = arg[len('--config.'):].split('=', 1)[0]
       if name not in fields:
         close = difflib.get_close_matches(name, fields, n=3)
-        raise UserError(f'--config.{name}: the config has no field {name!r}'
-                        + (f'; did you mean {" or ".join(close)}?' if close else
-                           f'; its fields are {fields}'))
+        raise UserError(f'--config.{name}: the config has no field {name!r}' + (
+            f'; did you mean {" or ".join(close)}?' if close else f'; its fields are {fields}'))
   return config
 
 

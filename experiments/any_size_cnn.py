@@ -75,14 +75,13 @@ def _random_placement(key: jax.Array, side: int, canvas: int,
 
 def canvas_at(size: int, max_digit: int) -> input_pipeline.Augment:
   """Each image rescaled at random and placed at random on a blank size x size canvas (in JAX)."""
-
   def augment(example: input_pipeline.Example, key: jax.Array) -> input_pipeline.Example:
     image = example['x']
     digit, corner = _random_placement(key, image.shape[0], size, max_digit)
     scale = digit / image.shape[0]
-    placed = jax.image.scale_and_translate(
-        image, (size, size, image.shape[-1]), (0, 1), jnp.stack([scale, scale]),
-        corner.astype(jnp.float32), method='linear', antialias=True)
+    placed = jax.image.scale_and_translate(image, (size, size, image.shape[-1]), (0, 1),
+                                           jnp.stack([scale, scale]), corner.astype(jnp.float32),
+                                           method='linear', antialias=True)
     return {**example, 'x': placed}
 
   return augment
@@ -129,8 +128,7 @@ def snap_to_buckets(sides: tuple[int, ...], max_side: int) -> Callable[[Any], An
   return snap
 
 
-def _native_size_data(config: ml_collections.ConfigDict,
-                      channels: int) -> input_pipeline.ImageData:
+def _native_size_data(config: ml_collections.ConfigDict, channels: int) -> input_pipeline.ImageData:
   """The splits with a bucket per (height, width) of config.bucket_sides; 'x' cached as uint8."""
   data = input_pipeline.image_classification(
       config, to_cache=snap_to_buckets(tuple(config.bucket_sides), config.max_side))
@@ -145,15 +143,16 @@ def _shape_name(bucket: input_pipeline.Split) -> str:
   return 'x'.join(map(str, bucket.spec['x'].shape[:2]))
 
 
-def _test_accuracies(config: ml_collections.ConfigDict, state: train.TrainState,
-                     tests: dict[Any, tuple[input_pipeline.Split, input_pipeline.Augment]]
-                     ) -> tuple[dict[Any, float], int]:
+def _test_accuracies(
+    config: ml_collections.ConfigDict, state: train.TrainState,
+    tests: dict[Any, tuple[input_pipeline.Split, input_pipeline.Augment]]
+) -> tuple[dict[Any, float], int]:
   """Accuracy of `state` on each (split, augment) of `tests`, and the eval step's compilations."""
-  eval_step = train.jit_eval_step(tasks.classification, ['accuracy', 'loss'],
-                                  parallel.make_mesh())
-  accuracy = {name: train.evaluate(eval_step, state, split, config.eval_batch_size, prefix='',
-                                   augment=augment)['accuracy']
-              for name, (split, augment) in tests.items()}
+  eval_step = train.jit_eval_step(tasks.classification, ['accuracy', 'loss'], parallel.make_mesh())
+  accuracy = {
+      name: train.evaluate(eval_step, state, split, config.eval_batch_size, prefix='',
+                           augment=augment)['accuracy'] for name, (split, augment) in tests.items()
+  }
   return accuracy, eval_step._cache_size()  # pylint: disable=protected-access
 
 
@@ -188,9 +187,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       config, workdir, model=model, task=tasks.classification, train=data.train, val=data.val,
       test=data.test, augment=canvas_training(config.train_sizes, config.max_digit, config.seed))
 
-  by_size, eval_compiles = _test_accuracies(
-      config, state, {size: (data.test, canvas_at(size, config.max_digit))
-                      for size in config.eval_sizes})
+  by_size, eval_compiles = _test_accuracies(config, state, {
+      size: (data.test, canvas_at(size, config.max_digit)) for size in config.eval_sizes
+  })
 
   # The notes' contrast: the Flatten + Dense CNN, built for 28x28, refuses other sizes.
   flatten_cnn = models.create('cnn', outputs=num_classes)
@@ -210,10 +209,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     plot_dir = os.path.join(workdir, 'plots')
     plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))
     sizes = list(config.eval_sizes)
-    plots.lines(sizes, {'test accuracy': [by_size[s] for s in sizes]},
-                os.path.join(plot_dir, 'accuracy_by_size.png'), xlabel='canvas side (pixels)',
-                ylabel='test accuracy', title=f'one set of weights, trained on canvases of '
-                f'{", ".join(map(str, config.train_sizes))}')
+    plots.lines(
+        sizes, {'test accuracy': [by_size[s] for s in sizes]},
+        os.path.join(plot_dir, 'accuracy_by_size.png'), xlabel='canvas side (pixels)',
+        ylabel='test accuracy', title=f'one set of weights, trained on canvases of '
+        f'{", ".join(map(str, config.train_sizes))}')
     examples = input_pipeline.first_examples(data.test, 4, canvas_at(max(sizes), config.max_digit))
     plots.image_grid(examples['x'], 1, os.path.join(plot_dir, 'canvas_examples.png'),
                      f'test digits on {max(sizes)}x{max(sizes)} canvases')
@@ -226,10 +226,12 @@ def _train_at_native_sizes(config: ml_collections.ConfigDict, workdir: str, mode
   data = _native_size_data(config, channels)
   state, summary = train.fit(config, workdir, model=model, task=tasks.classification,
                              train=data.train, val=data.val, test=data.test)
-  accuracy, eval_compiles = _test_accuracies(
-      config, state, {_shape_name(b): (b, None) for b in data.test.buckets})
-  by_shape = {_shape_name(b): {'accuracy': accuracy[_shape_name(b)], 'examples': b.num_examples}
-              for b in data.test.buckets}
+  accuracy, eval_compiles = _test_accuracies(config, state,
+                                             {_shape_name(b): (b, None) for b in data.test.buckets})
+  by_shape = {
+      _shape_name(b): {'accuracy': accuracy[_shape_name(b)], 'examples': b.num_examples}
+      for b in data.test.buckets
+  }
   results = {
       **summary,
       'test_accuracy_by_shape': by_shape,

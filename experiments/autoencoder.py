@@ -76,8 +76,8 @@ def corruption(config: ml_collections.ConfigDict) -> input_pipeline.Augment:
       corner = jax.random.randint(keys[1], (2,), 0, jnp.array(clean.shape[:2]) - size + 1)
       rows = jnp.arange(clean.shape[0])[:, None, None]
       cols = jnp.arange(clean.shape[1])[None, :, None]
-      inside = ((rows >= corner[0]) & (rows < corner[0] + size[0]) &
-                (cols >= corner[1]) & (cols < corner[1] + size[1]))
+      inside = ((rows >= corner[0]) & (rows < corner[0] + size[0]) & (cols >= corner[1]) &
+                (cols < corner[1] + size[1]))
       hole = jnp.broadcast_to(inside.astype(clean.dtype), clean.shape)
       out['x'] = clean * (1.0 - hole)
       out['hole'] = hole
@@ -138,8 +138,10 @@ def _train_one(config: ml_collections.ConfigDict, workdir: str, data: input_pipe
   model = models.create(config.model, shape=data.image_shape, **config.model_kwargs)
   state, summary = train.fit(config, workdir, model=model, task=tasks.reconstruction,
                              train=data.train, val=data.val, test=data.test, augment=augment)
-  results = {**summary, **baselines(config, data, augment), 'corruption': config.corruption,
-             'latents': config.model_kwargs.latents}
+  results = {
+      **summary, **baselines(config, data, augment), 'corruption': config.corruption,
+      'latents': config.model_kwargs.latents
+  }
   batch = input_pipeline.first_examples(data.test, config.plot_examples, augment)
   output = model.apply({'params': state.params, **state.model_state}, batch['x'])
   images = {'input': batch['clean'], 'corrupted': batch['x'], 'output': np.asarray(output)}
@@ -148,10 +150,11 @@ def _train_one(config: ml_collections.ConfigDict, workdir: str, data: input_pipe
     if summary['history']:
       plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))
     rows = ['input', 'output'] if config.corruption == 'none' else ['input', 'corrupted', 'output']
-    plots.image_grid(np.concatenate([images[r] for r in rows]), len(rows),
-                     os.path.join(plot_dir, 'reconstructions.png'),
-                     f'{config.model}, {config.model_kwargs.latents} latents, corruption '
-                     f"'{config.corruption}': test PSNR {summary['test_psnr']:.2f} dB", rows)
+    plots.image_grid(
+        np.concatenate([images[r] for r in rows]), len(rows),
+        os.path.join(plot_dir, 'reconstructions.png'),
+        f'{config.model}, {config.model_kwargs.latents} latents, corruption '
+        f"'{config.corruption}': test PSNR {summary['test_psnr']:.2f} dB", rows)
   return results, images
 
 
@@ -192,18 +195,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sub_workdir = os.path.join(workdir, f'latents_{n}')
     results, images = _train_one(sub, sub_workdir, data, augment)
     workdir_lib.write_results(sub_workdir, results, sub, run_start)
-    runs.append({**{k: results[k] for k in ('latents', 'params', 'test_mse', 'test_psnr')},
-                 'wall_seconds': round(time.time() - run_start, 2)})
+    runs.append({
+        **{k: results[k] for k in ('latents', 'params', 'test_mse', 'test_psnr')}, 'wall_seconds':
+            round(time.time() - run_start, 2)
+    })
     outputs.append(images['output'])
-  sweep = {'latent_sweep': runs, 'corruption': config.corruption,
-           **baselines(config, data, augment)}
+  sweep = {
+      'latent_sweep': runs, 'corruption': config.corruption, **baselines(config, data, augment)
+  }
   if jax.process_index() == 0:
     plot_dir = os.path.join(workdir, 'plots')
     sizes = list(config.latent_sweep)
     plots.lines(sizes, {config.model: [r['test_psnr'] for r in runs]},
-                os.path.join(plot_dir, 'latent_sweep.png'), xlabel='latent size',
-                ylabel='test PSNR (dB)', title='more latent variables, sharper reconstructions',
-                logx=2)
+                os.path.join(plot_dir,
+                             'latent_sweep.png'), xlabel='latent size', ylabel='test PSNR (dB)',
+                title='more latent variables, sharper reconstructions', logx=2)
     plots.image_grid(np.concatenate([images['corrupted'], *outputs]), 1 + len(sizes),
                      os.path.join(plot_dir, 'latent_sweep_images.png'),
                      'test images (top), then reconstructions from each latent size',

@@ -46,8 +46,8 @@ def _fit(config: ml_collections.ConfigDict, workdir: str, data: input_pipeline.I
          batch_norm: bool) -> dict[str, Any]:
   model = models.create(config.model, outputs=data.num_classes, batch_norm=batch_norm,
                         **config.model_kwargs)
-  _, summary = train.fit(config, workdir, model=model, task=tasks.classification,
-                         train=data.train, val=data.val, test=data.test)
+  _, summary = train.fit(config, workdir, model=model, task=tasks.classification, train=data.train,
+                         val=data.val, test=data.test)
   return summary
 
 
@@ -79,9 +79,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     history = summary['history']
     results[name] = {
         'test_accuracy': summary['test_accuracy'],
-        'steps_to_95': steps_to(history, 0.95), 'steps_to_97': steps_to(history, 0.97),
+        'steps_to_95': steps_to(history, 0.95),
+        'steps_to_97': steps_to(history, 0.97),
         'accuracy_by_step': [[h['step'], h['val_accuracy']] for h in history],
-        'params': summary['params'], 'wall_seconds': round(time.time() - run_start, 2),
+        'params': summary['params'],
+        'wall_seconds': round(time.time() - run_start, 2),
     }
     steps_per_epoch = summary['steps_per_epoch']
 
@@ -107,22 +109,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finite = [a for a in accs if a is not None]
     results[name]['sensitivity_spread'] = {
         'min': min(finite, default=None), 'max': max(finite, default=None),
-        'std': float(np.std(finite)) if finite else None, 'diverged': len(accs) - len(finite)}
+        'std': float(np.std(finite)) if finite else None, 'diverged': len(accs) - len(finite)
+    }
 
   if jax.process_index() == 0:
     plot_dir = os.path.join(workdir, 'plots')
     steps = [s for s, _ in results['plain']['accuracy_by_step']]
-    plots.lines(steps, {name: [a for _, a in results[name]['accuracy_by_step']]
-                        for name, _ in VARIANTS},
+    plots.lines(steps,
+                {name: [a for _, a in results[name]['accuracy_by_step']] for name, _ in VARIANTS},
                 os.path.join(plot_dir, 'accuracy_vs_steps.png'), xlabel='training step',
                 ylabel='test accuracy', title='MNIST, 3 x 100 sigmoid units (Ioffe & Szegedy 4.1)')
     stds, lrs = config.sensitivity_init_stds, config.sensitivity_learning_rates
     plots.heatmaps(
-        {name: np.array([[next(c['test_accuracy'] for c in grid if c['batch_norm'] == bn and
-                               c['init_std'] == s and c['learning_rate'] == lr)
-                          for lr in lrs] for s in stds], dtype=float)
-         for name, bn in VARIANTS},
-        [str(lr) for lr in lrs], [str(s) for s in stds], os.path.join(plot_dir, 'sensitivity.png'),
-        xlabel='learning rate', ylabel='initial weight std',
+        {
+            name: np.array([[
+                next(c['test_accuracy']
+                     for c in grid
+                     if c['batch_norm'] == bn and c['init_std'] == s and c['learning_rate'] == lr)
+                for lr in lrs
+            ]
+                            for s in stds], dtype=float) for name, bn in VARIANTS
+        }, [str(lr) for lr in lrs], [str(s) for s in stds], os.path.join(
+            plot_dir, 'sensitivity.png'), xlabel='learning rate', ylabel='initial weight std',
         title=f'test accuracy after {config.sensitivity_epochs * steps_per_epoch} steps')
   return results

@@ -41,10 +41,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = models.create(config.model, **config.model_kwargs)
   pairs = {'x': CELSIUS[:, None], 'y': FAHRENHEIT[:, None]}
   # No held-out data in the notebook: 'val' is the loss on the same 7 pairs.
-  state, summary = train.fit(
-      config, workdir, model=model, task=tasks.regression,
-      train=input_pipeline.from_arrays(pairs, config.data_shards),
-      val=input_pipeline.from_arrays(pairs))
+  state, summary = train.fit(config, workdir, model=model,
+                             task=tasks.regression, train=input_pipeline.from_arrays(
+                                 pairs, config.data_shards), val=input_pipeline.from_arrays(pairs))
 
   def predict(celsius):
     x = jnp.asarray(celsius, jnp.float32).reshape(-1, 1)
@@ -54,9 +53,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   lstsq_weight, lstsq_bias = np.polyfit(CELSIUS, FAHRENHEIT, 1)
   results = {
       **summary,
-      'weight': float(f1 - f0), 'bias': float(f0), 'prediction_100c': float(f100),
+      'weight': float(f1 - f0),
+      'bias': float(f0),
+      'prediction_100c': float(f100),
       # The best any line can do on these rounded pairs; 1.8 and 32 are the exact law.
-      'lstsq_weight': float(lstsq_weight), 'lstsq_bias': float(lstsq_bias),
+      'lstsq_weight': float(lstsq_weight),
+      'lstsq_bias': float(lstsq_bias),
   }
   if summary['history']:
     history = summary['history']

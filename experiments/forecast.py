@@ -36,7 +36,8 @@ def make_series(config: ml_collections.ConfigDict) -> np.ndarray:
   season = (t % config.period) / config.period
   pattern = np.where(season < 0.4, np.cos(season * 2 * np.pi), 1 / np.exp(3 * season))
   noise = np.random.RandomState(config.series_seed).randn(len(t)) * config.noise_level
-  return (config.baseline + config.slope * t + config.amplitude * pattern + noise).astype(np.float32)
+  return (config.baseline + config.slope * t + config.amplitude * pattern + noise).astype(
+      np.float32)
 
 
 def windows(series: np.ndarray, window: int, start: int, stop: int, lag: int = 0,
@@ -61,8 +62,9 @@ def windows(series: np.ndarray, window: int, start: int, stop: int, lag: int = 0
   if lag:
     shift = lag - lookahead
     x.append(np.stack([series[t - window - shift:t - shift] for t in targets]))
-  return {'x': np.stack(x, -1).astype(np.float32), 'y': series[targets].astype(np.float32),
-          't': targets}
+  return {
+      'x': np.stack(x, -1).astype(np.float32), 'y': series[targets].astype(np.float32), 't': targets
+  }
 
 
 def moving_average(series: np.ndarray, window: int) -> np.ndarray:
@@ -80,8 +82,8 @@ def baselines(series: np.ndarray, split: int, period: int) -> dict[str, np.ndarr
       'moving_average': moving_average(series, 30)[split - 30:],
       'seasonal_diff_moving_average': series[split - period:-period] + diff_ma,
       # The past year's values smoothed by a centered window of 10.
-      'seasonal_diff_moving_average_smoothed_past':
-          moving_average(series[split - period - 5:len(series) - period + 5], 10) + diff_ma,
+      'seasonal_diff_moving_average_smoothed_past': moving_average(
+          series[split - period - 5:len(series) - period + 5], 10) + diff_ma,
   }
 
 
@@ -123,7 +125,8 @@ def _activation_study(config, workdir, train_split, val_split, std, naive_mae):
           summary = _fit(sub, os.path.join(workdir, 'study', f'{activation}_lr{lr:g}_seed{seed}'),
                          train_split, val_split, std)[2]
           run['val_mae'] = summary['val_mae']
-          run['diverged'] = not np.isfinite(summary['val_mae']) or summary['val_mae'] > 3 * naive_mae
+          run['diverged'] = not np.isfinite(
+              summary['val_mae']) or summary['val_mae'] > 3 * naive_mae
         except NonFiniteLossError as e:
           logging.info('%s diverged: %s', run, e)
           run.update(val_mae=None, diverged=True)
@@ -132,18 +135,21 @@ def _activation_study(config, workdir, train_split, val_split, std, naive_mae):
   for activation in ('tanh', 'relu'):
     mine = [r for r in runs if r['activation'] == activation]
     kept = [r['val_mae'] for r in mine if not r['diverged']]
-    table[activation] = {'runs': len(mine), 'diverged': sum(r['diverged'] for r in mine),
-                         'median_val_mae': float(np.median(kept)) if kept else None,
-                         'best_val_mae': min(kept, default=None)}
+    table[activation] = {
+        'runs': len(mine), 'diverged': sum(r['diverged'] for r in mine),
+        'median_val_mae': float(np.median(kept)) if kept else None, 'best_val_mae': min(
+            kept, default=None)
+    }
   return {'runs': runs, 'by_activation': table}
 
 
 def headline(results: dict[str, Any]) -> str:
   """Validation MAE against the best baseline (or the activation study's tally)."""
   if 'activation_study' in results:
-    return '; '.join(f"{a}: {t['diverged']}/{t['runs']} runs diverged, median val MAE "
-                     f"{t['median_val_mae'] if t['median_val_mae'] is None else round(t['median_val_mae'], 2)}"
-                     for a, t in results['activation_study']['by_activation'].items())
+    return '; '.join(
+        f"{a}: {t['diverged']}/{t['runs']} runs diverged, median val MAE "
+        f"{t['median_val_mae'] if t['median_val_mae'] is None else round(t['median_val_mae'], 2)}"
+        for a, t in results['activation_study']['by_activation'].items())
   name, mae = min(results['baselines_val_mae'].items(), key=lambda kv: kv[1])
   return f"val MAE {results['val_mae']:.3f}; the best baseline ({name}) {mae:.3f}"
 
@@ -169,18 +175,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_arrays = make(0, config.split_time)
   val_arrays = make(config.split_time, len(series))
   train_split = input_pipeline.from_arrays({k: train_arrays[k] for k in ('x', 'y')},
-                                             config.data_shards)
+                                           config.data_shards)
   val_split = input_pipeline.from_arrays({k: val_arrays[k] for k in ('x', 'y')})
   actual = series[config.split_time:]
   forecasts = baselines(series, config.split_time, config.period)
   results: dict[str, Any] = {
       'baselines_val_mae': {k: float(np.mean(np.abs(f - actual))) for k, f in forecasts.items()},
-      'train_windows': train_split.num_examples, 'val_windows': val_split.num_examples,
+      'train_windows': train_split.num_examples,
+      'val_windows': val_split.num_examples,
   }
   plot_dir = os.path.join(workdir, 'plots')
   if config.activation_study:
-    results['activation_study'] = _activation_study(
-        config, workdir, train_split, val_split, std, results['baselines_val_mae']['naive'])
+    results['activation_study'] = _activation_study(config, workdir, train_split, val_split, std,
+                                                    results['baselines_val_mae']['naive'])
     if jax.process_index() == 0:
       fig, ax = plt.subplots(figsize=(6, 4))
       for i, activation in enumerate(('tanh', 'relu')):

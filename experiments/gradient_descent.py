@@ -35,7 +35,7 @@ def descend(x0: jax.Array, target: float, lr: float, num_steps: int) -> tuple[ja
   Returns:
     The trajectories (num_steps + 1 values each, x0 first) of both.
   """
-  loss = lambda x: (x - target) ** 2
+  loss = lambda x: (x - target)**2
 
   def by_hand(x, _):
     x = x - lr * jax.grad(loss)(x)
@@ -73,8 +73,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   x0 = jax.random.normal(jax.random.PRNGKey(config.seed), ())
   ckpt = checkpoints.Checkpoints(workdir, keep=1)
   if ckpt.latest_step() == config.num_steps:  # Done before: report the saved trajectories.
-    saved, _ = ckpt.restore(config.num_steps, {'xs': jnp.zeros(config.num_steps + 1),
-                                               'xs_optax': jnp.zeros(config.num_steps + 1)})
+    saved, _ = ckpt.restore(config.num_steps, {
+        'xs': jnp.zeros(config.num_steps + 1), 'xs_optax': jnp.zeros(config.num_steps + 1)
+    })
     xs, xs_optax = saved['xs'], saved['xs_optax']
   else:
     xs, xs_optax = jax.jit(descend, static_argnums=(1, 2, 3))(
@@ -84,11 +85,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   xs, xs_optax = np.asarray(xs), np.asarray(xs_optax)
 
   # TensorBoard only: a hundred log lines of x would bury the summary.
-  writer = (metric_writers.SummaryWriter(workdir) if jax.process_index() == 0
-            else metric_writers.MultiWriter([]))
+  writer = (metric_writers.SummaryWriter(workdir)
+            if jax.process_index() == 0 else metric_writers.MultiWriter([]))
   for step in range(0, config.num_steps + 1, max(1, config.num_steps // 100)):
-    writer.write_scalars(step, {'x': xs[step], 'x_optax': xs_optax[step],
-                                'loss': (xs[step] - config.target) ** 2})
+    writer.write_scalars(
+        step, {'x': xs[step], 'x_optax': xs_optax[step], 'loss': (xs[step] - config.target)**2})
   writer.flush()
   steps = np.arange(config.num_steps + 1)
   plots.lines(steps, {'x (jax.grad)': xs, 'x (optax.sgd)': xs_optax},
@@ -96,10 +97,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               title=f'minimizing (x - {config.target:g})^2, lr {config.learning_rate:g}',
               hline=config.target)
   results = {
-      'x_initial': float(xs[0]), 'x_final': float(xs[-1]), 'x_final_optax': float(xs_optax[-1]),
-      'loss_final': float((xs[-1] - config.target) ** 2), 'steps': config.num_steps,
+      'x_initial': float(xs[0]),
+      'x_final': float(xs[-1]),
+      'x_final_optax': float(xs_optax[-1]),
+      'loss_final': float((xs[-1] - config.target)**2),
+      'steps': config.num_steps,
       # Gradient descent on this quadratic is the map e -> (1 - 2 lr) e on the error e.
-      'x_final_closed_form': float(config.target + (xs[0] - config.target)
-                                   * (1 - 2 * config.learning_rate) ** config.num_steps),
+      'x_final_closed_form': float(config.target + (xs[0] - config.target) *
+                                   (1 - 2 * config.learning_rate)**config.num_steps),
   }
   return results

@@ -29,8 +29,10 @@ def make_dataset(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   args.num_samples, args.train_split, args.seed = (config.num_samples, config.train_fraction,
                                                    config.data_seed)
   data = generate(args)
-  return {'x': data['x'].astype(np.float32), 'y': data['y'].astype(np.int32),
-          'x_test': data['x_test'].astype(np.float32), 'y_test': data['y_test'].astype(np.int32)}
+  return {
+      'x': data['x'].astype(np.float32), 'y': data['y'].astype(np.int32),
+      'x_test': data['x_test'].astype(np.float32), 'y_test': data['y_test'].astype(np.int32)
+  }
 
 
 def headline(results: dict[str, Any]) -> str:
@@ -52,13 +54,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise UserError(f'config.train_fraction={config.train_fraction} must be in (0, 1)')
   model = models.create(config.model, outputs=10, **config.model_kwargs)
   data = make_dataset(config)
-  train_split = input_pipeline.from_arrays({'x': data['x'], 'y': data['y']},
-                                             config.data_shards)
+  train_split = input_pipeline.from_arrays({'x': data['x'], 'y': data['y']}, config.data_shards)
   test_split = input_pipeline.from_arrays({'x': data['x_test'], 'y': data['y_test']})
-  _, summary = train.fit(config, workdir, model=model, task=tasks.classification,
-                         train=train_split, val=test_split)
-  results = {**summary, 'test_accuracy': summary['val_accuracy'],
-             'train_examples': len(data['y']), 'test_examples': len(data['y_test'])}
+  _, summary = train.fit(config, workdir, model=model, task=tasks.classification, train=train_split,
+                         val=test_split)
+  results = {
+      **summary, 'test_accuracy': summary['val_accuracy'], 'train_examples': len(data['y']),
+      'test_examples': len(data['y_test'])
+  }
   if jax.process_index() == 0:
     plot_dir = os.path.join(workdir, 'plots')
     plots.training_curves(summary['history'], os.path.join(plot_dir, 'curves.png'))

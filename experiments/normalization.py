@@ -75,9 +75,11 @@ def toy_problem(scale: float, seed: int, max_steps: int = 20_000,
     _, (path, losses) = jax.lax.scan(step, jnp.zeros(2), None, length=max_steps)
     done = np.flatnonzero(np.asarray(losses) - best <= tol * max(best, 1.0))
     steps = int(done[0]) + 1 if done.size else None
-    out[name] = {'condition': float(eig[-1] / eig[0]), 'steps': steps, 'learning_rate': lr,
-                 'path': np.concatenate([np.zeros((1, 2)), np.asarray(path)[:steps or max_steps]]),
-                 'x': np.asarray(inputs), 'y': y}
+    out[name] = {
+        'condition': float(eig[-1] / eig[0]), 'steps': steps, 'learning_rate': lr,
+        'path': np.concatenate([np.zeros(
+            (1, 2)), np.asarray(path)[:steps or max_steps]]), 'x': np.asarray(inputs), 'y': y
+    }
   return out
 
 
@@ -92,13 +94,18 @@ def _toy_plot(toy: dict[str, Any], path: str) -> None:
                          np.linspace(end[1] - span[1], end[1] + span[1], 200))
     grid = np.stack([w1.ravel(), w2.ravel()], 1)
     loss = np.mean((grid @ r['x'].T - r['y'])**2, 1).reshape(w1.shape)
-    ax.contour(w1, w2, loss, cmap='viridis',  # Geometric levels: the valley floor shows too.
-               levels=loss.min() + np.geomspace(1e-4, 1, 16) * (loss.max() - loss.min()))
-    shown = p[:: max(1, len(p) // 400)]
+    ax.contour(
+        w1,
+        w2,
+        loss,
+        cmap='viridis',  # Geometric levels: the valley floor shows too.
+        levels=loss.min() + np.geomspace(1e-4, 1, 16) * (loss.max() - loss.min()))
+    shown = p[::max(1, len(p) // 400)]
     ax.plot(shown[:, 0], shown[:, 1], '.-', color='tab:red', markersize=3, linewidth=0.8)
     ax.set_aspect('equal')
-    ax.set(xlabel='w1', ylabel='w2', title=f"{name} inputs: condition {r['condition']:.0f}, "
-           f"{r['steps'] or 'no convergence in'} GD steps")
+    ax.set(
+        xlabel='w1', ylabel='w2', title=f"{name} inputs: condition {r['condition']:.0f}, "
+        f"{r['steps'] or 'no convergence in'} GD steps")
   fig.suptitle('loss contours and the gradient-descent path (step 1/λmax) from w = 0')
   plots.save(fig, path)
 
@@ -138,9 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   plot_dir = os.path.join(workdir, 'plots')
 
   toy = toy_problem(config.toy_scale, config.seed)
-  results: dict[str, Any] = {'toy': {name: {k: r[k] for k in ('condition', 'steps',
-                                                             'learning_rate')}
-                                     for name, r in toy.items()}}
+  results: dict[str, Any] = {
+      'toy': {
+          name: {k: r[k] for k in ('condition', 'steps', 'learning_rate')} for name, r in toy.items()
+      }
+  }
   if jax.process_index() == 0:
     _toy_plot(toy, os.path.join(plot_dir, 'toy_contours.png'))
 
@@ -158,15 +167,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if accuracy is not None and not math.isfinite(summary['test_loss']):
         accuracy = None
       sweep.append({'learning_rate': lr, 'test_accuracy': accuracy})
-    trained = [s['learning_rate'] for s in sweep
-               if s['test_accuracy'] is not None and s['test_accuracy'] >= config.trains_accuracy]
+    trained = [
+        s['learning_rate']
+        for s in sweep
+        if s['test_accuracy'] is not None and s['test_accuracy'] >= config.trains_accuracy
+    ]
     sweeps[mode] = sweep
     summary = _fit(sub, os.path.join(workdir, mode), data)
     curves[mode] = summary['history'] if summary else []
     results[mode] = {
         'largest_learning_rate_that_trains': max(trained, default=None),
-        'best_sweep_accuracy': max((s['test_accuracy'] for s in sweep
-                                    if s['test_accuracy'] is not None), default=None),
+        'best_sweep_accuracy': max(
+            (s['test_accuracy'] for s in sweep if s['test_accuracy'] is not None), default=None),
         'sweep': sweep,
         'shared_rate_test_accuracy': summary['test_accuracy'] if summary else None,
         'shared_rate_test_loss': summary['test_loss'] if summary else None,

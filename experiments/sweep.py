@@ -32,8 +32,9 @@ from lib.errors import NonFiniteLossError, UserError
 _GRID = flags.DEFINE_multi_string(
     'grid', [], 'FIELD=V1,V2,...: values of one config field (repeat the flag for more fields; '
     'the grid is their product).')
-_PLOT = flags.DEFINE_string('plot', None, 'FIELD:METRIC: plot the metric (mean ± std over '
-                            'seeds) over the field into WORKDIR/plots/.')
+_PLOT = flags.DEFINE_string(
+    'plot', None, 'FIELD:METRIC: plot the metric (mean ± std over '
+    'seeds) over the field into WORKDIR/plots/.')
 
 
 def parse_grid(specs: list[str], config: ml_collections.ConfigDict) -> dict[str, list[Any]]:
@@ -79,8 +80,11 @@ def point_name(point: dict[str, Any]) -> str:
 
 
 def _scalars(results: dict[str, Any]) -> dict[str, float]:
-  return {k: float(v) for k, v in results.items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  return {
+      k: float(v)
+      for k, v in results.items()
+      if isinstance(v, (int, float)) and not isinstance(v, bool)
+  }
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,12 +95,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups.setdefault(point_name(rest), []).append(row)
   table = []
   for name, members in groups.items():
-    entry = {'point': {k: v for k, v in members[0]['point'].items() if k != 'seed'},
-             'name': name, 'n': len(members)}
+    entry = {
+        'point': {k: v for k, v in members[0]['point'].items() if k != 'seed'}, 'name': name,
+        'n': len(members)
+    }
     for metric in sorted(set.intersection(*(set(m['metrics']) for m in members))):
       values = np.array([m['metrics'][metric] for m in members])
-      entry[metric] = {'mean': float(values.mean()), 'n': len(values),
-                       'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+      entry[metric] = {
+          'mean': float(values.mean()), 'n': len(values),
+          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0
+      }
     table.append(entry)
   return table
 
@@ -126,8 +134,7 @@ def main(argv: list[str]) -> None:
           failed.append({'point': point, 'name': point_name(point), 'error': str(e)})
           continue
       with open(os.path.join(sub, 'results.json')) as f:
-        rows.append({'point': point, 'name': point_name(point),
-                     'metrics': _scalars(json.load(f))})
+        rows.append({'point': point, 'name': point_name(point), 'metrics': _scalars(json.load(f))})
   except UserError as e:
     sys.exit(f'error: {e}')
 
@@ -138,8 +145,9 @@ def main(argv: list[str]) -> None:
   metrics = sorted({m for e in table for m in e if isinstance(e[m], dict) and m != 'point'})
   shown = [m for m in metrics if m.startswith(('test_', 'val_'))] or metrics
   for entry in table:
-    logging.info('%s (n=%d): %s', entry['name'] or 'all', entry['n'], ', '.join(
-        f"{m} {entry[m]['mean']:.4g} ± {entry[m]['std']:.2g}" for m in shown if m in entry))
+    logging.info(
+        '%s (n=%d): %s', entry['name'] or 'all', entry['n'], ', '.join(
+            f"{m} {entry[m]['mean']:.4g} ± {entry[m]['std']:.2g}" for m in shown if m in entry))
   if _PLOT.value:  # One line per combination of the other fields.
     field, metric = _PLOT.value.split(':', 1)
     lines: dict[str, tuple[list[Any], list[float], list[float]]] = {}

@@ -43,8 +43,10 @@ def stacking_vs_concatenating() -> dict[str, list[int]]:
 
 def ranks() -> dict[str, dict[str, Any]]:
   """Rank (number of axes) and shape of a scalar, a vector, a matrix and an RNN batch."""
-  examples = {'scalar': jnp.array(3.0), 'vector': jnp.zeros(3), 'matrix': jnp.zeros((2, 3)),
-              'RNN batch (batch, time, features)': jnp.zeros((4, 30, 1))}
+  examples = {
+      'scalar': jnp.array(3.0), 'vector': jnp.zeros(3), 'matrix': jnp.zeros((2, 3)),
+      'RNN batch (batch, time, features)': jnp.zeros((4, 30, 1))
+  }
   return {k: {'rank': v.ndim, 'shape': list(v.shape)} for k, v in examples.items()}
 
 
@@ -76,11 +78,12 @@ def kernels_are_weights(seed: int) -> dict[str, Any]:
   patch = image[0, 1:4, 2:5, :]  # The 3x3 window under output position (1, 2).
   conv_by_hand = jnp.sum(patch[..., None] * conv_params['kernel'], (0, 1, 2)) + conv_params['bias']
   return {
-      'dense_kernel_shape': list(params['kernel'].shape), 'dense_bias_shape': list(params['bias'].shape),
+      'dense_kernel_shape': list(params['kernel'].shape),
+      'dense_bias_shape': list(params['bias'].shape),
       'dense_max_error': float(jnp.abs(dense.apply({'params': params}, x) - by_hand).max()),
       'conv_kernel_shape': list(conv_params['kernel'].shape),
-      'conv_max_error': float(jnp.abs(conv.apply({'params': conv_params}, image)[0, 1, 2]
-                                      - conv_by_hand).max()),
+      'conv_max_error': float(
+          jnp.abs(conv.apply({'params': conv_params}, image)[0, 1, 2] - conv_by_hand).max()),
   }
 
 
@@ -107,8 +110,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results = {
       'stacking_vs_concatenating': stacking_vs_concatenating(),
       'ranks': ranks(),
-      'softmax': {'logits': list(config.logits), 'probabilities': np.asarray(probs).tolist(),
-                  'sum': float(probs.sum())},
+      'softmax': {
+          'logits': list(config.logits), 'probabilities': np.asarray(probs).tolist(),
+          'sum': float(probs.sum())
+      },
       'softmax_stability': softmax_stability(logits, tuple(config.logit_scales)),
       'kernels': kernels_are_weights(config.seed),
   }
@@ -117,15 +122,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for name, r in results['ranks'].items():
     print(f"{name:34s} rank {r['rank']}, shape {tuple(r['shape'])}")
 
-  writer = (metric_writers.SummaryWriter(workdir) if jax.process_index() == 0
-            else metric_writers.MultiWriter([]))
+  writer = (metric_writers.SummaryWriter(workdir)
+            if jax.process_index() == 0 else metric_writers.MultiWriter([]))
   for i, row in enumerate(results['softmax_stability']):
     writer.write_scalars(i, {k: v for k, v in row.items() if k != 'scale'})
   writer.flush()
   if jax.process_index() == 0:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     axes[0].bar([f'z={z:g}' for z in config.logits], np.asarray(probs), color='tab:blue')
-    axes[0].set(ylabel='softmax probability', title=f'logits → probabilities (sum {float(probs.sum()):.3f})')
+    axes[0].set(ylabel='softmax probability',
+                title=f'logits → probabilities (sum {float(probs.sum()):.3f})')
     rows = results['softmax_stability']
     scales = [r['scale'] for r in rows]
     naive = [min(r['log_of_softmax'], 1e6) for r in rows]

@@ -81,24 +81,27 @@ def _plots(model, state, data, config, plot_dir: str) -> None:
     q = np.asarray(jax.scipy.special.ndtri(jnp.linspace(0.05, 0.95, n)))
     grid = np.stack(np.meshgrid(q, q[::-1]), -1).reshape(-1, 2)
     plots.image_grid(np.asarray(decode(jnp.asarray(grid, jnp.float32))), n,
-                os.path.join(plot_dir, 'manifold.png'),
-                f'decoded from a {n}x{n} grid of Gaussian quantiles of z')
+                     os.path.join(plot_dir, 'manifold.png'),
+                     f'decoded from a {n}x{n} grid of Gaussian quantiles of z')
   key_prior, key_same = jax.random.split(jax.random.PRNGKey(config.seed))
   prior = decode(jax.random.normal(key_prior, (32, latents)))
   plots.image_grid(np.asarray(prior), 4, os.path.join(plot_dir, 'prior_samples.png'),
-              'decoded samples z ~ N(0, I) of the prior')
+                   'decoded samples z ~ N(0, I) of the prior')
   recon = model.apply(variables, images, rngs={'sample': key_same})
-  plots.image_grid(np.concatenate([images.reshape(16, -1), np.asarray(jax.nn.sigmoid(recon['logits']))]),
-              2, os.path.join(plot_dir, 'reconstructions.png'), 'test images (top), reconstructions',
-              ['input', 'output'])
+  plots.image_grid(
+      np.concatenate([images.reshape(16, -1),
+                      np.asarray(jax.nn.sigmoid(recon['logits']))]), 2,
+      os.path.join(plot_dir, 'reconstructions.png'), 'test images (top), reconstructions',
+      ['input', 'output'])
   same = jnp.repeat(images[:1], 8, axis=0)  # One image, encoded eight times.
   out = model.apply(variables, same, rngs={'sample': key_same})
   z_text = ', '.join(f'({a:.2f}, {b:.2f})' for a, b in np.asarray(out['z'])[:4, :2])
-  plots.image_grid(np.concatenate([np.asarray(same).reshape(8, -1),
-                              np.asarray(jax.nn.sigmoid(out['logits']))]), 2,
-              os.path.join(plot_dir, 'same_image.png'),
-              f'one image, 8 samples of z: a different latent each time\nz[:2] = {z_text}, ...',
-              ['input', 'decoded'])
+  plots.image_grid(
+      np.concatenate([np.asarray(same).reshape(8, -1),
+                      np.asarray(jax.nn.sigmoid(out['logits']))]), 2,
+      os.path.join(plot_dir, 'same_image.png'),
+      f'one image, 8 samples of z: a different latent each time\nz[:2] = {z_text}, ...',
+      ['input', 'decoded'])
 
 
 def headline(results: dict[str, Any]) -> str:
@@ -121,8 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The results (the launcher writes them to results.json).
   """
   info = input_pipeline.image_info(config)  # Checked before any work.
-  model = models.create(config.model, outputs=int(np.prod(info.image_shape)),
-                        **config.model_kwargs)
+  model = models.create(config.model, outputs=int(np.prod(info.image_shape)), **config.model_kwargs)
   data = input_pipeline.image_classification(config)
   state, summary = train.fit(config, workdir, model=model, task=tasks.vae, train=data.train,
                              val=data.val, test=data.test, rng_streams=('sample',),
@@ -137,9 +139,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     nll = bound(state.params, batch['x'], jax.random.fold_in(jax.random.PRNGKey(config.seed), i))
     total += float(jnp.sum(jnp.where(batch['mask'], nll, 0.0)))
     count += int(jnp.sum(batch['mask']))
-  results = {**summary, 'test_neg_elbo': summary['test_loss'],
-             'test_iwae_nll': total / count, 'iwae_samples': config.iwae_samples,
-             'latents': config.model_kwargs.latents}
+  results = {
+      **summary, 'test_neg_elbo': summary['test_loss'], 'test_iwae_nll': total / count,
+      'iwae_samples': config.iwae_samples, 'latents': config.model_kwargs.latents
+  }
   if jax.process_index() == 0:
     plot_dir = os.path.join(workdir, 'plots')
     if summary['history']:

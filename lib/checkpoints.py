@@ -50,9 +50,12 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """Each array's path ('params/Dense_0/kernel') and shape; orbax's metadata and states alike."""
   def name(key):
     return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+
   leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, 'shape'))[0]
-  return {'/'.join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves
-          if hasattr(leaf, 'shape')}
+  return {
+      '/'.join(name(k) for k in path): tuple(leaf.shape
+                                            ) for path, leaf in leaves if hasattr(leaf, 'shape')
+  }
 
 
 class Checkpoints:
@@ -62,13 +65,11 @@ class Checkpoints:
     workdir: the run's directory; checkpoints go to `workdir/checkpoints`.
     keep: how many of the latest steps to keep (the best step is kept besides).
   """
-
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')  # Orbax needs absolute.
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(preservation_policy=_LatestAndBest(n=keep)),
-        item_names=('state', 'meta'))
+        self.directory, options=ocp.CheckpointManagerOptions(preservation_policy=_LatestAndBest(
+            n=keep)), item_names=('state', 'meta'))
     self._handler = ocp.StandardCheckpointHandler()
 
   def latest_step(self) -> int | None:
@@ -89,9 +90,9 @@ class Checkpoints:
     self._check_free_space(step, state)
     # The JSON is written in the background while the loop goes on appending to `meta`: save
     # a snapshot, or a resumed run could find an epoch in its history that it has yet to train.
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(copy.deepcopy(meta))),
-                       metrics={'best_step': best_step})
+    self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
+            copy.deepcopy(meta))), metrics={'best_step': best_step})
 
   def _check_free_space(self, step: int, state: Any) -> None:
     """Raises DiskFull before a save that would fill the disk.
@@ -104,10 +105,10 @@ class Checkpoints:
     if free < needed:
       raise DiskFull(
           f'no space left for checkpoint {step} in {self.directory}: it needs about '
-          f'{needed / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free. '
-          + (f'The last complete checkpoint (step {last}) is kept; free space and run the same '
-             'command again to resume' if (last := self._manager.latest_step()) is not None else
-             'No checkpoint was saved yet; free space and run the same command again'))
+          f'{needed / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free. ' +
+          (f'The last complete checkpoint (step {last}) is kept; free space and run the same '
+           'command again to resume' if (last := self._manager.latest_step()) is not None else
+           'No checkpoint was saved yet; free space and run the same command again'))
 
   def wait_until_finished(self) -> None:
     """Waits until every save started so far is complete on disk."""
@@ -124,8 +125,9 @@ class Checkpoints:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       state = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                            self._state_metadata(step).tree, is_leaf=lambda x: hasattr(x, 'shape'))
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state), meta=ocp.args.JsonRestore()))
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state),
+                                      meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
 
   def _state_metadata(self, step: int) -> Any:
@@ -143,9 +145,11 @@ class Checkpoints:
     except Exception:  # pylint: disable=broad-except  # Unreadable: restore_latest decides.
       return
     here = _shapes(state)
-    diffs = [f'{k}: {saved.get(k, "absent")} saved, {here.get(k, "absent")} here'
-             for k in sorted(saved.keys() | here.keys(), key=lambda k: (not k.startswith('params'), k))
-             if saved.get(k) != here.get(k)]
+    diffs = [
+        f'{k}: {saved.get(k, "absent")} saved, {here.get(k, "absent")} here'
+        for k in sorted(saved.keys() | here.keys(), key=lambda k: (not k.startswith('params'), k))
+        if saved.get(k) != here.get(k)
+    ]
     if diffs:
       raise UserError(
           f'checkpoint {step} in {self.directory} does not fit this model ({len(diffs)} arrays '
@@ -174,9 +178,11 @@ class Checkpoints:
         return (step, *self.restore(step, state))
       except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds.
         aside = os.path.join(os.path.dirname(self.directory), 'checkpoints_unreadable', str(step))
-        absl_logging.warning('checkpoint %d in %s cannot be read (%s: %s); moved to %s, trying '
-                             'the previous one', step, self.directory, type(e).__name__,
-                             str(e).splitlines()[0] if str(e) else '', aside)
+        absl_logging.warning(
+            'checkpoint %d in %s cannot be read (%s: %s); moved to %s, trying '
+            'the previous one', step, self.directory,
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else '', aside)
         os.makedirs(os.path.dirname(aside), exist_ok=True)
         shutil.rmtree(aside, ignore_errors=True)
         os.rename(os.path.join(self.directory, str(step)), aside)

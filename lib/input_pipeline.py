@@ -141,8 +141,10 @@ def from_arrays(arrays: dict[str, np.ndarray], num_shards: int | None = None,
 def from_stream(stream: Any, preprocess: Preprocess = _identity) -> Split:
   """A Split that streams through tf.data: a lib.streaming.StreamSplit."""
   from lib import streaming  # pylint: disable=g-import-not-at-top
-  spec = {k: jax.ShapeDtypeStruct(s.shape, s.dtype.as_numpy_dtype)
-          for k, s in streaming.element_spec(stream).items()}
+  spec = {
+      k: jax.ShapeDtypeStruct(s.shape, s.dtype.as_numpy_dtype)
+      for k, s in streaming.element_spec(stream).items()
+  }
   return Split(stream.num_examples, spec, preprocess, stream=stream)
 
 
@@ -179,7 +181,6 @@ class TrainFeed:
       draws the order of seed + k, and each step's indices get a member axis
       (after the stacked one).
   """
-
   def __init__(self, split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
                start_step: int = 0, stack: int = 0, members: int = 1):
     self.split, self._stack = split, stack
@@ -226,8 +227,9 @@ class TrainFeed:
     seed = self._seed if seed is None else seed
     pass_index, position = divmod(step, self._per_pass)
     lo, hi = position * self._shard_batch, (position + 1) * self._shard_batch
-    return np.concatenate([self._permutation(seed, k, pass_index)[lo:hi]
-                           for k in range(self.split.num_shards)])
+    return np.concatenate([
+        self._permutation(seed, k, pass_index)[lo:hi] for k in range(self.split.num_shards)
+    ])
 
   def next(self, count: int, sharding: jax.sharding.Sharding) -> dict[str, Any]:
     """The inputs of the next `count` steps (stacked when the feed stacks), for `train_steps`."""
@@ -241,8 +243,8 @@ class TrainFeed:
       return {'idx': _replicated(idx if self._stack else idx[0])}
     if self._stream is None:
       from lib import streaming  # pylint: disable=g-import-not-at-top
-      self._stream = streaming.train_batches(self.split.stream, start_step=first,
-                                             stack=self._stack, **self._stream_args)
+      self._stream = streaming.train_batches(self.split.stream, start_step=first, stack=self._stack,
+                                             **self._stream_args)
     return {'batch': parallel.shard(next(self._stream), sharding)}
 
 
@@ -283,8 +285,7 @@ def prepare(batch: Example, preprocess: Preprocess, augment: Augment | None,
   examples = preprocess({k: v for k, v in batch.items() if k not in _BOOKKEEPING})
   if augment is not None:
     if key is None:
-      keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(EVAL_SEED),
-                                                      kept['index'])
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(EVAL_SEED), kept['index'])
     else:
       n = next(iter(examples.values())).shape[0]
       keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n))
@@ -296,8 +297,11 @@ def prepare(batch: Example, preprocess: Preprocess, augment: Augment | None,
 
 def model_spec(split: Split, augment: Augment | None) -> dict[str, jax.ShapeDtypeStruct]:
   """One example's entries as the model sees them: after preprocessing and `augment`."""
-  batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in split.spec.items()
-           if k not in _BOOKKEEPING}
+  batch = {
+      k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype)
+      for k, s in split.spec.items()
+      if k not in _BOOKKEEPING
+  }
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   out = jax.eval_shape(lambda b, k: prepare(b, split.preprocess, augment, k), batch, key)
   return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in out.items()}
@@ -310,8 +314,9 @@ def num_eval_batches(split: Split, batch_size: int, max_batches: int | None = No
   """Batches of `batch_size` (global) that cover every example (at most `max_batches`)."""
   if split.stream is not None:
     from lib import streaming  # pylint: disable=g-import-not-at-top
-    return streaming.num_eval_batches(split.stream, parallel.local_batch_size(
-        batch_size, 'eval_batch_size'), max_batches)
+    return streaming.num_eval_batches(split.stream,
+                                      parallel.local_batch_size(batch_size, 'eval_batch_size'),
+                                      max_batches)
   needed = -(-split.num_examples // batch_size)
   return needed if max_batches is None else min(needed, max_batches)
 
@@ -330,16 +335,16 @@ def eval_inputs(split: Split, batch_size: int, max_batches: int | None = None,
   if split.stream is not None:
     from lib import streaming  # pylint: disable=g-import-not-at-top
     sharding = sharding or parallel.batch_sharding(parallel.make_mesh())
-    ds = streaming.eval_dataset(split.stream, parallel.local_batch_size(
-        batch_size, 'eval_batch_size'), max_batches)
+    ds = streaming.eval_dataset(split.stream,
+                                parallel.local_batch_size(batch_size, 'eval_batch_size'),
+                                max_batches)
     for batch in ds.as_numpy_iterator():
       yield {'batch': parallel.shard(batch, sharding)}
     return
   for b in range(n):
     idx = np.arange(b * batch_size, (b + 1) * batch_size)
     mask = idx < split.num_examples
-    yield {'idx': _replicated(np.where(mask, idx, 0).astype(np.int32)),
-           'mask': _replicated(mask)}
+    yield {'idx': _replicated(np.where(mask, idx, 0).astype(np.int32)), 'mask': _replicated(mask)}
 
 
 def eval_batches(split: Split, batch_size: int, max_batches: int | None = None,
@@ -360,8 +365,8 @@ def eval_batches(split: Split, batch_size: int, max_batches: int | None = None,
 def _eval_getter(preprocess: Preprocess, augment: Augment | None,
                  sharding: jax.sharding.Sharding) -> Callable[..., Example]:
   """Compiled once per (preprocess, augment): every evaluation of a run reuses it."""
-  return jax.jit(lambda data, inputs: prepare(batch_of(data, inputs, sharding), preprocess,
-                                              augment, None))
+  return jax.jit(
+      lambda data, inputs: prepare(batch_of(data, inputs, sharding), preprocess, augment, None))
 
 
 def first_examples(split: Split, n: int, augment: Augment | None = None) -> dict[str, np.ndarray]:
@@ -377,7 +382,8 @@ def first_examples(split: Split, n: int, augment: Augment | None = None) -> dict
 
 def check_normalization(name: str) -> None:
   if name not in NORMALIZATIONS:
-    raise UserError(f'config.normalization={name!r} is unknown; choose one of {list(NORMALIZATIONS)}')
+    raise UserError(
+        f'config.normalization={name!r} is unknown; choose one of {list(NORMALIZATIONS)}')
 
 
 def normalizer(mode: str, mean: np.ndarray | None = None,
@@ -497,8 +503,10 @@ def _save_cached(config: ml_collections.ConfigDict, split: str, arrays: dict[str
 
 
 def _split_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
-  fields = {'train_split': config.train_split, 'eval_split': config.eval_split,
-            'test_split': config.test_split}
+  fields = {
+      'train_split': config.train_split, 'eval_split': config.eval_split,
+      'test_split': config.test_split
+  }
   return {f: s for f, s in fields.items() if s}
 
 
@@ -572,8 +580,8 @@ def _on_devices(config: ml_collections.ConfigDict, info: ImageInfo,
   preprocess = normalizer(config.normalization, mean, std)
   train = from_arrays(arrays['train_split'], config.data_shards, preprocess)
   val = from_arrays(arrays['eval_split'], preprocess=preprocess)
-  test = (val if config.test_split == config.eval_split else
-          from_arrays(arrays['test_split'], preprocess=preprocess))
+  test = (val if config.test_split == config.eval_split else from_arrays(
+      arrays['test_split'], preprocess=preprocess))
   return ImageData(train, val, test, info.num_classes, info.class_names, info.image_shape)
 
 
@@ -592,10 +600,10 @@ def _streamed(config: ml_collections.ConfigDict, info: ImageInfo, builder: Any,
   def raw(ex):
     return {'x': keep(ex['image']), 'y': tf.cast(ex['label'], tf.int32)}
 
-  train = from_stream(streaming.tfds_split(builder, config.train_split, 'train_split', raw,
-                                           num_shards=config.data_shards), preprocess)
-  val = from_stream(streaming.tfds_split(builder, config.eval_split, 'eval_split', raw),
-                    preprocess)
+  train = from_stream(
+      streaming.tfds_split(builder, config.train_split, 'train_split', raw,
+                           num_shards=config.data_shards), preprocess)
+  val = from_stream(streaming.tfds_split(builder, config.eval_split, 'eval_split', raw), preprocess)
   test = (val if config.test_split == config.eval_split else from_stream(
       streaming.tfds_split(builder, config.test_split, 'test_split', raw), preprocess))
   return ImageData(train, val, test, info.num_classes, info.class_names, info.image_shape)

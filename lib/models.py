@@ -19,7 +19,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'linear': lambda x: x,
 }
 
-
 # How a sequence model turns (batch, time, features) into the head's input.
 READOUTS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'last': lambda x: x[:, -1],  # The last time step: forecasting the next value.
@@ -65,8 +64,8 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     act = _activation(self.activation)
-    init = (nn.initializers.normal(self.init_std) if self.init_std
-            else nn.linear.default_kernel_init)
+    init = (nn.initializers.normal(self.init_std)
+            if self.init_std else nn.linear.default_kernel_init)
     x = x.reshape((x.shape[0], -1))
     for units in self.hidden:
       x = nn.Dense(units, use_bias=not self.batch_norm, kernel_init=init)(x)
@@ -176,8 +175,9 @@ class RNN(nn.Module):
       x = relu(nn.Conv(self.conv_features, (5,), padding='CAUSAL')(x))
     cell = _pick(CELLS, self.cell, 'cell')
     for units in self.units:
-      make = lambda: nn.RNN(cell(units, activation_fn=_activation(self.activation))
-                            if self.cell == 'simple' else cell(units))
+      make = lambda: nn.RNN(
+          cell(units, activation_fn=_activation(self.activation))
+          if self.cell == 'simple' else cell(units))
       x = nn.Bidirectional(make(), make())(x) if self.bidirectional else make()(x)
     x = _pick(READOUTS, self.readout, 'readout')(x)
     return nn.Dense(self.outputs)(x)
@@ -298,15 +298,14 @@ class ConvAutoencoder(nn.Module):
 
   def check(self) -> None:
     """Raises UserError for an image size the stride-2 blocks cannot halve evenly."""
-    scale = 2 ** len(self.features)
+    scale = 2**len(self.features)
     if self.shape[0] % scale or self.shape[1] % scale:
       raise UserError(f'conv_autoencoder halves the image {len(self.features)} times: height '
                       f'and width must be multiples of {scale}, not {tuple(self.shape[:2])}')
 
   def setup(self):
-    scale = 2 ** len(self.features)
-    self.encoder_convs = [conv_lib.Conv(f, (3, 3), strides=2)
-                          for f in self.features]
+    scale = 2**len(self.features)
+    self.encoder_convs = [conv_lib.Conv(f, (3, 3), strides=2) for f in self.features]
     self.encoder_out = nn.Dense(self.latents)
     self.code_shape = (self.shape[0] // scale, self.shape[1] // scale, self.features[-1])
     self.decoder_in = nn.Dense(math.prod(self.code_shape))
@@ -332,11 +331,10 @@ class ConvAutoencoder(nn.Module):
     return self.decode(self.encode(x))
 
 
-MODELS: dict[str, type[nn.Module]] = {'mlp': MLP, 'cnn': CNN, 'any_size_cnn': AnySizeCNN,
-                                      'rnn': RNN, 'conv1d': Conv1D,
-                                      'vae': VAE,
-                                      'mlp_autoencoder': MLPAutoencoder,
-                                      'conv_autoencoder': ConvAutoencoder}
+MODELS: dict[str, type[nn.Module]] = {
+    'mlp': MLP, 'cnn': CNN, 'any_size_cnn': AnySizeCNN, 'rnn': RNN, 'conv1d': Conv1D, 'vae': VAE,
+    'mlp_autoencoder': MLPAutoencoder, 'conv_autoencoder': ConvAutoencoder
+}
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:
@@ -356,9 +354,8 @@ def create(name: str, **kwargs: Any) -> nn.Module:
   fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
-    raise UserError(
-        f'config.model_kwargs has {unknown} that model {name!r} does not take; '
-        f'it takes {sorted(fields)}')
+    raise UserError(f'config.model_kwargs has {unknown} that model {name!r} does not take; '
+                    f'it takes {sorted(fields)}')
   model = cls(**kwargs)
   # Names are checked now, before any work, not at the first trace inside jit.
   if 'activation' in fields:

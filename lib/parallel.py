@@ -45,16 +45,14 @@ def local_batch_size(global_batch_size: int, name: str = 'batch_size') -> int:
   """
   devices = jax.device_count()
   if global_batch_size < 1 or global_batch_size % devices:
-    raise UserError(
-        f'config.{name}={global_batch_size} must be a positive multiple of '
-        f'the {devices} devices, so that each device gets an equal share')
+    raise UserError(f'config.{name}={global_batch_size} must be a positive multiple of '
+                    f'the {devices} devices, so that each device gets an equal share')
   return global_batch_size // jax.process_count()
 
 
 def shard(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Turns each process's local batch into one global array sharded over the mesh."""
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
 def local_shards(num_shards: int) -> tuple[list[int], int]:

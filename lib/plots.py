@@ -23,9 +23,9 @@ def save(fig: plt.Figure, path: str, tight: bool = True) -> str:
   return path
 
 
-def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: str, *,
-          xlabel: str, ylabel: str, title: str = '', logx: bool | int = False,
-          logy: bool = False, hline: float | None = None, vline: float | None = None) -> str:
+def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], path: str, *, xlabel: str,
+          ylabel: str, title: str = '', logx: bool | int = False, logy: bool = False,
+          hline: float | None = None, vline: float | None = None) -> str:
   """One axis with a line per entry of `series`; optional reference lines.
 
   logx: True for a base-10 log axis; 2 for base 2 with a tick at each x.

@@ -106,8 +106,9 @@ def from_shards(shards: dict[int, tf.data.Dataset]) -> StreamSplit:
 def _shape_counts(ds: tf.data.Dataset, shapes: Sequence[tuple[int, ...]]) -> np.ndarray:
   """How many examples of `ds` have each of `shapes` as the shape of 'x', in one pass."""
   table = tf.constant(shapes, tf.int32)
-  return ds.reduce(tf.zeros(len(shapes), tf.int64), lambda n, ex: n + tf.cast(tf.reduce_all(
-      table == tf.shape(ex['x'])[None], axis=1), tf.int64)).numpy()
+  return ds.reduce(
+      tf.zeros(len(shapes), tf.int64), lambda n, ex: n + tf.cast(
+          tf.reduce_all(table == tf.shape(ex['x'])[None], axis=1), tf.int64)).numpy()
 
 
 def _of_shape(ds: tf.data.Dataset, shape: tuple[int, ...]) -> tf.data.Dataset:
@@ -141,17 +142,18 @@ def by_shape(split: StreamSplit, shapes: Sequence[tuple[int, ...]]) -> StreamSpl
   kept = np.flatnonzero(totals)
 
   def buckets(s: StreamSplit, counts: np.ndarray, global_counts: bool) -> tuple[StreamSplit, ...]:
-    return tuple(StreamSplit(_of_shape(s.ds, shapes[k]),
-                             int(totals[k]) if global_counts else int(counts[k]), int(counts[k]),
-                             int(per_process[:, k].max()) if global_counts else int(counts[k]),
-                             index=s.index) for k in kept)
+    return tuple(
+        StreamSplit(_of_shape(s.ds, shapes[k]),
+                    int(totals[k]) if global_counts else int(counts[k]), int(counts[k]),
+                    int(per_process[:,
+                                    k].max()) if global_counts else int(counts[k]), index=s.index)
+        for k in kept)
 
   if not split.shards:
     return dataclasses.replace(split, buckets=buckets(split, local[0], True))
   return dataclasses.replace(
-      split, buckets=buckets(split, local.sum(0), True),
-      shards=tuple(dataclasses.replace(s, buckets=buckets(s, row, False))
-                   for s, row in zip(shards, local)))
+      split, buckets=buckets(split, local.sum(0), True), shards=tuple(
+          dataclasses.replace(s, buckets=buckets(s, row, False)) for s, row in zip(shards, local)))
 
 
 def _pass_seed(seed: int, pass_index: tf.Tensor, shard: int, bucket: int = 0) -> tf.Tensor:
@@ -202,14 +204,16 @@ def _usable_buckets(split: StreamSplit, shard_batch: int) -> list[int]:
 
 
 def _bucketed_batches(shard: StreamSplit, batch_size: int, seed: int, shuffle_buffer: int,
-                      start_step: int, usable: list[int],
-                      weights: np.ndarray, done: np.ndarray) -> tf.data.Dataset:
+                      start_step: int, usable: list[int], weights: np.ndarray,
+                      done: np.ndarray) -> tf.data.Dataset:
   """Each step a batch of one bucket of `usable`, drawn from the step alone by `weights`.
 
   `done[k]` is the number of batches bucket usable[k] gave before `start_step`.
   """
-  streams = [_batch_stream(shard.buckets[i], batch_size, seed, shuffle_buffer, int(done[k]),
-                           bucket=i) for k, i in enumerate(usable)]
+  streams = [
+      _batch_stream(shard.buckets[i], batch_size, seed, shuffle_buffer, int(done[k]), bucket=i)
+      for k, i in enumerate(usable)
+  ]
   picks = tf.data.Dataset.from_generator(lambda: _bucket_of_step(seed, weights, start_step),
                                          output_signature=tf.TensorSpec([], tf.int64))
   return tf.data.Dataset.choose_from_datasets(streams, picks, stop_on_empty_dataset=False)
@@ -246,17 +250,18 @@ def train_batches(split: StreamSplit, batch_size: int, *, seed: int, shuffle_buf
   shard_batch = batch_size // len(shards)
   smallest = min(s.local_examples for s in shards)
   if smallest < shard_batch:
-    raise UserError(
-        f'a shard of the training split has {smallest} examples, fewer than its share '
-        f'{shard_batch} of a batch; lower config.batch_size (or config.data_shards)')
+    raise UserError(f'a shard of the training split has {smallest} examples, fewer than its share '
+                    f'{shard_batch} of a batch; lower config.batch_size (or config.data_shards)')
   if split.buckets:
     usable = _usable_buckets(split, shard_batch)
     weights = np.array([split.buckets[k].num_examples for k in usable], np.float64)
     weights /= weights.sum()
     picks = np.fromiter(_bucket_of_step(seed, weights, 0), np.int64, count=start_step)
     done = np.bincount(picks, minlength=len(usable))
-    streams = [_bucketed_batches(s, shard_batch, seed, shuffle_buffer, start_step, usable,
-                                 weights, done) for s in shards]
+    streams = [
+        _bucketed_batches(s, shard_batch, seed, shuffle_buffer, start_step, usable, weights, done)
+        for s in shards
+    ]
   else:
     streams = [_batch_stream(s, shard_batch, seed, shuffle_buffer, start_step) for s in shards]
   ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
@@ -317,8 +322,8 @@ def _split_datasets(builder: tfds.core.DatasetBuilder, split: str, field: str,
   try:
     return {i: builder.as_dataset(split=name, shuffle_files=False) for i, name in names.items()}
   except (ValueError, KeyError, AssertionError) as e:
-    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
-                    + str(e).strip().splitlines()[0]) from None
+    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: ' +
+                    str(e).strip().splitlines()[0]) from None
 
 
 def split_bytes(builder: tfds.core.DatasetBuilder, split: str, field: str) -> int | None:
@@ -331,13 +336,12 @@ def split_bytes(builder: tfds.core.DatasetBuilder, split: str, field: str) -> in
   try:
     n = builder.info.splits[split].num_examples
   except (ValueError, KeyError, AssertionError) as e:
-    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
-                    + str(e).strip().splitlines()[0]) from None
+    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: ' +
+                    str(e).strip().splitlines()[0]) from None
   return n * (int(np.prod(info['image_shape'])) * np.dtype(info['image_dtype']).itemsize + 4)
 
 
-def read_split(builder: tfds.core.DatasetBuilder, split: str,
-               field: str) -> dict[str, np.ndarray]:
+def read_split(builder: tfds.core.DatasetBuilder, split: str, field: str) -> dict[str, np.ndarray]:
   """A whole prepared image split as arrays: 'x' the images as stored, 'y' int32 labels."""
   ds = _split_datasets(builder, split, field, {0: split})[0]
   ds = ds.map(lambda ex: {'x': ex['image'], 'y': tf.cast(ex['label'], tf.int32)},
@@ -347,8 +351,8 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str,
 
 
 def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
-               preprocess: Callable[[Example], Example], *,
-               num_shards: int | None = None) -> StreamSplit:
+               preprocess: Callable[[Example],
+                                    Example], *, num_shards: int | None = None) -> StreamSplit:
   """This process's share of a prepared TFDS split, preprocessed and cached.
 
   Args:
@@ -371,9 +375,9 @@ def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
   try:
     names = tfds.even_splits(split, n=total, drop_remainder=num_shards is not None)
   except (ValueError, KeyError, AssertionError) as e:
-    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: '
-                    + str(e).strip().splitlines()[0]) from None
+    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: ' +
+                    str(e).strip().splitlines()[0]) from None
   shards = _split_datasets(builder, split, field, {i: names[i] for i in indices})
-  return from_shards({i: ds.map(preprocess, num_parallel_calls=AUTOTUNE)
-                      for i, ds in shards.items()})
-
+  return from_shards({
+      i: ds.map(preprocess, num_parallel_calls=AUTOTUNE) for i, ds in shards.items()
+  })

@@ -23,7 +23,6 @@ class EventWriter:
     logdir: the run's directory.
     enabled: False on every process but process 0: nothing is written there.
   """
-
   def __init__(self, logdir: str, enabled: bool = True):
     self._writer = None
     if enabled:
@@ -37,20 +36,24 @@ class EventWriter:
       self._writer.write(event.SerializeToString())
 
   def _summary(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
-    self._write(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                summary=summary_pb2.Summary(value=values)))
+    self._write(
+        event_pb2.Event(wall_time=time.time(), step=int(step),
+                        summary=summary_pb2.Summary(value=values)))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    self._summary(step, [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-                         for k, v in scalars.items()])
+    self._summary(
+        step, [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()])
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
-    metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='text'))
-    self._summary(step, [summary_pb2.Summary.Value(
-        tag=k, metadata=metadata, tensor=tensor_pb2.TensorProto(
-            dtype=7, string_val=[v.encode()]))  # 7: DT_STRING.
-                         for k, v in texts.items()])
+    metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
+        plugin_name='text'))
+    self._summary(
+        step,
+        [
+            summary_pb2.Summary.Value(tag=k, metadata=metadata, tensor=tensor_pb2.TensorProto(
+                dtype=7, string_val=[v.encode()]))  # 7: DT_STRING.
+            for k, v in texts.items()
+        ])
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     rows = '\n'.join(f'| {k} | {v} |' for k, v in sorted(hparams.items()))

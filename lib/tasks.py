@@ -65,5 +65,7 @@ def huber(predictions: jax.Array, batch: dict[str, jax.Array], delta: float = 1.
   """
   error = (predictions - batch['y'].reshape(predictions.shape)) * scale
   axes = tuple(range(1, error.ndim))
-  return {'loss': jnp.mean(optax.huber_loss(error, delta=delta), axes),
-          'mae': jnp.mean(jnp.abs(error), axes)}
+  return {
+      'loss': jnp.mean(optax.huber_loss(error, delta=delta), axes), 'mae': jnp.mean(
+          jnp.abs(error), axes)
+  }

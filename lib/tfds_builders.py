@@ -28,9 +28,8 @@ def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     return tfds.builder(config.dataset, data_dir=config.data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
-    raise UserError(
-        f'config.dataset={config.dataset!r} is not a TFDS dataset'
-        + (f'; did you mean {close}?' if close else '; see tfds.list_builders()')) from None
+    raise UserError(f'config.dataset={config.dataset!r} is not a TFDS dataset' + (
+        f'; did you mean {close}?' if close else '; see tfds.list_builders()')) from None
 
 
 def check(dataset: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
@@ -110,18 +109,18 @@ def prepare(dataset: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict
     try:
       dataset.download_and_prepare(download_config=download_config)
     except Exception as e:  # TFDS raises many kinds: network, checksum, missing file.
-      raise UserError(
-          f'could not build {name!r} into {dataset.data_dir}: {type(e).__name__}: '
-          + str(e).strip().splitlines()[0]) from e
+      raise UserError(f'could not build {name!r} into {dataset.data_dir}: {type(e).__name__}: ' +
+                      str(e).strip().splitlines()[0]) from e
 
 
 def image_info(dataset: tfds.core.DatasetBuilder) -> dict[str, Any]:
   """What models and plots need to know of an image classification dataset."""
   label = dataset.info.features['label']
-  return {'num_classes': label.num_classes, 'class_names': list(label.names),
-          'image_shape': list(dataset.info.features['image'].shape),
-          'image_dtype': np.dtype(dataset.info.features['image'].np_dtype).name,
-          'version': str(dataset.info.version)}
+  return {
+      'num_classes': label.num_classes, 'class_names': list(label.names),
+      'image_shape': list(dataset.info.features['image'].shape), 'image_dtype': np.dtype(
+          dataset.info.features['image'].np_dtype).name, 'version': str(dataset.info.version)
+  }
 
 
 def check_image_classification(dataset: tfds.core.DatasetBuilder) -> None:

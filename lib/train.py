@@ -82,7 +82,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise UserError(f'config.{field}={config[field]} must be at least 1')
   for field in ('steps_per_epoch', 'validation_steps'):
     if config[field] is not None and config[field] < 1:
-      raise UserError(f'config.{field}={config[field]} must be at least 1, or None for a whole split')
+      raise UserError(
+          f'config.{field}={config[field]} must be at least 1, or None for a whole split')
   for field in ('weight_decay', 'grad_clip_norm', 'profile_steps'):
     if config[field] < 0:
       raise UserError(f'config.{field}={config[field]} must be >= 0 (0 is off)')
@@ -104,7 +105,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.early_stopping_patience < 0:
     raise UserError('config.early_stopping_patience must be >= 0 (0 never stops early)')
   if (config.restore_best or config.early_stopping_patience) and not config.best_metric:
-    raise UserError('config.restore_best and config.early_stopping_patience need config.best_metric')
+    raise UserError(
+        'config.restore_best and config.early_stopping_patience need config.best_metric')
   parallel.local_batch_size(config.batch_size, 'batch_size')
   parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
 
@@ -174,9 +176,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
   """
   decay = config.weight_decay
   if config.optimizer == 'sgd' and decay:
-    tx = optax.chain(optax.trace(decay=config.momentum) if config.momentum else optax.identity(),
-                     optax.add_decayed_weights(decay, mask=_kernels),
-                     optax.scale_by_learning_rate(schedule))
+    tx = optax.chain(
+        optax.trace(decay=config.momentum) if config.momentum else optax.identity(),
+        optax.add_decayed_weights(decay, mask=_kernels), optax.scale_by_learning_rate(schedule))
   elif config.optimizer == 'sgd':
     tx = optax.sgd(schedule, momentum=config.momentum or None)
   else:
@@ -188,10 +190,10 @@ def create_optimizer(config: ml_collections.ConfigDict,
   return tx
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       input_shape: Sequence[int], input_dtype: Any,
-                       tx: optax.GradientTransformation, sharding: jax.sharding.Sharding,
-                       rng_streams: Sequence[str] = ()) -> TrainState:
+def create_train_state(
+    config: ml_collections.ConfigDict, model: nn.Module, input_shape: Sequence[int],
+    input_dtype: Any, tx: optax.GradientTransformation, sharding: jax.sharding.Sharding,
+    rng_streams: Sequence[str] = ()) -> TrainState:
   """Initializes params from `config.seed`, replicated over the mesh.
 
   With config.num_seeds > 1, a population: every leaf gets a leading axis of
@@ -256,12 +258,11 @@ _AUGMENT_STREAM = 2**31 - 2
 
 def _cast(tree: Any, dtype: Any) -> Any:
   """Floating-point leaves of `tree` as `dtype`; others as they are."""
-  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                      tree)
+  return jax.tree.map(lambda a: a.astype(dtype)
+                      if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def _apply(state: TrainState, params: Any, x: jax.Array, compute_dtype: Any,
-           **kwargs: Any) -> Any:
+def _apply(state: TrainState, params: Any, x: jax.Array, compute_dtype: Any, **kwargs: Any) -> Any:
   """The model on `x` in `compute_dtype` (params and inputs cast; outputs back to float32)."""
   if compute_dtype == jnp.float32:
     return state.apply_fn({'params': params, **state.model_state}, x, **kwargs)
@@ -279,21 +280,20 @@ def make_train_step(task: Task, collection: type[clu_metrics.Collection],
   the optimizer stay float32; with `ema_decay`, state.ema_params follows the
   params (optax.incremental_update).
   """
-
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rngs = _rngs(jax.random.fold_in(state.rng, state.step), rng_streams)
 
     def loss_fn(params):
-      outputs, model_state = _apply(state, params, batch['x'], compute_dtype, train=True,
-                                    rngs=rngs, mutable=list(state.model_state))
+      outputs, model_state = _apply(state, params, batch['x'], compute_dtype, train=True, rngs=rngs,
+                                    mutable=list(state.model_state))
       values = task(outputs, batch)
       return jnp.mean(values['loss']), (values, model_state)
 
     (_, (values, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, model_state=model_state)
     if ema_decay:
-      state = state.replace(ema_params=optax.incremental_update(
-          state.params, state.ema_params, step_size=1 - ema_decay))
+      ema = optax.incremental_update(state.params, state.ema_params, 1 - ema_decay)
+      state = state.replace(ema_params=ema)
     return state, collection.single_from_model_output(**values)
 
   return train_step
@@ -303,7 +303,6 @@ def make_eval_step(task: Task, collection: type[clu_metrics.Collection],
                    rng_streams: Sequence[str] = (),
                    compute_dtype: Any = jnp.float32) -> Callable[..., Any]:
   """`eval_step(state, batch) -> metrics`: the task's values in evaluation mode, padding masked."""
-
   def eval_step(state: TrainState, batch: dict[str, jax.Array]):
     # A fixed key, so evaluating the same weights twice gives the same numbers.
     rngs = _rngs(jax.random.fold_in(state.rng, 2**31 - 1), rng_streams)
@@ -325,10 +324,8 @@ class TrainSteps:
   With `members` (a population's state, config.num_seeds), the step is
   vmapped over the members: each its own state and indices, the data shared.
   """
-
-  def __init__(self, task: Task, collection: type[clu_metrics.Collection],
-               mesh: jax.sharding.Mesh, rng_streams: Sequence[str],
-               preprocess: input_pipeline.Preprocess,
+  def __init__(self, task: Task, collection: type[clu_metrics.Collection], mesh: jax.sharding.Mesh,
+               rng_streams: Sequence[str], preprocess: input_pipeline.Preprocess,
                augmentation: input_pipeline.Augmentation, steps_per_execution: int,
                compute_dtype: Any = jnp.float32, ema_decay: float = 0.0, members: int = 0):
     self._one_step = make_train_step(task, collection, rng_streams, compute_dtype, ema_decay)
@@ -347,6 +344,7 @@ class TrainSteps:
     if self._members:
       fed_step = jax.vmap(fed_step, in_axes=(0, None, 0))
     if self._scan:
+
       def fn(state, data, inputs):
         return jax.lax.scan(lambda s, inp: fed_step(s, data, inp), state, inputs)
     else:
@@ -403,9 +401,12 @@ def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipe
     m = eval_step(state, batch)
     total = m if total is None else total.merge(m)
   # A population's collection has a member axis, which CLU's compute must not see.
-  values = total.compute() if np.ndim(total.loss.count) == 0 else jax.vmap(type(total).compute)(total)
-  return {prefix + k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)
-          for k, v in jax.device_get(values).items()}
+  values = total.compute() if np.ndim(total.loss.count) == 0 else jax.vmap(
+      type(total).compute)(total)
+  return {
+      prefix + k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)
+      for k, v in jax.device_get(values).items()
+  }
 
 
 def _mean(metrics: dict[str, Any]) -> dict[str, float]:
@@ -418,7 +419,6 @@ class _StopSignals:
 
   A second signal interrupts at once.
   """
-
   def __enter__(self):
     self.received = None
     self._previous = {}
@@ -453,8 +453,8 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return flat
 
 
-def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: float,
-                step: int, epoch: int) -> bool:
+def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: float, step: int,
+                epoch: int) -> bool:
   """Updates the best value and patience count in `meta`; returns whether `value` is a new best.
 
   Equal values do not count as improvements: the first best epoch is kept, as in Keras.
@@ -467,9 +467,10 @@ def _track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: 
     meta['epochs_since_best'] += 1
   if config.early_stopping_patience and meta['epochs_since_best'] >= config.early_stopping_patience:
     meta['stopped_early'] = True
-    logging.info('early stopping at epoch %d: %s has not improved for %d epochs '
-                 '(best %.5g at epoch %d)', epoch, config.best_metric,
-                 meta['epochs_since_best'], meta['best_value'], meta['best_epoch'])
+    logging.info(
+        'early stopping at epoch %d: %s has not improved for %d epochs '
+        '(best %.5g at epoch %d)', epoch, config.best_metric, meta['epochs_since_best'],
+        meta['best_value'], meta['best_epoch'])
   return improved
 
 
@@ -481,7 +482,6 @@ class _Progress:
     total_steps: steps of the run.
     log_every_steps: training scalars go to TensorBoard at multiples of this.
   """
-
   def __init__(self, steps_per_epoch: int, total_steps: int, log_every_steps: int):
     self._spe, self._total, self._log_every = steps_per_epoch, total_steps, log_every_steps
     self._epoch: dict[str, np.ndarray] = {}
@@ -504,9 +504,11 @@ class _Progress:
       (step, loss, member) of the first non-finite loss, else None.
     """
     metrics = jax.device_get(metrics)
-    fields = {k: (np.asarray(v.total, np.float64).reshape(steps, -1),
-                  np.asarray(v.count, np.float64).reshape(steps, -1))
-              for k, v in vars(metrics).items() if not k.startswith('_')}
+    fields = {
+        k: (np.asarray(v.total,
+                       np.float64).reshape(steps, -1), np.asarray(v.count, np.float64).reshape(
+                           steps, -1)) for k, v in vars(metrics).items() if not k.startswith('_')
+    }
     losses = fields['loss'][0] / np.maximum(fields['loss'][1], 1)
     bad = np.argwhere(~np.isfinite(losses))
     if bad.size:
@@ -514,13 +516,16 @@ class _Progress:
       return first_step + int(i) + 1, float(losses[i, k]), int(k)
     fields = {k: (t.sum(1), c.sum(1)) for k, (t, c) in fields.items()}
     n = steps
-    cuts = [i + 1 for i in range(n)
-            if (first_step + i + 1) % self._spe == 0 or (first_step + i + 1) % self._log_every == 0
-            or first_step + i + 1 == self._total]
+    cuts = [
+        i + 1 for i in range(n) if (first_step + i + 1) % self._spe == 0 or (first_step + i + 1) %
+        self._log_every == 0 or first_step + i + 1 == self._total
+    ]
     start = 0
     for cut in sorted({*cuts, n}):
-      part = {k: np.array([t[start:cut].sum(), c[start:cut].sum()], np.float64)
-              for k, (t, c) in fields.items()}
+      part = {
+          k: np.array([t[start:cut].sum(), c[start:cut].sum()], np.float64)
+          for k, (t, c) in fields.items()
+      }
       for acc in (self._epoch, self._window):
         for k, v in part.items():
           acc[k] = acc.get(k, 0) + v
@@ -529,8 +534,10 @@ class _Progress:
         self.windows.append((step, self._means(self._window)))
         self._window = {}
       if step % self._spe == 0 or step == self._total:
-        self.epochs.append({'epoch': -(-step // self._spe), 'step': step,
-                            **{f'train_{k}': v for k, v in self._means(self._epoch).items()}})
+        self.epochs.append({
+            'epoch': -(-step // self._spe), 'step': step,
+            **{f'train_{k}': v for k, v in self._means(self._epoch).items()}
+        })
         self._epoch = {}
       start = cut
     return None
@@ -542,11 +549,11 @@ def lr_sweep_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   lr_finder_start * 10 ** (epoch / lr_finder_epochs_per_decade), epoch fractional.
   """
   steps_per_decade = steps_per_epoch * config.lr_finder_epochs_per_decade
-  return lambda step: config.lr_finder_start * 10.0 ** (step / steps_per_decade)
+  return lambda step: config.lr_finder_start * 10.0**(step / steps_per_decade)
 
 
-def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule,
-                     steps_per_epoch: int, workdir: str) -> dict[str, Any]:
+def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule, steps_per_epoch: int,
+                     workdir: str) -> dict[str, Any]:
   """The LR range test's curve, its suggested rate and plot (plots/lr_finder.png).
 
   Each epoch's mean training loss is paired with the rate at the epoch's start.
@@ -561,20 +568,25 @@ def _lr_range_result(history: list[dict[str, Any]], schedule: optax.Schedule,
   lowest = min(finite, key=lambda i: losses[i])
   suggested = rates[lowest] / 10
   if jax.process_index() == 0:
-    plots.lines(rates, {'training loss (epoch mean)': losses},
-                os.path.join(workdir, 'plots', 'lr_finder.png'), xlabel='learning rate',
-                ylabel='loss', title=f'LR range test: lowest loss at {rates[lowest]:.2g}, '
-                f'suggested {suggested:.2g}', logx=True, logy=True, vline=suggested)
-  return {'lr_finder': {'learning_rates': rates, 'losses': losses},
-          'suggested_lr': suggested, 'lowest_loss_lr': rates[lowest]}
+    plots.lines(
+        rates, {'training loss (epoch mean)': losses},
+        os.path.join(workdir, 'plots', 'lr_finder.png'), xlabel='learning rate', ylabel='loss',
+        title=f'LR range test: lowest loss at {rates[lowest]:.2g}, '
+        f'suggested {suggested:.2g}', logx=True, logy=True, vline=suggested)
+  return {
+      'lr_finder': {'learning_rates': rates, 'losses': losses}, 'suggested_lr': suggested,
+      'lowest_loss_lr': rates[lowest]
+  }
 
 
 def _with_ema(run_eval: Callable[..., dict[str, float]], state: TrainState,
               split: input_pipeline.Split, prefix: str, **kwargs: Any) -> dict[str, float]:
   """`run_eval` of the params, then of their moving average under prefix + 'ema_'."""
   averaged = state.replace(params=state.ema_params)
-  return {**run_eval(state, split, prefix=prefix, **kwargs),
-          **run_eval(averaged, split, prefix=prefix + 'ema_', **kwargs)}
+  return {
+      **run_eval(state, split, prefix=prefix, **kwargs),
+      **run_eval(averaged, split, prefix=prefix + 'ema_', **kwargs)
+  }
 
 
 class _Profiler:
@@ -582,7 +594,6 @@ class _Profiler:
 
   It starts after the first call, so the trace holds steps and not their compilation.
   """
-
   def __init__(self, steps: int, logdir: str):
     self.steps, self.logdir, self.started_at = steps, logdir, None
 
@@ -626,8 +637,7 @@ class _Engine:
 
 def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
             train: input_pipeline.Split, rng_streams: Sequence[str],
-            augmentation: input_pipeline.Augmentation,
-            schedule: optax.Schedule | None) -> _Engine:
+            augmentation: input_pipeline.Augmentation, schedule: optax.Schedule | None) -> _Engine:
   """Steps, schedule, the state at step 0 and the compiled train and eval steps."""
   if (len(augmentation.train) > 1 or train.buckets) and config.steps_per_execution != 1:
     raise UserError('config.steps_per_execution must be 1 here: this experiment changes the '
@@ -650,17 +660,20 @@ def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
                              rng_streams)
   population = members(state)
   one = member(state, 0) if population else state
-  logging.info('model: %s params%s; %d steps per epoch, %d steps, %d per call; %d devices, %d '
-               'processes; training data %s\n%s', f'{models.count_params(one.params):,}',
-               f' x {population} seeds' if population else '',
-               steps_per_epoch, total_steps, per_call, jax.device_count(), jax.process_count(),
-               'on the devices' if train.stream is None else 'streamed through tf.data',
-               parameter_overview.get_parameter_overview(one.params, include_stats=False))
+  logging.info(
+      'model: %s params%s; %d steps per epoch, %d steps, %d per call; %d devices, %d '
+      'processes; training data %s\n%s', f'{models.count_params(one.params):,}',
+      f' x {population} seeds' if population else '', steps_per_epoch, total_steps, per_call,
+      jax.device_count(), jax.process_count(),
+      'on the devices' if train.stream is None else 'streamed through tf.data',
+      parameter_overview.get_parameter_overview(one.params, include_stats=False))
   # The task's value names, found by tracing once without computing.
   batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in example.items()}
-  names = sorted(jax.eval_shape(
-      lambda s, b: task(s.apply_fn({'params': s.params, **s.model_state}, b['x'], train=False,
-                                   rngs=_rngs(s.rng, rng_streams)), b), one, batch))
+  names = sorted(
+      jax.eval_shape(
+          lambda s, b: task(
+              s.apply_fn({'params': s.params, **s.model_state}, b['x'], train=False, rngs=_rngs(
+                  s.rng, rng_streams)), b), one, batch))
   measured = [f'val_{n}' for n in names]
   measured += [f'val_ema_{n}' for n in names] if config.ema_decay else []
   if config.best_metric and config.best_metric not in measured:
@@ -669,13 +682,13 @@ def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
   dtype = COMPUTE_DTYPES[config.compute_dtype]
   train_steps = TrainSteps(task, metrics_collection(names), mesh, rng_streams, train.preprocess,
                            augmentation, per_call, dtype, config.ema_decay, population)
-  run_eval = functools.partial(
-      evaluate, jit_eval_step(task, names, mesh, rng_streams, dtype, population),
-      batch_size=config.eval_batch_size, augment=augmentation.eval)
+  run_eval = functools.partial(evaluate,
+                               jit_eval_step(task, names, mesh, rng_streams, dtype, population),
+                               batch_size=config.eval_batch_size, augment=augmentation.eval)
   if config.ema_decay:  # The average's metrics beside the params': val_ema_*, test_ema_*.
     run_eval = functools.partial(_with_ema, run_eval)
-  train_sharding = (parallel.stacked_batch_sharding(mesh) if per_call > 1 else
-                    parallel.batch_sharding(mesh))
+  train_sharding = (parallel.stacked_batch_sharding(mesh)
+                    if per_call > 1 else parallel.batch_sharding(mesh))
   return _Engine(steps_per_epoch, total_steps, per_call, schedule, state, train_steps, run_eval,
                  train_sharding, augmentation)
 
@@ -695,10 +708,9 @@ class _Loop:
     saved_step: the step of the latest checkpoint, None if there is none.
     sweep: an LR range test: a non-finite loss ends the run instead of failing it.
   """
-
   def __init__(self, config: ml_collections.ConfigDict, engine: _Engine,
-               ckpt: checkpoints.Checkpoints, writer: summary.EventWriter,
-               meta: dict[str, Any], saved_step: int | None, sweep: bool):
+               ckpt: checkpoints.Checkpoints, writer: summary.EventWriter, meta: dict[str, Any],
+               saved_step: int | None, sweep: bool):
     self.config, self.engine, self.ckpt, self.writer = config, engine, ckpt, writer
     self.meta, self.saved_step, self.sweep = meta, saved_step, sweep
     self.progress = _Progress(engine.steps_per_epoch, engine.total_steps, config.log_every_steps)
@@ -712,22 +724,20 @@ class _Loop:
     every_eval = config.eval_every_epochs * engine.steps_per_epoch
     every_save = config.checkpoint_every_epochs * engine.steps_per_epoch
     step = current_step(state)
-    feed = input_pipeline.TrainFeed(train, config.batch_size, seed=config.seed,
-                                    shuffle_buffer=config.get('shuffle_buffer', 0),
-                                    start_step=step,
-                                    stack=engine.per_call if engine.per_call > 1 else 0,
-                                    members=config.get('num_seeds', 1))
+    feed = input_pipeline.TrainFeed(
+        train, config.batch_size, seed=config.seed, shuffle_buffer=config.get('shuffle_buffer', 0),
+        start_step=step, stack=engine.per_call if engine.per_call > 1 else 0, members=config.get(
+            'num_seeds', 1))
     self.started, self.start_step = time.time(), step
     profiler = _Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
     pending = None  # The previous call's metrics: read one call late, so that the host
-                    # never waits on the steps it has just dispatched.
+    # never waits on the steps it has just dispatched.
     with _StopSignals() as signals, contextlib.closing(profiler):
       while step < engine.total_steps and not self.meta['stopped_early']:
         # Step: dispatch the next call.
         first, count = step, min(engine.per_call, engine.total_steps - step)
-        state, metrics = engine.train_steps(state, feed.data,
-                                            feed.next(count, engine.train_sharding),
-                                            engine.augmentation.index(step))
+        state, metrics = engine.train_steps(state, feed.data, feed.next(
+            count, engine.train_sharding), engine.augmentation.index(step))
         step += count
         profiler.after_call(step, state)
         if pending and not self.absorb(*pending):
@@ -771,15 +781,18 @@ class _Loop:
       return False
     if bad:
       kept = (f'the last good checkpoint (step {self.saved_step}) is kept in '
-              f'{self.ckpt.directory}' if self.saved_step is not None else
-              'no checkpoint was saved yet')
-      which = (f' (the model of seed {self.config.seed + bad[2]})'
-               if self.config.get('num_seeds', 1) > 1 else '')
+              f'{self.ckpt.directory}'
+              if self.saved_step is not None else 'no checkpoint was saved yet')
+      which = (f' (the model of seed {self.config.seed + bad[2]})' if self.config.get(
+          'num_seeds', 1) > 1 else '')
       raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}{which}; training stopped, '
                                f'{kept}. Lower config.learning_rate or check the inputs')
     for at, means in self.progress.windows:
-      self.writer.write_scalars(at, {'learning_rate': float(self.engine.schedule(at - 1)),
-                                     **{f'train_{k}': v for k, v in means.items()}})
+      self.writer.write_scalars(
+          at, {
+              'learning_rate': float(self.engine.schedule(at - 1)),
+              **{f'train_{k}': v for k, v in means.items()}
+          })
     self.progress.windows.clear()
     self.meta['history'].extend(self.progress.epochs)
     self.progress.epochs.clear()
@@ -788,8 +801,7 @@ class _Loop:
   def evaluate(self, state: TrainState, step: int, val: input_pipeline.Split) -> bool:
     """Evaluates `val` into the epoch's record; returns whether it is a new best (to save)."""
     config = self.config
-    per_model = self.engine.evaluate(state, val, prefix='val_',
-                                     max_batches=config.validation_steps)
+    per_model = self.engine.evaluate(state, val, prefix='val_', max_batches=config.validation_steps)
     val_metrics = _mean(per_model)  # A population is logged and ranked by its mean.
     if config.get('num_seeds', 1) > 1:
       self.meta['val_per_seed'] = {k: v.tolist() for k, v in per_model.items()}
@@ -801,9 +813,9 @@ class _Loop:
     if time.time() - self.last_line >= config.log_every_seconds or step == self.engine.total_steps:
       self.last_line = time.time()
       rate = (step - self.start_step) / (self.last_line - self.started)
-      logging.info('epoch %d (step %d, %.0f steps/s): %s', record['epoch'], step, rate,
-                   ', '.join(f'{k}={v:.5g}' for k, v in record.items()
-                             if k not in ('epoch', 'step')))
+      logging.info(
+          'epoch %d (step %d, %.0f steps/s): %s', record['epoch'], step, rate,
+          ', '.join(f'{k}={v:.5g}' for k, v in record.items() if k not in ('epoch', 'step')))
     return improved or self.meta['stopped_early']
 
   def save(self, state: TrainState, step: int) -> None:
@@ -839,21 +851,22 @@ def _finish(config: ml_collections.ConfigDict, engine: _Engine, ckpt: checkpoint
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
-           train: input_pipeline.Split, val: input_pipeline.Split,
-           test: input_pipeline.Split | None, rng_streams: Sequence[str],
-           augment: input_pipeline.Augment | input_pipeline.Augmentation | None,
-           schedule: optax.Schedule | None = None,
+           train: input_pipeline.Split, val: input_pipeline.Split, test: input_pipeline.Split |
+           None, rng_streams: Sequence[str], augment: input_pipeline.Augment |
+           input_pipeline.Augmentation | None, schedule: optax.Schedule | None = None,
            sweep: bool = False) -> tuple[TrainState, dict[str, Any]]:
   """`fit`'s engine; `schedule` replaces the config's, `sweep` makes a NaN end the run."""
   # Set up: steps, the state at step 0, the compiled steps.
   check_config(config)
-  engine = _set_up(config, model, task, train, rng_streams,
-                   input_pipeline.augmentation(augment), schedule)
+  engine = _set_up(config, model, task, train, rng_streams, input_pipeline.augmentation(augment),
+                   schedule)
 
   # Restore the latest checkpoint, if any.
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
-  meta = {'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
-          'epochs_since_best': 0, 'stopped_early': False}
+  meta = {
+      'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
+      'epochs_since_best': 0, 'stopped_early': False
+  }
   state, saved_step = engine.state, None
   restored = ckpt.restore_latest(state)
   if restored is not None:
@@ -880,29 +893,41 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module,
   if population:  # The experiment carries on with the first model (config.seed)'s weights.
     state = member(state, 0)
   results = {
-      'steps': final_step, 'steps_per_epoch': engine.steps_per_epoch,
-      'epochs': len(meta['history']), 'params': models.count_params(state.params),
+      'steps': final_step,
+      'steps_per_epoch': engine.steps_per_epoch,
+      'epochs': len(meta['history']),
+      'params': models.count_params(state.params),
       'history': meta['history'],
       # Compilations of the train step in this process: one per distinct batch shape.
       'train_step_compiles': engine.train_steps.compiles(),
-      'stopped_early': meta['stopped_early'], 'best_epoch': meta['best_epoch'],
+      'stopped_early': meta['stopped_early'],
+      'best_epoch': meta['best_epoch'],
       'restored_best': bool(config.restore_best and meta['best_step'] is not None),
       **final,
   }
   if config.best_metric:
     results[f'best_{config.best_metric}'] = meta['best_value']
   if population:  # The metrics above are the means over the models; here each and the spread.
-    results['seeds'] = {'seed': list(range(config.seed, config.seed + population)),
-                        **{k: np.asarray(v).tolist() for k, v in per_model.items()}}
+    results['seeds'] = {
+        'seed': list(range(config.seed, config.seed + population)),
+        **{k: np.asarray(v).tolist() for k, v in per_model.items()}
+    }
     results['std'] = {k: float(np.std(v, ddof=1)) for k, v in per_model.items()}
   return state, results
 
 
-def lr_range_test(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module,
-                  task: Task, train: input_pipeline.Split, val: input_pipeline.Split,
-                  test: input_pipeline.Split | None = None, rng_streams: Sequence[str] = (),
-                  augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
-                  ) -> tuple[TrainState, dict[str, Any]]:
+def lr_range_test(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    model: nn.Module,
+    task: Task,
+    train: input_pipeline.Split,
+    val: input_pipeline.Split,
+    test: input_pipeline.Split | None = None,
+    rng_streams: Sequence[str] = (),
+    augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
   """The LR range test (the notes' "schedule to find the rate") on the same engine.
 
   Trains with `lr_sweep_schedule` in place of the config's schedule, without
@@ -914,18 +939,24 @@ def lr_range_test(config: ml_collections.ConfigDict, workdir: str, *, model: nn.
   schedule = lr_sweep_schedule(config, steps_per_epoch)
   sweep = copy.deepcopy(config)
   sweep.update(early_stopping_patience=0, restore_best=False, best_metric='')
-  state, results = _train(sweep, workdir, model=model, task=task, train=train, val=val,
-                          test=test, rng_streams=rng_streams, augment=augment,
-                          schedule=schedule, sweep=True)
+  state, results = _train(sweep, workdir, model=model, task=task, train=train, val=val, test=test,
+                          rng_streams=rng_streams, augment=augment, schedule=schedule, sweep=True)
   results.update(_lr_range_result(results['history'], schedule, steps_per_epoch, workdir))
   return state, results
 
 
-def fit(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
-        train: input_pipeline.Split, val: input_pipeline.Split,
-        test: input_pipeline.Split | None = None, rng_streams: Sequence[str] = (),
-        augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
-        ) -> tuple[TrainState, dict[str, Any]]:
+def fit(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    model: nn.Module,
+    task: Task,
+    train: input_pipeline.Split,
+    val: input_pipeline.Split,
+    test: input_pipeline.Split | None = None,
+    rng_streams: Sequence[str] = (),
+    augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
   """Trains `model` on `train`, evaluating on `val` every config.eval_every_epochs and on `test` at the end.
 
   With config.lr_finder, runs `lr_range_test` instead.

@@ -23,9 +23,19 @@ from lib.errors import UserError
 # Fields that only extend or observe a run: a rerun may change them and still resume.
 # Every other field changes the train state's structure, the data or a step's maths.
 RESUMABLE_FIELDS = frozenset({
-    'num_epochs', 'log_every_steps', 'log_every_seconds', 'eval_every_epochs',
-    'checkpoint_every_epochs', 'keep_checkpoints', 'early_stopping_patience', 'restore_best',
-    'eval_batch_size', 'data_dir', 'manual_dir', 'download', 'profile_steps',
+    'num_epochs',
+    'log_every_steps',
+    'log_every_seconds',
+    'eval_every_epochs',
+    'checkpoint_every_epochs',
+    'keep_checkpoints',
+    'early_stopping_patience',
+    'restore_best',
+    'eval_batch_size',
+    'data_dir',
+    'manual_dir',
+    'download',
+    'profile_steps',
 })
 # Where a schedule depends on the run's length, a longer run stretches it.
 _LENGTH_DEPENDENT = ('cosine', 'warmup_cosine')
@@ -135,9 +145,10 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     for k in changed:
       logging.info('resuming with config.%s changed: %r → %r', k, old[k], new[k])
     if 'num_epochs' in changed and new.get('lr_schedule') in _LENGTH_DEPENDENT:
-      logging.warning('config.num_epochs changed under lr_schedule=%r: the schedule now spans '
-                      'the new length, so the resumed steps follow another curve than the '
-                      'saved ones did', new['lr_schedule'])
+      logging.warning(
+          'config.num_epochs changed under lr_schedule=%r: the schedule now spans '
+          'the new length, so the resumed steps follow another curve than the '
+          'saved ones did', new['lr_schedule'])
     added = sorted(new.keys() - old.keys())
     if added:
       logging.warning('fields added to the configs since this run started, taken as given: %s',
@@ -167,8 +178,8 @@ def _to_json(value: Any) -> Any:
   return value
 
 
-def write_results(workdir: str, results: dict[str, Any],
-                  config: ml_collections.ConfigDict, start_time: float) -> str:
+def write_results(workdir: str, results: dict[str, Any], config: ml_collections.ConfigDict,
+                  start_time: float) -> str:
   """Writes results.json: the final metrics, wall time and the config.
 
   Only process 0 writes; the file is replaced atomically so a crash never

@@ -47,8 +47,10 @@ def accelerator(environ: Mapping[str, str] = os.environ,
   if environ.get('COLAB_TPU_ADDR') or environ.get('TPU_NAME') or os.path.exists('/dev/accel0'):
     return 'tpu'
   if has_nvidia_gpu is None:
-    has_nvidia_gpu = lambda: subprocess.run(['nvidia-smi'], capture_output=True,  # pylint: disable=g-long-lambda
-                                            check=False).returncode == 0
+    has_nvidia_gpu = lambda: subprocess.run(
+        ['nvidia-smi'],
+        capture_output=True,  # pylint: disable=g-long-lambda
+        check=False).returncode == 0
   try:
     return 'gpu' if has_nvidia_gpu() else 'cpu'
   except OSError:  # No nvidia-smi at all.
@@ -76,10 +78,11 @@ def plan(required: Mapping[str, str], installed: Mapping[str, str], device: str)
     if name == 'jaxlib':
       continue  # Comes with the jax requirement below, as the accelerator's build needs.
     if name == 'jax':
-      extra, plugin = {'tpu': ('[tpu]', 'libtpu'), 'gpu': ('[cuda12]', 'jax-cuda12-plugin'),
-                       'cpu': ('', None)}[device]
-      ready = (installed.get('jax') == version and installed.get('jaxlib') == version
-               and (plugin is None or plugin in installed))
+      extra, plugin = {
+          'tpu': ('[tpu]', 'libtpu'), 'gpu': ('[cuda12]', 'jax-cuda12-plugin'), 'cpu': ('', None)
+      }[device]
+      ready = (installed.get('jax') == version and installed.get('jaxlib') == version and
+               (plugin is None or plugin in installed))
       if not ready:
         wanted.append(f'jax{extra}=={version}')
       continue
@@ -92,8 +95,7 @@ def plan(required: Mapping[str, str], installed: Mapping[str, str], device: str)
 
 
 def install(root: str, in_colab: bool, *, pip: Callable[[Iterable[str]], None] | None = None,
-            installed: Mapping[str, str] | None = None,
-            device: str | None = None) -> list[str]:
+            installed: Mapping[str, str] | None = None, device: str | None = None) -> list[str]:
   """On Colab, installs what `plan` says for `root`'s requirements.txt; elsewhere nothing.
 
   Args:
@@ -109,8 +111,9 @@ def install(root: str, in_colab: bool, *, pip: Callable[[Iterable[str]], None] |
   if not in_colab:
     return []
   if pip is None:
-    pip = lambda args: subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *args],  # pylint: disable=g-long-lambda
-                                      check=True)
+    pip = lambda args: subprocess.run(
+        [sys.executable, '-m', 'pip', 'install', '-q', *args],  # pylint: disable=g-long-lambda
+        check=True)
   wanted = plan(pins(os.path.join(root, 'requirements.txt')),
                 installed_versions() if installed is None else installed,
                 accelerator() if device is None else device)

@@ -92,8 +92,10 @@ def no_network_env(directory: str) -> dict[str, str]:
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'sitecustomize.py'), 'w') as f:
     f.write(_NO_NETWORK)
-  return {'PYTHONPATH': os.pathsep.join([directory, REPO]),
-          'NETWORK_ATTEMPTS': os.path.join(directory, 'attempts.txt')}
+  return {
+      'PYTHONPATH': os.pathsep.join([directory, REPO]), 'NETWORK_ATTEMPTS': os.path.join(
+          directory, 'attempts.txt')
+  }
 
 
 def tree_digest(path: str) -> dict[str, str]:
@@ -118,10 +120,11 @@ def mnist_run(mnist_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp('mnist_run')
   env = no_network_env(str(root / 'no_network'))
   out = run_cli('--config=configs/mnist_cnn.py:tiny', f'--workdir={root / "run"}',
-                f'--config.data_dir={root / "tfds"}', f'--config.manual_dir={mnist_dir}',
-                env=env)
-  return {'data_dir': str(root / 'tfds'), 'workdir': str(root / 'run'), 'out': out,
-          'network_attempts': env['NETWORK_ATTEMPTS']}
+                f'--config.data_dir={root / "tfds"}', f'--config.manual_dir={mnist_dir}', env=env)
+  return {
+      'data_dir': str(root / 'tfds'), 'workdir': str(root / 'run'), 'out': out,
+      'network_attempts': env['NETWORK_ATTEMPTS']
+  }
 
 
 @pytest.fixture(scope='session')

@@ -60,10 +60,13 @@ def test_canvas_batches_draw_one_side_per_batch_from_the_buckets():
 
 
 def test_canvas_for_evaluation_is_fixed():
-  split = input_pipeline.from_arrays({'x': np.ones((8, 28, 28, 1), np.float32),
-                                      'y': np.zeros(8, np.int32)})
-  a = np.asarray(next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x'])
-  b = np.asarray(next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x'])
+  split = input_pipeline.from_arrays({
+      'x': np.ones((8, 28, 28, 1), np.float32), 'y': np.zeros(8, np.int32)
+  })
+  a = np.asarray(
+      next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x'])
+  b = np.asarray(
+      next(input_pipeline.eval_batches(split, 8, augment=as_experiment.canvas_at(56, 40)))['x'])
   assert a.shape == (8, 56, 56, 1)
   np.testing.assert_array_equal(a, b)
 
@@ -98,9 +101,10 @@ def test_snap_to_buckets_shrinks_large_images_and_keeps_uint8():
 def _cats_vs_dogs(**overrides):
   config = as_config.get_config('cats_vs_dogs')
   common.variant(config, 'tiny')
-  config.update({'download': True, 'bucket_sides': (16, 32, 48), 'max_side': 48, 'batch_size': 4,
-                 'eval_batch_size': 8, 'model_kwargs': {'features': (8, 16), 'pool': 'avg'},
-                 **overrides})
+  config.update({
+      'download': True, 'bucket_sides': (16, 32, 48), 'max_side': 48, 'batch_size': 4,
+      'eval_batch_size': 8, 'model_kwargs': {'features': (8, 16), 'pool': 'avg'}, **overrides
+  })
   return config
 
 

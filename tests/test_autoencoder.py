@@ -48,8 +48,8 @@ def _corrupted(mode, **fields):
   config.update(corruption=mode, **fields)
   x = np.random.default_rng(0).uniform(0.2, 0.8, (64, 28, 28, 1)).astype(np.float32)
   split = input_pipeline.from_arrays({'x': x, 'y': np.zeros(64, np.int32)})
-  batch = jax.device_get(next(input_pipeline.eval_batches(
-      split, 64, augment=ae_experiment.corruption(config))))
+  batch = jax.device_get(
+      next(input_pipeline.eval_batches(split, 64, augment=ae_experiment.corruption(config))))
   np.testing.assert_array_equal(batch['clean'], x)  # The target is never corrupted.
   return x, batch
 

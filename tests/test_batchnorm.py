@@ -21,8 +21,9 @@ def test_batch_statistics_in_training_running_averages_in_evaluation():
   out, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
   part, _ = model.apply(variables, x[:4], train=True, mutable=['batch_stats'])
   assert not np.allclose(part, out[:4], atol=1e-3)  # Training: depends on the rest of the batch.
-  np.testing.assert_allclose(model.apply(variables, x[:4]), model.apply(variables, x)[:4],
-                             rtol=1e-5, atol=1e-6)  # Evaluation: each example alone.
+  np.testing.assert_allclose(model.apply(variables, x[:4]),
+                             model.apply(variables, x)[:4], rtol=1e-5,
+                             atol=1e-6)  # Evaluation: each example alone.
   kernel = variables['params']['Dense_0']['kernel']
   np.testing.assert_allclose(updates['batch_stats']['BatchNorm_0']['mean'],
                              0.1 * jnp.mean(x @ kernel, 0), rtol=1e-4, atol=1e-5)
@@ -32,8 +33,8 @@ def _fit(workdir, config):
   with mock_tfds(64):
     data = input_pipeline.image_classification(config)
   model = models.create(config.model, outputs=10, **config.model_kwargs)
-  return train.fit(config, str(workdir), model=model, task=tasks.classification,
-                   train=data.train, val=data.val, test=data.test)
+  return train.fit(config, str(workdir), model=model, task=tasks.classification, train=data.train,
+                   val=data.val, test=data.test)
 
 
 def test_engine_trains_batch_stats_and_a_resumed_run_restores_them(tmp_path):
@@ -62,8 +63,9 @@ def test_batchnorm_tiny_writes_results_and_plots(tmp_path):
     launcher.run(tiny(bn_config), str(tmp_path))
   results = read_results(tmp_path)
   for name in ('plain', 'batch_norm'):
-    assert {'test_accuracy', 'steps_to_95', 'steps_to_97', 'accuracy_by_step',
-            'sensitivity_spread'} <= set(results[name])
+    assert {
+        'test_accuracy', 'steps_to_95', 'steps_to_97', 'accuracy_by_step', 'sensitivity_spread'
+    } <= set(results[name])
     assert os.path.isdir(tmp_path / name / 'checkpoints')
   assert len(results['sensitivity']) == 2 * 2 * 1
   for plot in ('accuracy_vs_steps', 'sensitivity'):

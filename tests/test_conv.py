@@ -36,15 +36,18 @@ def test_im2col_matches_nn_conv_outputs_and_gradients(shape, kernel_size, stride
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
   cotangent = jax.random.normal(jax.random.PRNGKey(3), want.shape)
+
   def grads(module):
     return jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * cotangent), argnums=(0, 1))(params, x)
+
   for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(reference))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 needs_kernel = pytest.mark.skipif(
     not conv_kernel.available(),
-    reason='lib.cpu.conv_kernel is not available here (needs x86-64 with AVX-512 and a C++ compiler)')
+    reason='lib.cpu.conv_kernel is not available here (needs x86-64 with AVX-512 and a C++ compiler)'
+)
 
 # (input shape, kernel, strides, padding, features) the kernel takes: in-channels a multiple
 # of 4, features of 16; between them every register tiling it picks.
@@ -72,6 +75,7 @@ def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, 
   def grads(module):
     loss = lambda p, x: jnp.sum(module.apply(p, x) * cotangent)
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
   step = jax.jit(jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * cotangent)))
   assert conv_kernel.WEIGHT_GRAD in step.lower(params, x).as_text()  # The kernel, not XLA's.
   got, want = grads(ours), grads(reference)
@@ -82,13 +86,15 @@ def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, 
 
 
 @needs_kernel
-@pytest.mark.parametrize('shape,features,pool', [
-    ((4, 28, 28, 1), 32, 'avg'),  # mnist_cnn's first block.
-    ((4, 28, 28, 1), 32, 'max'),  # fashion_cnn's.
-    ((3, 10, 12, 3), 16, 'avg'),  # RGB.
-    ((3, 10, 12, 3), 16, 'max'),
-    ((2, 8, 6, 2), 48, 'max'),
-])
+@pytest.mark.parametrize(
+    'shape,features,pool',
+    [
+        ((4, 28, 28, 1), 32, 'avg'),  # mnist_cnn's first block.
+        ((4, 28, 28, 1), 32, 'max'),  # fashion_cnn's.
+        ((3, 10, 12, 3), 16, 'avg'),  # RGB.
+        ((3, 10, 12, 3), 16, 'max'),
+        ((2, 8, 6, 2), 48, 'max'),
+    ])
 def test_fused_block_matches_conv_relu_pool(shape, features, pool):
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
 
@@ -96,6 +102,7 @@ def test_fused_block_matches_conv_relu_pool(shape, features, pool):
     y = conv.xla_conv(x, p['kernel'], (1, 1), 'SAME')
     pooling = nn.avg_pool if pool == 'avg' else nn.max_pool
     return pooling(models.relu(y + p['bias']), (2, 2), strides=(2, 2))
+
   block = conv.Conv(features, (3, 3), impl='kernel', relu_pool=pool)
   params = block.init(jax.random.PRNGKey(0), x)
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
@@ -175,14 +182,18 @@ def test_models_give_the_same_outputs_with_either_convolution(name, kwargs, shap
     jax.tree.map(np.testing.assert_array_equal, model.init(jax.random.PRNGKey(1), x), variables)
     np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-4, atol=1e-5)
   if conv_kernel.available():  # Its forward is XLA's; its kernel gradients must match too.
+
     def grads(impl):
       with conv.implementation(impl):
-        return jax.grad(lambda v: jnp.sum(model.apply(v, x) ** 2))(variables)
+        return jax.grad(lambda v: jnp.sum(model.apply(v, x)**2))(variables)
+
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                  grads('kernel'), grads('xla'))
 
 
 def test_unknown_convolution_is_a_clear_error():
-  with pytest.raises(Exception, match=r"convolution 'fft' is unknown; choose one of \['auto', 'xla', 'im2col', 'kernel'\]"):
+  with pytest.raises(
+      Exception,
+      match=r"convolution 'fft' is unknown; choose one of \['auto', 'xla', 'im2col', 'kernel'\]"):
     with conv.implementation('fft'):
       pass

@@ -30,9 +30,12 @@ print(json.dumps({'applied': applied, 'faults': faults[1:]}))
 
 
 def _run(code: str, **env: str) -> dict:
-  environ = {k: v for k, v in os.environ.items()
-             if k not in ('XLA_FLAGS', 'JAXNOTES_CPU_DEFAULTS', 'GLIBC_TUNABLES', 'LD_PRELOAD')
-             and not k.startswith('MALLOC_')}
+  environ = {
+      k: v
+      for k, v in os.environ.items()
+      if k not in ('XLA_FLAGS', 'JAXNOTES_CPU_DEFAULTS', 'GLIBC_TUNABLES',
+                   'LD_PRELOAD') and not k.startswith('MALLOC_')
+  }
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env={**environ, **env},
                        capture_output=True, text=True, check=True).stdout
   return json.loads(out.strip().splitlines()[-1])
@@ -55,7 +58,8 @@ def test_xla_flags_keep_convolutions_out_of_ynnpack_unless_the_user_chose():
   code = ('import json, os; from lib import cpu; cpu.configure(); '
           'print(json.dumps([os.environ["XLA_FLAGS"], cpu.xla_convolutions_are_fast()]))')
   assert _run(code, XLA_FLAGS='--xla_force_host_platform_device_count=2') == [
-      f'--xla_force_host_platform_device_count=2 {_YNN}', True]
+      f'--xla_force_host_platform_device_count=2 {_YNN}', True
+  ]
   for kinds, fast in [('individual_dot,individual_convolution', False),
                       ('individual_dot,eltwise,reduce', True), ('+eltwise', False),
                       ('-individual_convolution,+eltwise', True), ('', True)]:

@@ -33,7 +33,8 @@ def test_celsius_tiny_and_three_layer(tmp_path):
   launcher.run(celsius.get_config('tiny'), str(tmp_path / 'tiny'))
   results = _assert_run_outputs(tmp_path / 'tiny', ['loss.png'])
   assert {'weight', 'bias', 'prediction_100c'} <= set(results)
-  assert results['prediction_100c'] == pytest.approx(100 * results['weight'] + results['bias'], rel=1e-4)
+  assert results['prediction_100c'] == pytest.approx(100 * results['weight'] + results['bias'],
+                                                     rel=1e-4)
   three = celsius.get_config('three_layer')
   three.num_epochs = 20
   launcher.run(three, str(tmp_path / 'three'))

@@ -63,8 +63,10 @@ def test_course_baselines_match_the_course():
   config = fc_config.get_config()
   series = fc_experiment.make_series(config)
   actual = series[config.split_time:]
-  maes = {k: float(np.mean(np.abs(v - actual))) for k, v in
-          fc_experiment.baselines(series, config.split_time, config.period).items()}
+  maes = {
+      k: float(np.mean(np.abs(v - actual)))
+      for k, v in fc_experiment.baselines(series, config.split_time, config.period).items()
+  }
   # The course's printed values: 5.9379, 7.1424, 5.8393, 4.5695.
   assert maes['naive'] == pytest.approx(5.9379, abs=1e-3)
   assert maes['moving_average'] == pytest.approx(7.1424, abs=1e-3)

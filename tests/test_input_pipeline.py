@@ -16,7 +16,8 @@ def _data(normalization='unit', num_examples=50, **overrides):
 
 
 def _all(split, augment=None):
-  batches = [{k: np.asarray(v) for k, v in b.items()}
+  batches = [{k: np.asarray(v)
+              for k, v in b.items()}
              for b in input_pipeline.eval_batches(split, 16, augment=augment)]
   mask = np.concatenate([b['mask'] for b in batches])
   return {k: np.concatenate([b[k] for b in batches])[mask] for k in batches[0] if k != 'mask'}
@@ -26,7 +27,8 @@ def test_splits_live_on_the_devices_as_stored_and_reach_the_model_as_float():
   data = _data()
   assert (data.train.num_examples, data.test.num_examples) == (50, 50)
   assert data.train.stream is None and data.num_classes == 10 and data.image_shape == (28, 28, 1)
-  assert data.train.arrays['x'].dtype == np.uint8 and data.train.arrays['x'].shape == (50, 28, 28, 1)
+  assert data.train.arrays['x'].dtype == np.uint8 and data.train.arrays['x'].shape == (50, 28, 28,
+                                                                                       1)
   examples = _all(data.test)
   assert examples['x'].shape == (50, 28, 28, 1) and examples['x'].dtype == np.float32
   assert examples['y'].dtype == np.int32
@@ -105,8 +107,8 @@ def test_data_shards_fix_the_global_batch_whatever_the_processes():
   # A shard's order depends on the seed, the shard and the pass only.
   four = _feed(n=80, shards=4)
   assert not np.array_equal(np.sort(four.indices(0)[:2]), np.sort(batches[0][:4]))
-  np.testing.assert_array_equal(
-      np.stack([_feed(shards=2).indices(s) for s in range(6)]), np.stack(batches))
+  np.testing.assert_array_equal(np.stack([_feed(shards=2).indices(s) for s in range(6)]),
+                                np.stack(batches))
   with pytest.raises(UserError, match='batch of 5 evenly'):
     _feed(shards=2, batch_size=5)
   with pytest.raises(UserError, match='data_shards=-3 must be a multiple'):
@@ -116,8 +118,9 @@ def test_data_shards_fix_the_global_batch_whatever_the_processes():
 
 
 def test_augmentation_is_keyed_by_step_and_position_in_training_and_by_index_in_evaluation():
-  split = input_pipeline.from_arrays({'x': np.zeros((16, 3), np.float32),
-                                      'y': np.zeros(16, np.int32)})
+  split = input_pipeline.from_arrays({
+      'x': np.zeros((16, 3), np.float32), 'y': np.zeros(16, np.int32)
+  })
   noise = lambda ex, key: {**ex, 'x': ex['x'] + jax_random_normal(key, ex['x'].shape)}
   a = _all(split, noise)['x']
   b = _all(split, noise)['x']
@@ -170,9 +173,9 @@ def _mixed_sizes():
   shapes = [(4, 4, 1)] * 30 + [(4, 8, 1)] * 20 + [(8, 8, 1)] * 10
   ds = tf.data.Dataset.from_generator(
       lambda: ({'x': np.full(s, s[1] + s[0] / 10, np.float32), 'y': np.int32(i)}
-               for i, s in enumerate(shapes)),
-      output_signature={'x': tf.TensorSpec([None, None, 1], tf.float32),
-                        'y': tf.TensorSpec([], tf.int32)})
+               for i, s in enumerate(shapes)), output_signature={
+                   'x': tf.TensorSpec([None, None, 1], tf.float32), 'y': tf.TensorSpec([], tf.int32)
+               })
   split = streaming.from_dataset(ds)
   return streaming.by_shape(split, [(4, 4, 1), (4, 8, 1), (8, 4, 1), (8, 8, 1)])
 
@@ -180,8 +183,9 @@ def _mixed_sizes():
 def test_buckets_give_one_shape_per_batch_in_proportion_and_resume_by_step():
   split = _mixed_sizes()
   assert [b.num_examples for b in split.buckets] == [30, 20, 10]  # The empty (8, 4) left out.
-  batches = [b for _, b in zip(range(60), streaming.train_batches(
-      split, 8, seed=0, shuffle_buffer=64))]
+  batches = [
+      b for _, b in zip(range(60), streaming.train_batches(split, 8, seed=0, shuffle_buffer=64))
+  ]
   shapes = [b['x'].shape[1:3] for b in batches]
   counts = {s: shapes.count(s) for s in set(shapes)}
   # The 10-example bucket fills a batch of 8: it trains too, at 1/6 of the steps.
@@ -197,13 +201,16 @@ def test_buckets_give_one_shape_per_batch_in_proportion_and_resume_by_step():
 
 def test_bucket_too_small_for_a_batch_is_evaluated_but_not_trained():
   split = _mixed_sizes()
-  shapes = {b['x'].shape[1:3] for _, b in zip(range(40), streaming.train_batches(
-      split, 16, seed=0, shuffle_buffer=64))}
+  shapes = {
+      b['x'].shape[1:3]
+      for _, b in zip(range(40), streaming.train_batches(split, 16, seed=0, shuffle_buffer=64))
+  }
   assert shapes == {(4, 4), (4, 8)}
   wrapped = input_pipeline.from_stream(split)
   assert len(wrapped.buckets) == 3
-  batches = [{k: np.asarray(v) for k, v in b.items()}
-             for b in input_pipeline.eval_batches(wrapped, 16)]
+  batches = [
+      {k: np.asarray(v) for k, v in b.items()} for b in input_pipeline.eval_batches(wrapped, 16)
+  ]
   assert [b['x'].shape[1:3] for b in batches] == [(4, 4), (4, 4), (4, 8), (4, 8), (8, 8)]
   seen = np.concatenate([b['y'][b['mask']] for b in batches])
   np.testing.assert_array_equal(np.sort(seen), np.arange(60))  # Each example once.

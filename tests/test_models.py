@@ -14,11 +14,13 @@ def _params(config, outputs=10):
   return model, variables
 
 
-@pytest.mark.parametrize('config_module,count', [
-    (mnist_cnn, 824_458),  # The Flax MNIST example.
-    (fashion_mlp, 101_770),  # Udacity l03.
-    (fashion_cnn, 421_642),  # Udacity l04.
-])
+@pytest.mark.parametrize(
+    'config_module,count',
+    [
+        (mnist_cnn, 824_458),  # The Flax MNIST example.
+        (fashion_mlp, 101_770),  # Udacity l03.
+        (fashion_cnn, 421_642),  # Udacity l04.
+    ])
 def test_published_param_counts_and_logit_shapes(config_module, count):
   model, variables = _params(config_module.get_config())
   assert models.count_params(variables['params']) == count
@@ -45,8 +47,10 @@ def test_bad_model_config_is_a_clear_error(name, kwargs, match):
 
 
 def test_relu_is_nn_relu_in_values_and_gradient():
-  x = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(0), (1000,)),
-                       jnp.array([0.0, -0.0, 1e-38, -1e-38, jnp.inf, -jnp.inf])])
+  x = jnp.concatenate([
+      jax.random.normal(jax.random.PRNGKey(0), (1000,)),
+      jnp.array([0.0, -0.0, 1e-38, -1e-38, jnp.inf, -jnp.inf])
+  ])
   assert (models.relu(x) == jax.nn.relu(x)).all()  # As floats: a zero's sign may differ.
   grad = lambda f: jax.grad(lambda x: (f(x) * jnp.arange(x.size)).sum())(x)
   assert (grad(models.relu) == grad(jax.nn.relu)).all()

@@ -31,8 +31,10 @@ print('RESULT', json.dumps({'devices': jax.device_count(), 'history': results['h
 
 
 def _run(devices: int, workdir: str, model: str) -> dict:
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-         'JAX_PLATFORMS': 'cpu'}
+  env = {
+      **os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+      'JAX_PLATFORMS': 'cpu'
+  }
   out = subprocess.run([sys.executable, '-c', _RUN, workdir, model], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -60,17 +62,21 @@ def test_two_processes_end_like_one_process_with_the_same_global_batch(tmp_path)
   """
   args = ['--config=configs/mnist1d.py:tiny', '--config.data_shards=2', '--config.num_epochs=4']
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  one = subprocess.run(
-      [sys.executable, '-m', 'experiments', *args, f'--workdir={tmp_path / "one"}'], cwd=REPO,
-      env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, capture_output=True,
-      text=True, timeout=300)
+  one = subprocess.run([
+      sys.executable, '-m', 'experiments', *args, f'--workdir={tmp_path / "one"}'
+  ], cwd=REPO, env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+                       capture_output=True, text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-3000:]
   port = 20000 + os.getpid() % 10000
-  distributed = [*args, f'--workdir={tmp_path / "two"}', '--distributed',
-                 f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
-  procs = [subprocess.Popen([sys.executable, '-m', 'experiments', *distributed,
-                             f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  distributed = [
+      *args, f'--workdir={tmp_path / "two"}', '--distributed',
+      f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2'
+  ]
+  procs = [
+      subprocess.Popen([sys.executable, '-m', 'experiments', *distributed, f'--process_id={i}'],
+                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True) for i in range(2)
+  ]
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -93,15 +99,19 @@ def _final_params(workdir) -> dict:
 
 def test_a_run_saved_on_8_devices_resumes_on_1_and_on_4_like_an_uninterrupted_run(tmp_path):
   """Orbax restores the replicated state into the new run's shardings; the data order is the step's."""
-  args = ['--config=configs/mnist1d.py:tiny', '--config.batch_size=16',
-          '--config.eval_batch_size=48']
+  args = [
+      '--config=configs/mnist1d.py:tiny', '--config.batch_size=16', '--config.eval_batch_size=48'
+  ]
 
   def run(devices, workdir, epochs):
     out = subprocess.run(
-        [sys.executable, '-m', 'experiments', *args, f'--workdir={workdir}',
-         f'--config.num_epochs={epochs}'], cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, 'JAX_PLATFORMS': 'cpu',
-             'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'})
+        [
+            sys.executable, '-m', 'experiments', *args, f'--workdir={workdir}',
+            f'--config.num_epochs={epochs}'
+        ], cwd=REPO, capture_output=True, text=True, timeout=300, env={
+            **os.environ, 'JAX_PLATFORMS': 'cpu',
+            'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'
+        })
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 

@@ -20,9 +20,9 @@ def test_colab_notebook_runs_and_shows_results_and_plots(tmp_path):
   # mnist1d is generated locally: nothing to download.
   params[0].source = (f"CONFIG = 'mnist1d'\nVARIANT = 'tiny'\nOVERRIDES = {{}}\nDRIVE = False\n"
                       f"WORKDIR = {str(tmp_path / 'run')!r}\n")
-  nbclient.NotebookClient(
-      notebook, timeout=600, kernel_name='python3',
-      resources={'metadata': {'path': os.path.join(REPO, 'notebooks')}}).execute()
+  nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3', resources={
+      'metadata': {'path': os.path.join(REPO, 'notebooks')}
+  }).execute()
   outputs = [o for c in notebook.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
   text = ''.join(o.get('text', '') for o in outputs if o.output_type == 'stream')
   assert 'devices of kind' in text and '"test_accuracy":' in text, text[-2000:]
@@ -33,12 +33,16 @@ def test_colab_notebook_runs_and_shows_results_and_plots(tmp_path):
 
 
 # A Colab runtime's own stack, older than the pins; no flax, clu, orbax or mnist1d.
-_COLAB = {'numpy': '1.26.4', 'tensorflow': '2.19.0', 'tensorboard': '2.19.0',
-          'matplotlib': '3.10.0', 'ipykernel': '6.17.1', 'protobuf': '5.29.4', 'jax': '0.5.2',
-          'jaxlib': '0.5.2', 'jax-cuda12-plugin': '0.5.2', 'optax': '0.2.8',
-          'absl-py': '1.4.0', 'tensorflow-datasets': '4.9.9'}
-_NEVER_ON_COLAB = {'numpy', 'tensorflow', 'tensorflow-cpu', 'tensorboard', 'matplotlib',
-                   'ipykernel', 'pytest', 'nbclient', 'nbformat', 'pyflakes', 'jaxlib'}
+_COLAB = {
+    'numpy': '1.26.4', 'tensorflow': '2.19.0', 'tensorboard': '2.19.0', 'matplotlib': '3.10.0',
+    'ipykernel': '6.17.1', 'protobuf': '5.29.4', 'jax': '0.5.2', 'jaxlib': '0.5.2',
+    'jax-cuda12-plugin': '0.5.2', 'optax': '0.2.8', 'absl-py': '1.4.0',
+    'tensorflow-datasets': '4.9.9'
+}
+_NEVER_ON_COLAB = {
+    'numpy', 'tensorflow', 'tensorflow-cpu', 'tensorboard', 'matplotlib', 'ipykernel', 'pytest',
+    'nbclient', 'nbformat', 'pyflakes', 'jaxlib'
+}
 
 
 def test_colab_install_cell_installs_only_what_colab_lacks(monkeypatch):
@@ -63,8 +67,10 @@ def test_colab_install_cell_installs_only_what_colab_lacks(monkeypatch):
   wanted = pips[0][5:]
   pinned = colab_install.pins(os.path.join(REPO, 'requirements.txt'))
   assert f"jax=={pinned['jax']}" in wanted  # A CPU runtime: nvidia-smi failed, no TPU.
-  assert {f'{n}=={pinned[n]}' for n in ('flax', 'clu', 'orbax-checkpoint', 'absl-py',
-                                        'tensorflow-datasets', 'mnist1d')} <= set(wanted)
+  assert {
+      f'{n}=={pinned[n]}' for n in ('flax', 'clu', 'orbax-checkpoint', 'absl-py',
+                                    'tensorflow-datasets', 'mnist1d')
+  } <= set(wanted)
   assert 'optax==0.2.8' not in wanted  # Colab has it at the pin already.
   assert not {re.split(r'[\[=]', w)[0] for w in wanted} & _NEVER_ON_COLAB, wanted
 

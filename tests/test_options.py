@@ -56,7 +56,7 @@ def test_weight_decay_is_decoupled_and_spares_biases():
 def test_weight_decay_run_ends_with_smaller_kernels(tmp_path):
   _run(tmp_path / 'plain', optimizer='sgd', learning_rate=0.1)
   _run(tmp_path / 'decayed', optimizer='sgd', learning_rate=0.1, weight_decay=0.5)
-  norm = lambda p: sum(float(jnp.sum(k ** 2)) for k in jax.tree.leaves(p) if k.ndim > 1)
+  norm = lambda p: sum(float(jnp.sum(k**2)) for k in jax.tree.leaves(p) if k.ndim > 1)
   plain, decayed = _final_state(tmp_path / 'plain'), _final_state(tmp_path / 'decayed')
   assert norm(decayed['params']) < 0.9 * norm(plain['params'])
 
@@ -93,10 +93,11 @@ def test_ema_is_evaluated_and_checkpointed_beside_the_params(tmp_path):
   assert all('val_ema_loss' in h for h in results['history'])
   state = _final_state(tmp_path)
   assert jax.tree.structure(state['ema_params']) == jax.tree.structure(state['params'])
-  assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(state['ema_params']),
-                                                      jax.tree.leaves(state['params'])))
+  assert not all(
+      np.array_equal(x, y)
+      for x, y in zip(jax.tree.leaves(state['ema_params']), jax.tree.leaves(state['params'])))
   # One step's update, by hand: ema <- decay * ema + (1 - decay) * params.
-  step = train.make_train_step(lambda out, b: {'loss': jnp.sum(out ** 2, -1)},
+  step = train.make_train_step(lambda out, b: {'loss': jnp.sum(out**2, -1)},
                                train.metrics_collection(['loss']), ema_decay=0.5)
   model = train.models.create('mlp', hidden=(), outputs=1)
   config = tiny(mnist1d, ema_decay=0.5, optimizer='sgd', momentum=0.0, learning_rate=0.1)
@@ -120,7 +121,9 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path):
 def test_profile_steps_write_a_trace_and_the_start_logs_a_parameter_table(tmp_path, caplog):
   caplog.set_level('INFO')
   _run(tmp_path, profile_steps=2)
-  traces = [f for _, _, files in os.walk(tmp_path / 'plugins' / 'profile') for f in files
-            if f.endswith('.xplane.pb')]
+  traces = [
+      f for _, _, files in os.walk(tmp_path / 'plugins' / 'profile') for f in files
+      if f.endswith('.xplane.pb')
+  ]
   assert len(traces) == 1
   assert 'Dense_0/kernel | (125, 10)' in caplog.text and 'Total: 5,210' in caplog.text

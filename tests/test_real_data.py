@@ -13,8 +13,8 @@ from tests.conftest import run_cli
 
 def test_mnist_cnn_reaches_95_percent_in_a_few_hundred_steps(mnist_data_dir, tmp_path):
   config = mnist_cnn.get_config()
-  config.update(data_dir=mnist_data_dir, num_epochs=1, steps_per_epoch=300,
-                validation_steps=2, log_every_steps=100)
+  config.update(data_dir=mnist_data_dir, num_epochs=1, steps_per_epoch=300, validation_steps=2,
+                log_every_steps=100)
   results = classifier.train_and_evaluate(config, str(tmp_path))
   assert results['steps'] == 300
   assert results['test_accuracy'] >= 0.95, results['test_accuracy']
@@ -56,9 +56,11 @@ def test_wrong_files_in_manual_dir_are_named_before_any_build(tmp_path, mnist_di
   (fake / 't10k-labels-idx1-ubyte.gz').write_bytes(bytes(size))
   config = mnist_cnn.get_config()
   config.update(data_dir=str(tmp_path / 'tfds'), manual_dir=str(fake))
-  with pytest.raises(UserError, match=(
-      r"does not hold the original files of 'mnist': t10k-images-idx3-ubyte.gz has 9 bytes, "
-      r"not 1648877; t10k-labels-idx1-ubyte.gz has SHA-256 [0-9a-f]{12}\.\.\., not f7ae60f92e00")):
+  with pytest.raises(
+      UserError, match=(
+          r"does not hold the original files of 'mnist': t10k-images-idx3-ubyte.gz has 9 bytes, "
+          r"not 1648877; t10k-labels-idx1-ubyte.gz has SHA-256 [0-9a-f]{12}\.\.\., not f7ae60f92e00"
+      )):
     input_pipeline.image_info(config)  # The check the experiments make before any work.
   assert not os.path.exists(tmp_path / 'tfds' / 'mnist' / '3.0.1' / 'dataset_info.json')
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-
 from lib import checkpoints
 from tests.conftest import REPO, read_results, run_cli, tree_digest
 
@@ -30,8 +29,10 @@ def test_offline_build_never_touches_the_network(mnist_run):
 
 
 def test_a_second_run_on_a_workdir_in_use_stops_at_once_and_kill_9_leaves_no_lock(tmp_path):
-  command = [sys.executable, '-m', 'experiments', '--config=configs/celsius.py',
-             f'--workdir={tmp_path}', '--config.num_epochs=10000000']
+  command = [
+      sys.executable, '-m', 'experiments', '--config=configs/celsius.py', f'--workdir={tmp_path}',
+      '--config.num_epochs=10000000'
+  ]
   first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     lock = tmp_path / 'lock.0'
@@ -47,8 +48,7 @@ def test_a_second_run_on_a_workdir_in_use_stops_at_once_and_kill_9_leaves_no_loc
     first.send_signal(signal.SIGKILL)
     first.wait()
   # The kernel released the lock with the process: the next run resumes and ends.
-  third = run_cli('--config=configs/celsius.py', f'--workdir={tmp_path}',
-                  '--config.num_epochs=200')
+  third = run_cli('--config=configs/celsius.py', f'--workdir={tmp_path}', '--config.num_epochs=200')
   assert third.returncode == 0, third.stderr[-3000:]
 
 
@@ -85,10 +85,13 @@ def test_changed_model_on_rerun_refuses_and_keeps_every_checkpoint(mnist_run, tm
 # by the resume check; checks that need the data run on a fresh one.
 _TINY = '--config=configs/mnist_cnn.py:tiny'
 _BAD_INPUTS = [
-    ([_TINY, '--config.lerning_rate=0.1'], "'lerning_rate'; did you mean learning_rate", 'resumable'),
+    ([_TINY,
+      '--config.lerning_rate=0.1'], "'lerning_rate'; did you mean learning_rate", 'resumable'),
     ([_TINY, '--config.model_kwargs.dens=3'], 'model_kwargs.dense', 'resumable'),
-    ([_TINY, '--config.num_epochs=many'], 'config.num_epochs expects a value of type int', 'resumable'),
-    ([_TINY, '--config.learning_rate=fast'], 'config.learning_rate expects a value of type float', 'resumable'),
+    ([_TINY,
+      '--config.num_epochs=many'], 'config.num_epochs expects a value of type int', 'resumable'),
+    ([_TINY, '--config.learning_rate=fast'], 'config.learning_rate expects a value of type float',
+     'resumable'),
     ([_TINY, '--config.download=maybe'], '--config.download=maybe', 'resumable'),
     (['--config=configs/mnist_cnn.py:huge'], "unknown config variant 'huge'", 'resumable'),
     (['--config=configs/mnist_cnnn.py'], 'configs/mnist_cnnn.py: no such file', 'resumable'),
@@ -100,25 +103,24 @@ _BAD_INPUTS = [
     ([_TINY, '--config.num_epochs=0'], 'config.num_epochs=0 must be at least 1', 'resumable'),
     ([_TINY, '--config.batch_size=0'], 'batch_size', 'resumable'),
     ([_TINY, '--config.best_mode=up'], "config.best_mode='up' is unknown", 'resumable'),
-    ([_TINY, '--config.model_kwargs.dense=128'], 'another config (config.model_kwargs.dense',
-     'resumable'),
+    ([_TINY,
+      '--config.model_kwargs.dense=128'], 'another config (config.model_kwargs.dense', 'resumable'),
     ([_TINY, '--config.seed=1'], 'another config (config.seed', 'resumable'),
     ([_TINY, '--config.optimizer=adam'], 'another config (config.optimizer', 'resumable'),
     ([_TINY, '--config.train_split=train[:50%]'], 'config.train_split', 'resumable'),
     ([_TINY, '--config.train_split=trian'], "config.train_split='trian' is not a split", 'fresh'),
     ([_TINY, '--config.dataset=mnistt'], "config.dataset='mnistt' is not a TFDS dataset", 'fresh'),
     ([_TINY, '--config.normalization=zscore'], "normalization='zscore'", 'fresh'),
-    ([_TINY, '--config.best_metric=val_acc'], "config.best_metric='val_acc' is not measured",
-     'fresh'),
+    ([_TINY,
+      '--config.best_metric=val_acc'], "config.best_metric='val_acc' is not measured", 'fresh'),
     ([_TINY, '--config.model_kwargs.pool=max2'], 'max2', 'fresh'),
     ([_TINY, '--config.data_dir={empty}', '--config.manual_dir={empty}'],
-     "does not hold the original files of 'mnist': t10k-images-idx3-ubyte.gz is missing",
-     'fresh'),
-    ([_TINY, '--config.data_dir={empty}', '--config.manual_dir={empty}/none'],
-     'is not a directory', 'fresh'),
+     "does not hold the original files of 'mnist': t10k-images-idx3-ubyte.gz is missing", 'fresh'),
+    ([_TINY, '--config.data_dir={empty}',
+      '--config.manual_dir={empty}/none'], 'is not a directory', 'fresh'),
     ([_TINY, '--config.data_dir={empty}'], 'is not prepared in', 'fresh'),
-    (['--config=configs/celsius.py:tiny', '--config.learning_rate=1e30'],
-     'no checkpoint was saved yet', 'fresh'),
+    (['--config=configs/celsius.py:tiny',
+      '--config.learning_rate=1e30'], 'no checkpoint was saved yet', 'fresh'),
     ([_TINY, '--workdir=/dev/null/run'], '--workdir=/dev/null/run cannot be written', None),
 ]
 

@@ -16,8 +16,10 @@ def _sweep(*args):
 
 
 def test_a_sweep_of_3_seeds_by_2_rates_summarizes_and_reruns_without_training(tmp_path):
-  args = ['--config=configs/mnist1d.py:tiny', f'--workdir={tmp_path}', '--grid=seed=0,1,2',
-          '--grid=learning_rate=0.01,0.001', '--plot=learning_rate:val_accuracy']
+  args = [
+      '--config=configs/mnist1d.py:tiny', f'--workdir={tmp_path}', '--grid=seed=0,1,2',
+      '--grid=learning_rate=0.01,0.001', '--plot=learning_rate:val_accuracy'
+  ]
   first = _sweep(*args)
   assert first.returncode == 0, first.stderr[-3000:]
   with open(tmp_path / 'summary.json') as f:
@@ -26,8 +28,11 @@ def test_a_sweep_of_3_seeds_by_2_rates_summarizes_and_reruns_without_training(tm
   assert len({p['name'] for p in summary['points']}) == 6
   for entry in summary['summary']:
     assert entry['n'] == 3
-    seeds = [p['metrics']['val_loss'] for p in summary['points']
-             if p['point']['learning_rate'] == entry['point']['learning_rate']]
+    seeds = [
+        p['metrics']['val_loss']
+        for p in summary['points']
+        if p['point']['learning_rate'] == entry['point']['learning_rate']
+    ]
     assert entry['val_loss']['mean'] == pytest.approx(np.mean(seeds))
     assert entry['val_loss']['std'] == pytest.approx(np.std(seeds, ddof=1))
     assert entry['val_loss']['n'] == 3

@@ -24,12 +24,12 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
                                    train.create_optimizer(config, lambda _: 0.05),
                                    parallel.replicated(mesh))
   rng = np.random.default_rng(0)
-  batch = parallel.shard({'x': rng.random((8, 28, 28, 1), np.float32),
-                          'y': rng.integers(0, 10, 8).astype(np.int32)},
-                         parallel.batch_sharding(mesh))
-  step = jax.jit(train.make_train_step(tasks.classification,
-                                       train.metrics_collection(['accuracy', 'loss'])),
-                 donate_argnums=0)
+  batch = parallel.shard(
+      {'x': rng.random((8, 28, 28, 1), np.float32), 'y': rng.integers(0, 10, 8).astype(np.int32)},
+      parallel.batch_sharding(mesh))
+  step = jax.jit(
+      train.make_train_step(tasks.classification, train.metrics_collection(['accuracy', 'loss'])),
+      donate_argnums=0)
   losses = []
   for _ in range(10):
     state, metrics = step(state, batch)
@@ -67,8 +67,8 @@ def _mock_classifier_fit(workdir, config, num_examples=64):
   with mock_tfds(num_examples):
     data = input_pipeline.image_classification(config)
   model = models.create(config.model, outputs=10, **config.model_kwargs)
-  return train.fit(config, str(workdir), model=model, task=tasks.classification,
-                   train=data.train, val=data.val, test=data.test)
+  return train.fit(config, str(workdir), model=model, task=tasks.classification, train=data.train,
+                   val=data.val, test=data.test)
 
 
 def test_resumed_run_ends_with_the_same_params_as_an_uninterrupted_one(tmp_path):
@@ -92,8 +92,8 @@ def test_steps_per_execution_scans_the_same_steps(tmp_path):
   config.steps_per_execution = 3
   three, three_summary = _mock_classifier_fit(tmp_path / 'three', config)
   assert int(three.step) == int(one.step) == 12
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               three.params, one.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), three.params,
+               one.params)
   for a, b in zip(one_summary['history'], three_summary['history'], strict=True):
     assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
   config.steps_per_epoch = 7  # Rounded down to a multiple of 3.
@@ -102,8 +102,8 @@ def test_steps_per_execution_scans_the_same_steps(tmp_path):
 
 def test_early_stopping_and_best_checkpoint(tmp_path):
   # With a learning rate of 0 the metric never improves after epoch 1.
-  config = tiny(mnist_cnn, num_epochs=8, learning_rate=0.0, best_metric='val_loss',
-                best_mode='min', early_stopping_patience=2)
+  config = tiny(mnist_cnn, num_epochs=8, learning_rate=0.0, best_metric='val_loss', best_mode='min',
+                early_stopping_patience=2)
   _, summary = _mock_classifier_fit(tmp_path / 'frozen', config)
   assert summary['stopped_early'] and summary['epochs'] == 3 and summary['best_epoch'] == 1
 
@@ -115,7 +115,8 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
   assert summary['best_val_accuracy'] == best
   assert history[summary['best_epoch'] - 1]['val_accuracy'] == best
   # The run ends on the best epoch's weights: its validation numbers come back exactly.
-  assert summary['val_loss'] == pytest.approx(history[summary['best_epoch'] - 1]['val_loss'], abs=1e-6)
+  assert summary['val_loss'] == pytest.approx(history[summary['best_epoch'] - 1]['val_loss'],
+                                              abs=1e-6)
 
 
 def test_unmeasured_best_metric_is_a_clear_error(tmp_path):
@@ -163,8 +164,10 @@ def test_an_async_save_keeps_the_meta_as_it_was_when_save_was_called(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
-  args = [sys.executable, '-m', 'experiments', '--config=configs/celsius.py',
-          f'--workdir={tmp_path}', '--config.num_epochs=100000', '--config.log_every_steps=50']
+  args = [
+      sys.executable, '-m', 'experiments', '--config=configs/celsius.py', f'--workdir={tmp_path}',
+      '--config.num_epochs=100000', '--config.log_every_steps=50'
+  ]
   proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
   seen = []
@@ -201,8 +204,10 @@ def _regression_fit(workdir, **overrides):
 
 def test_lr_finder_suggests_a_rate_within_10x_of_the_best_constant_rate(tmp_path):
   rates = [10.0**e for e in range(-4, 1)] + [0.3]
-  final = {lr: _regression_fit(tmp_path / f'grid{lr}', learning_rate=lr, num_epochs=8)['val_loss']
-           for lr in rates}
+  final = {
+      lr: _regression_fit(tmp_path / f'grid{lr}', learning_rate=lr, num_epochs=8)['val_loss']
+      for lr in rates
+  }
   best = min(final, key=final.get)
   finder = _regression_fit(tmp_path / 'finder', lr_finder=True, lr_finder_start=1e-4,
                            lr_finder_epochs_per_decade=2.0, num_epochs=20)
@@ -241,8 +246,9 @@ def test_a_full_disk_stops_before_the_save_and_keeps_the_last_checkpoint(tmp_pat
     return usage._replace(free=usage.free if len(calls) == 1 else 2**20)
 
   monkeypatch.setattr(checkpoints.shutil, 'disk_usage', disk_fills_after_the_first_save)
-  with pytest.raises(DiskFull, match=r'no space left for checkpoint 6 .* MiB are free\. The '
-                     r'last complete checkpoint \(step 3\) is kept'):
+  with pytest.raises(
+      DiskFull, match=r'no space left for checkpoint 6 .* MiB are free\. The '
+      r'last complete checkpoint \(step 3\) is kept'):
     _mock_classifier_fit(tmp_path, config)
   monkeypatch.undo()
   ckpt = checkpoints.Checkpoints(str(tmp_path), keep=2)
@@ -257,16 +263,19 @@ def test_a_full_disk_anywhere_is_one_line_from_the_launcher(tmp_path):
   run = run_cli('--config=configs/celsius.py:tiny', f'--workdir={tmp_path}')
   assert run.returncode == 1
   last = run.stderr.strip().splitlines()[-1]
-  assert last.startswith(f'error: no space left on the device of --workdir={tmp_path} (OSError'), last
+  assert last.startswith(
+      f'error: no space left on the device of --workdir={tmp_path} (OSError'), last
   assert 'Traceback' not in run.stderr
 
 
 def test_kill_9_then_the_same_command_ends_like_an_uninterrupted_run(tmp_path):
   def command(workdir):
-    return [sys.executable, '-m', 'experiments', '--config=configs/celsius.py',
-            f'--workdir={workdir}', '--config.num_epochs=600', '--config.log_every_steps=20',
-            '--config.steps_per_execution=1', '--config.eval_every_epochs=1',
-            '--config.log_every_seconds=0', '--config.checkpoint_every_epochs=25']
+    return [
+        sys.executable, '-m', 'experiments', '--config=configs/celsius.py', f'--workdir={workdir}',
+        '--config.num_epochs=600', '--config.log_every_steps=20', '--config.steps_per_execution=1',
+        '--config.eval_every_epochs=1', '--config.log_every_seconds=0',
+        '--config.checkpoint_every_epochs=25'
+    ]
 
   proc = subprocess.Popen(command(tmp_path / 'killed'), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)

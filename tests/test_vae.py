@@ -47,8 +47,8 @@ def test_closed_form_kl_matches_monte_carlo():
                  {'x': jnp.zeros((1, 4))})['kl']
   std = jnp.exp(0.5 * logvar)
   z = mean + std * jax.random.normal(jax.random.PRNGKey(0), (200_000, 3))
-  mc = jnp.mean(jnp.sum(jax.scipy.stats.norm.logpdf(z, mean, std)
-                        - jax.scipy.stats.norm.logpdf(z), -1))
+  mc = jnp.mean(
+      jnp.sum(jax.scipy.stats.norm.logpdf(z, mean, std) - jax.scipy.stats.norm.logpdf(z), -1))
   assert float(kl[0]) == pytest.approx(float(mc), rel=0.01)
 
 
@@ -83,9 +83,9 @@ def test_binarization_is_bernoulli_new_each_pass_and_fixed_in_evaluation():
   x = np.full((64, 28, 28, 1), 0.3, np.float32)
   split = input_pipeline.from_arrays({'x': x, 'y': np.zeros(64, np.int32)})
   # Training: each step's key (lib.train folds the step into the run's key).
-  first, second = (np.asarray(input_pipeline.prepare(
-      {'x': x}, lambda b: b, vae_experiment.binarize, jax.random.PRNGKey(step))['x'])
-                   for step in (1, 2))
+  first, second = (np.asarray(
+      input_pipeline.prepare({'x': x}, lambda b: b, vae_experiment.binarize,
+                             jax.random.PRNGKey(step))['x']) for step in (1, 2))
   assert set(np.unique(first)) == {0.0, 1.0} and abs(first.mean() - 0.3) < 0.01
   assert not np.array_equal(first, second)
   a = np.asarray(next(input_pipeline.eval_batches(split, 64, augment=vae_experiment.binarize))['x'])

@@ -94,16 +94,17 @@ def _accelerator_plugin_installed() -> bool:
       names = os.listdir(entry or '.')
     except OSError:
       continue
-    if any(_ACCELERATOR_PLUGINS.search(n.lower()) for n in names
-           if n.endswith(('.dist-info', '.egg-info', '.egg-link'))):
+    if any(
+        _ACCELERATOR_PLUGINS.search(n.lower())
+        for n in names
+        if n.endswith(('.dist-info', '.egg-info', '.egg-link'))):
       return True
   return False
 
 
 def _reuse_freed_memory() -> bool:
-  if (platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc'
-      or any(os.environ.get(name) for name in _USER_MALLOC_ENV)
-      or _accelerator_plugin_installed()):
+  if (platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc' or
+      any(os.environ.get(name) for name in _USER_MALLOC_ENV) or _accelerator_plugin_installed()):
     return False
   libc = ctypes.CDLL(ctypes.util.find_library('c'))
   # Few arenas, so that threads share them: an arena of its own per thread gives
@@ -113,8 +114,9 @@ def _reuse_freed_memory() -> bool:
   # with 4 (a later measurement was inconclusive: README, Benchmarks). glibc fixes
   # the arena limit when a second thread first allocates, hence "before JAX, TF or
   # numpy start" (they start threads).
-  return all(libc.mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 4), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+  return all(
+      libc.mallopt(param, value) == 1
+      for param, value in ((_M_ARENA_MAX, 4), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
 
 
 def xla_convolutions_are_fast() -> bool:

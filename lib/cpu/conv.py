@@ -182,9 +182,10 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   if kh == kw == 1 and sh == sw == 1:
     patches = x
   else:  # Column (i, j, c) of the patches meets row (i, j, c) of the reshaped kernel.
-    patches = jnp.concatenate(
-        [lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin),
-                   (1, sh, sw, 1)) for i in range(kh) for j in range(kw)], axis=-1)
+    patches = jnp.concatenate([
+        lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin),
+                  (1, sh, sw, 1)) for i in range(kh) for j in range(kw)
+    ], axis=-1)
   out = patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
   return out.reshape(n, out_h, out_w, cout)
 
@@ -225,8 +226,8 @@ class Conv(nn.Module):
     impl = resolve(self.impl or _CHOICE.get())
     kernel_path = (impl == 'kernel' and x.dtype == kernel.dtype == jnp.float32 and
                    conv_kernel.available())
-    bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,))
-            if self.use_bias else None)
+    bias = (self.param('bias', nn.initializers.zeros_init(),
+                       (self.features,)) if self.use_bias else None)
     if (self.relu_pool and kernel_path and bias is not None and strides == (1, 1) and
         self.padding == 'SAME' and conv_kernel.block_supports(x.shape, (kh, kw), self.features)):
       return conv_relu_pool(x, kernel, bias, self.relu_pool)

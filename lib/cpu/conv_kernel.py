@@ -30,8 +30,10 @@ SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
 
 
 def _build() -> pathlib.Path:
-  command = [os.environ.get('CXX', 'g++'), '-O3', '-std=c++17', '-shared', '-fPIC',
-             f'-I{jax.ffi.include_dir()}']
+  command = [
+      os.environ.get('CXX', 'g++'), '-O3', '-std=c++17', '-shared', '-fPIC',
+      f'-I{jax.ffi.include_dir()}'
+  ]
   key = hashlib.sha256(SOURCE.read_bytes() + ' '.join(command).encode() +
                        jaxlib.__version__.encode()).hexdigest()[:16]
   cache = pathlib.Path(os.environ.get('JAXNOTES_CACHE', '~/.cache/jaxnotes')).expanduser()
@@ -60,8 +62,9 @@ def available() -> bool:
   except (OSError, subprocess.CalledProcessError) as e:
     lines = (getattr(e, 'stderr', '') or str(e)).splitlines()
     detail = next((line for line in lines if 'error' in line), lines[-1] if lines else '')
-    logging.warning('lib.cpu.conv_kernel: could not build or load %s (%s); XLA computes the '
-                    'convolutions', SOURCE.name, detail.strip())
+    logging.warning(
+        'lib.cpu.conv_kernel: could not build or load %s (%s); XLA computes the '
+        'convolutions', SOURCE.name, detail.strip())
     return False
   if not library.JaxnotesConvKernelSupported():
     logging.info('lib.cpu.conv_kernel: this CPU has no AVX-512; XLA computes the convolutions')
@@ -95,8 +98,8 @@ def weight_grad(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int], strides
   shape = (*kernel_size, x.shape[-1], dy.shape[-1])
   call = jax.ffi.ffi_call(WEIGHT_GRAD, jax.ShapeDtypeStruct(shape, jnp.float32),
                           vmap_method='sequential')
-  return call(x, dy, sh=np.int64(strides[0]), sw=np.int64(strides[1]),
-              pt=np.int64(padding[0][0]), pl=np.int64(padding[1][0]))
+  return call(x, dy, sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(padding[0][0]),
+              pl=np.int64(padding[1][0]))
 
 
 def block_supports(x_shape: Sequence[int], kernel_size: Sequence[int], features: int) -> bool:
@@ -105,8 +108,8 @@ def block_supports(x_shape: Sequence[int], kernel_size: Sequence[int], features:
   The first layers of image models: 3x3 taps times 1 to 3 input channels; even
   height and width (the pool's windows tile the image), features a multiple of 16.
   """
-  return (kernel_size[0] * kernel_size[1] * x_shape[-1] in (9, 18, 27) and features % 16 == 0
-          and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0)
+  return (kernel_size[0] * kernel_size[1] * x_shape[-1] in (9, 18, 27) and features % 16 == 0 and
+          x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0)
 
 
 def block_forward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool: str) -> jax.Array:
@@ -117,8 +120,8 @@ def block_forward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool:
   n, h, w, _ = x_padded.shape
   kh, kw, _, k = kernel.shape
   out = jax.ShapeDtypeStruct((n, (h - kh + 1) // 2, (w - kw + 1) // 2, k), jnp.float32)
-  return jax.ffi.ffi_call(BLOCK_FORWARD, out, vmap_method='sequential')(
-      x_padded, kernel, bias, max=pool == 'max')
+  return jax.ffi.ffi_call(BLOCK_FORWARD, out, vmap_method='sequential')(x_padded, kernel, bias,
+                                                                        max=pool == 'max')
 
 
 def block_backward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool: str,
@@ -126,5 +129,5 @@ def block_backward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool
   """The kernel and bias gradients of `block_forward` given its output's gradient `dout`."""
   shapes = (jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
             jax.ShapeDtypeStruct(bias.shape, jnp.float32))
-  return jax.ffi.ffi_call(BLOCK_BACKWARD, shapes, vmap_method='sequential')(
-      x_padded, kernel, bias, dout, max=pool == 'max')
+  return jax.ffi.ffi_call(BLOCK_BACKWARD, shapes, vmap_method='sequential')(x_padded, kernel, bias,
+                                                                            dout, max=pool == 'max')
