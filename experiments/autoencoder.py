@@ -68,8 +68,8 @@ def corruption(config: ml_collections.ConfigDict) -> input_pipeline.Augment:
     keys = jax.random.split(key, 3)
     if mode == 'noise':
       noisy = clean + config.noise_std * jax.random.normal(keys[0], clean.shape)
-      hit = jax.random.uniform(keys[1], clean.shape) < config.salt_pepper
-      salt = (jax.random.uniform(keys[2], clean.shape) < 0.5).astype(clean.dtype)
+      hit, salt = input_pipeline.uniform16(keys[1], (2, *clean.shape))
+      hit, salt = hit < config.salt_pepper, (salt < 0.5).astype(clean.dtype)
       out['x'] = jnp.clip(jnp.where(hit, salt, noisy), 0.0, 1.0)
     elif mode == 'mask':
       size = jax.random.randint(keys[0], (2,), config.mask_min, config.mask_max + 1)

@@ -19,6 +19,9 @@ from lib import plots
 from lib import tasks
 from lib import train
 
+# The results are fit's metrics: config.num_seeds > 1 reports each seed's.
+SEEDS_IN_ONE_RUN = True
+
 
 def headline(results: dict[str, Any]) -> str:
   """Test accuracy and loss (and the LR range test's suggestion)."""

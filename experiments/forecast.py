@@ -29,6 +29,9 @@ from lib import tasks
 from lib import train
 from lib.errors import NonFiniteLossError, UserError
 
+# The results are fit's metrics (the activation study excepted, which trains one seed per run).
+SEEDS_IN_ONE_RUN = True
+
 
 def make_series(config: ml_collections.ConfigDict) -> np.ndarray:
   """The course's series: baseline + slope·t + seasonality + Gaussian noise, float32."""
@@ -88,6 +91,9 @@ def baselines(series: np.ndarray, split: int, period: int) -> dict[str, np.ndarr
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
+  if config.activation_study and config.num_seeds > 1:
+    raise UserError('config.activation_study trains its seeds one by one (config.study_seeds); '
+                    'it needs config.num_seeds=1')
   if not 1 <= config.window_size < config.split_time < config.series_length:
     raise UserError(f'need 1 <= config.window_size ({config.window_size}) < config.split_time '
                     f'({config.split_time}) < config.series_length ({config.series_length})')

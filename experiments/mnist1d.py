@@ -21,6 +21,9 @@ from lib import tasks
 from lib import train
 from lib.errors import UserError
 
+# The results are fit's metrics: config.num_seeds > 1 reports each seed's.
+SEEDS_IN_ONE_RUN = True
+
 
 def make_dataset(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """MNIST-1D from the mnist1d package's generator: x (n, 40) float32, y (n,) int32."""

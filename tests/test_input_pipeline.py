@@ -1,4 +1,5 @@
 """The input pipeline on mock TFDS data: shapes, normalization, padding, resumable order, both sources, errors."""
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -220,3 +221,13 @@ def test_bucket_too_small_for_a_batch_is_evaluated_but_not_trained():
 def test_by_shape_refuses_examples_of_another_shape():
   with pytest.raises(ValueError, match='10 examples have a shape outside'):
     streaming.by_shape(_mixed_sizes(), [(4, 4, 1), (4, 8, 1)])
+
+
+def test_uniform16_is_uniform_on_0_1_at_16_bits():
+  u = np.asarray(input_pipeline.uniform16(jax.random.PRNGKey(0), (999, 201)))  # An odd count.
+  assert u.shape == (999, 201) and u.min() >= 0 and u.max() < 1
+  np.testing.assert_array_equal(u * 2**16, np.round(u * 2**16))
+  assert abs(u.mean() - 0.5) < 0.002 and abs((u < 0.3).mean() - 0.3) < 0.003
+  assert len(np.unique(u)) > 50_000  # Both halves of each word are used, not repeated.
+  other = np.asarray(input_pipeline.uniform16(jax.random.PRNGKey(1), (999, 201)))
+  assert abs(np.corrcoef(u.ravel(), other.ravel())[0, 1]) < 0.01

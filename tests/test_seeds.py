@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import mnist1d
+from configs import celsius, forecast, mnist1d
 import experiments.__main__ as launcher
 from lib import checkpoints
 from lib.errors import UserError
@@ -55,3 +55,11 @@ def test_each_seed_of_a_population_is_its_own_run(tmp_path, steps_per_execution)
 def test_bad_populations_are_clear_errors(tmp_path, overrides, message):
   with pytest.raises(UserError, match=message):
     _run(tmp_path, **overrides)
+
+
+def test_experiments_whose_results_need_one_models_weights_refuse_a_population(tmp_path):
+  with pytest.raises(UserError, match="experiment 'celsius' computes its results from one"):
+    launcher.run(tiny(celsius, num_seeds=2), str(tmp_path / 'celsius'))
+  with pytest.raises(UserError, match='activation_study trains its seeds one by one'):
+    launcher.run(tiny(forecast, activation_study=True, num_seeds=2), str(tmp_path / 'study'))
+  assert not (tmp_path / 'celsius').exists()  # Refused before the workdir is made.
