@@ -82,7 +82,7 @@ def main(argv):
     for _ in range(2):  # The warm-up epoch, then the timed one.
       start, pending = time.perf_counter(), None
       for _ in range(steps_per_epoch // per_call):
-        state, metrics = steps(state, feed.data, feed.next(per_call, sharding))
+        state, metrics = steps(state, feed.data, feed.next(per_call, sharding), 0, per_call)
         if pending is not None:  # As lib.train.fit: the loss read one call late.
           np.asarray(pending)
         pending = metrics.loss.total

@@ -69,7 +69,10 @@ def jaxnotes_step(x: np.ndarray, y: np.ndarray, conv: str):
   step = train.TrainSteps(tasks.classification, train.metrics_collection(['accuracy', 'loss']),
                           mesh, (), lambda b: b, input_pipeline.augmentation(None), 1)
   data = input_pipeline.on_devices(input_pipeline.from_arrays({'x': x, 'y': y}))
-  inputs = {'idx': jax.device_put(np.arange(len(x), dtype=np.int32), parallel.replicated(mesh))}
+  inputs = {
+      'idx': jax.device_put(np.arange(len(x), dtype=np.int32)[None], parallel.replicated(mesh)),
+      'first': jax.device_put(np.int32(0), parallel.replicated(mesh))
+  }
 
   def run():
     holder['state'], m = step(holder['state'], data, inputs)

@@ -4,6 +4,7 @@
   python -m benchmarks.throughput --workload=mlp --manual_dir=../shared/data/fashion_mnist
   python -m benchmarks.throughput --workload=vae --manual_dir=../shared/data/mnist
   python -m benchmarks.throughput --workload=rnn
+  python -m benchmarks.throughput --workload=autoencoder --manual_dir=../shared/data/mnist
 
 Prints one JSON line: workload, batch, steps_per_execution, examples_per_sec,
 step_ms, compile_s, params, the bare Flax step's examples/s and the ratio. Each figure is the
@@ -36,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import fashion_mlp, forecast, mnist_cnn, vae
+from configs import autoencoder, fashion_mlp, forecast, mnist_cnn, vae
 from benchmarks import timing
+from experiments import autoencoder as autoencoder_experiment
 from experiments import vae as vae_experiment
 from lib import input_pipeline, models, parallel, tasks, train
 
@@ -64,10 +66,23 @@ def _vae_loss(model, params, x, y, key):
   return jnp.mean(bce + kl)
 
 
+def _reconstruction_loss(model, params, x, y, key):
+  """A plain autoencoder's loss: mean squared error against the input."""
+  del y, key
+  return jnp.mean((model.apply({'params': params}, x) - x)**2)
+
+
+def _denoiser_config():
+  """The conv autoencoder of the notes as a denoiser (Gaussian noise and salt and pepper)."""
+  config = autoencoder.get_config()
+  config.update(model='conv_autoencoder', corruption='noise')
+  return config
+
+
 @dataclasses.dataclass(frozen=True)
 class Workload:
   config: Any  # () -> ConfigDict.
-  outputs: int  # The model's `outputs`.
+  outputs: int | None  # The model's `outputs`; None for a model that takes `shape` instead.
   task: train.Task
   rng_streams: tuple[str, ...]
   bare_loss: Callable[..., jax.Array]  # (model, params, x, y, key) -> mean loss.
@@ -75,6 +90,8 @@ class Workload:
   augment: input_pipeline.Augment | None = None  # As the experiment's pipeline applies it.
   input_shape: tuple[int, ...] = (28, 28, 1)  # One example.
   regression: bool = False  # Float targets; else integer class labels.
+  # The augmentation built from the config (the autoencoder's corruption), instead of `augment`.
+  augment_of_config: Callable[[Any], input_pipeline.Augment] | None = None
 
 
 def _rnn_config():
@@ -93,6 +110,9 @@ WORKLOADS = {
     # (32, 20, 1) → SimpleRNN 40 (sequences) → SimpleRNN 40 (last) → Dense 1; 4,961 params.
     'rnn': Workload(_rnn_config, 1, tasks.huber, (), _huber_loss, input_shape=(20, 1),
                     regression=True),
+    # The conv autoencoder (32, 64 channels, 32 latents), batch 128, Adam 1e-3, denoising.
+    'autoencoder': Workload(_denoiser_config, None, tasks.reconstruction, (), _reconstruction_loss,
+                            augment_of_config=autoencoder_experiment.corruption),
 }
 _WORKLOAD = flags.DEFINE_enum('workload', 'cnn', list(WORKLOADS), 'The config whose model, '
                               'optimizer and batch size are timed.')
@@ -115,7 +135,8 @@ def main(argv):
   if _STEPS_PER_EXECUTION.value:
     config.steps_per_execution = _STEPS_PER_EXECUTION.value
   per_call = config.steps_per_execution
-  model = models.create(config.model, outputs=workload.outputs, **config.model_kwargs)
+  size = {'outputs': workload.outputs} if workload.outputs else {'shape': workload.input_shape}
+  model = models.create(config.model, **size, **config.model_kwargs)
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
   tx = train.create_optimizer(config, train.learning_rate_schedule(config, 10**6, 1))
@@ -126,6 +147,8 @@ def main(argv):
       'y': (rng.normal(size=config.batch_size).astype(np.float32)
             if workload.regression else rng.integers(0, 10, config.batch_size).astype(np.int32))
   }
+  if workload.task is tasks.reconstruction:
+    local['clean'] = x  # The resident batch stands for an already corrupted one.
   stack = per_call if per_call > 1 else 0  # As lib.train.fit feeds the step.
 
   # The engine's step, built exactly as lib.train.fit builds it.
@@ -140,15 +163,19 @@ def main(argv):
                                  input_pipeline.augmentation(None), per_call)
   data = input_pipeline.on_devices(input_pipeline.from_arrays(local))
   idx = np.arange(config.batch_size, dtype=np.int32)
-  batches = {'idx': jax.device_put(np.stack([idx] * per_call) if stack else idx, replicated)}
+  # A block of one row: every step gathers the same batch (the row index is clamped).
+  batches = {
+      'idx': jax.device_put(idx[None], replicated), 'first': jax.device_put(
+          np.int32(0), replicated)
+  }
   start = time.perf_counter()
-  state, metrics = train_steps(state, data, batches)
+  state, metrics = train_steps(state, data, batches, 0, per_call)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   holder = {'state': state}
 
   def engine():
-    holder['state'], m = train_steps(holder['state'], data, batches)
+    holder['state'], m = train_steps(holder['state'], data, batches, 0, per_call)
     return m
 
   # A bare Flax step as in the Flax examples (MNIST, VAE), donated too: the reference.
@@ -193,12 +220,14 @@ def main(argv):
   if _MANUAL_DIR.value:
     config.update(manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value)
     real = input_pipeline.image_classification(config)
+    augment = (workload.augment_of_config(config)
+               if workload.augment_of_config else workload.augment)
     steps = train.epochs_to_steps(config, real.train.num_examples)[0]
     feed = input_pipeline.TrainFeed(real.train, config.batch_size, seed=0,
                                     shuffle_buffer=config.shuffle_buffer, stack=stack)
     real_steps = train.TrainSteps(workload.task, train.metrics_collection(names), mesh,
                                   workload.rng_streams, real.train.preprocess,
-                                  input_pipeline.augmentation(workload.augment), per_call)
+                                  input_pipeline.augmentation(augment), per_call)
 
     def epoch(one_call):
       start, pending = time.perf_counter(), None
@@ -211,7 +240,8 @@ def main(argv):
       return time.perf_counter() - start
 
     def through_feed():
-      holder['state'], m = real_steps(holder['state'], feed.data, feed.next(per_call, None))
+      holder['state'], m = real_steps(holder['state'], feed.data, feed.next(per_call, None), 0,
+                                      per_call)
       return m
 
     # An epoch from the input pipeline next to as many steps on one device-resident batch,

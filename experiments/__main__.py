@@ -95,8 +95,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results = module.train_and_evaluate(config, path)
     results['headline'] = module.headline(results)
     if 'seeds' in results:
-      results['headline'] += (f" (the mean of {len(results['seeds']['seed'])} seeds; each seed and "
-                              'the std are in results.json)')
+      results['headline'] += (f"; {len(results['seeds']['seed'])} seeds, their mean (each seed "
+                              'and the std are in results.json)')
     workdir_lib.write_results(path, results, config, start)
   return results
 

@@ -8,7 +8,7 @@ bias = f(0), which also holds for the linear three-layer variant.
 import os
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import ml_collections
 import numpy as np
 
@@ -46,8 +46,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  pairs, config.data_shards), val=input_pipeline.from_arrays(pairs))
 
   def predict(celsius):
-    x = jnp.asarray(celsius, jnp.float32).reshape(-1, 1)
-    return np.asarray(model.apply({'params': state.params}, x))[:, 0]
+    x = np.asarray(celsius, np.float32).reshape(-1, 1)
+    return np.asarray(jax.jit(model.apply)({'params': state.params}, x))[:, 0]
 
   f0, f1, f100 = predict([0.0, 1.0, 100.0])
   lstsq_weight, lstsq_bias = np.polyfit(CELSIUS, FAHRENHEIT, 1)

@@ -112,7 +112,7 @@ def headline(results: dict[str, Any]) -> str:
   line = (f"{results['latents']} latents: test negative ELBO {results['test_neg_elbo']:.2f} nats, "
           f"IWAE-{results['iwae_samples']} NLL {results['test_iwae_nll']:.2f}")
   if 'seeds' in results:
-    line += f" (the IWAE bound of seed {results['seeds']['seed'][0]}'s model)"
+    line += f" of seed {results['seeds']['seed'][0]}'s model"
   return line
 
 

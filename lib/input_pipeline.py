@@ -180,6 +180,8 @@ def on_devices(split: Split) -> dict[str, jax.Array]:
 
 # Training.
 
+BLOCK_STEPS = 1024  # Steps whose indices go to the devices in one transfer.
+
 
 class TrainFeed:
   """What the train step reads, call after call: indices into the arrays, or streamed batches.
@@ -190,11 +192,17 @@ class TrainFeed:
     seed: the run's seed.
     shuffle_buffer: for a streamed split, examples in each shard's shuffle buffer.
     start_step: steps already trained.
-    stack: if positive, each call gets this many steps' inputs stacked on a
-      new leading axis (config.steps_per_execution).
+    stack: if positive, each call runs this many steps (config.steps_per_execution):
+      a streamed split's batches come stacked on a new leading axis.
     members: models trained together (config.num_seeds); above 1, member k
       draws the order of seed + k, and each step's indices get a member axis
-      (after the stacked one).
+      (after the step axis).
+
+  For a split on the devices, `next` hands over the indices of a block of
+  steps at once (BLOCK_STEPS, rounded to whole calls): one transfer serves
+  many calls, and each step picks its row by its own step number
+  (`batch_of`). A transfer per call would cost a small step a large part of
+  its time.
   """
   def __init__(self, split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
                start_step: int = 0, stack: int = 0, members: int = 1):
@@ -224,7 +232,10 @@ class TrainFeed:
           f'a shard of the training split has {self._shard_size} examples, fewer than its '
           f'share {self._shard_batch} of a batch; lower config.batch_size (or config.data_shards)')
     self._per_pass = self._shard_size // self._shard_batch
-    self._perms: dict[tuple[int, int], np.ndarray] = {}
+    self._perms: dict[tuple[int, int, int], np.ndarray] = {}
+    per_call = max(stack, 1)
+    self._block_steps = per_call * max(1, BLOCK_STEPS // per_call)
+    self._block, self._block_first = None, 0
 
   def _permutation(self, seed: int, shard: int, pass_index: int) -> np.ndarray:
     key = (seed, shard, pass_index)
@@ -247,15 +258,24 @@ class TrainFeed:
     ])
 
   def next(self, count: int, sharding: jax.sharding.Sharding) -> dict[str, Any]:
-    """The inputs of the next `count` steps (stacked when the feed stacks), for `train_steps`."""
+    """The inputs of the next `count` steps, for `train_steps`.
+
+    On the devices: {'idx': (block steps, [members,] batch) indices, 'first': the
+    block's first step}, the same arrays for every call inside the block.
+    Streamed: {'batch': the batch, or `count` batches stacked}.
+    """
     first, self._step = self._step, self._step + count
     if self.split.stream is None:
-      steps = range(first, first + count)
-      if self._seeds:  # (steps, members, batch).
-        idx = np.stack([np.stack([self.indices(s, seed) for seed in self._seeds]) for s in steps])
-      else:
-        idx = np.stack([self.indices(s) for s in steps])
-      return {'idx': _replicated(idx if self._stack else idx[0])}
+      if self._block is None or not (self._block_first <= first and
+                                     first + count <= self._block_first + self._block_steps):
+        steps = range(first, first + self._block_steps)  # Always full: one shape, one compile.
+        if self._seeds:  # (steps, members, batch).
+          idx = np.stack([np.stack([self.indices(s, seed) for seed in self._seeds]) for s in steps])
+        else:
+          idx = np.stack([self.indices(s) for s in steps])
+        self._block_first = first
+        self._block = {'idx': _replicated(idx), 'first': _replicated(np.int32(first))}
+      return self._block
     if self._stream is None:
       from lib import streaming  # pylint: disable=g-import-not-at-top
       self._stream = streaming.train_batches(self.split.stream, start_step=first, stack=self._stack,
@@ -263,16 +283,19 @@ class TrainFeed:
     return {'batch': parallel.shard(next(self._stream), sharding)}
 
 
-def batch_of(data: dict[str, jax.Array], inputs: dict[str, Any],
-             sharding: jax.sharding.Sharding | None = None) -> Example:
+def batch_of(data: dict[str, jax.Array], inputs: dict[str, Any], sharding: jax.sharding.Sharding |
+             None = None, step: jax.Array | None = None) -> Example:
   """Traced: the stored batch that `inputs` names (gathered from `data`, or streamed as is).
 
   A gathered batch gets 'index' (each example's index in the split) and, where
-  `inputs` has one, 'mask'.
+  `inputs` has one, 'mask'. Inputs of a block of steps (TrainFeed.next) give
+  `step`'s row.
   """
   if 'batch' in inputs:
     return inputs['batch']
   idx = inputs['idx']
+  if 'first' in inputs:
+    idx = jax.lax.dynamic_index_in_dim(idx, step - inputs['first'], keepdims=False)
   batch = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
   batch['index'] = idx
   if 'mask' in inputs:

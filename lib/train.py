@@ -315,13 +315,13 @@ def make_eval_step(task: Task, collection: type[clu_metrics.Collection],
 class TrainSteps:
   """The train step as `fit` runs it: fed by the input pipeline, compiled once per augmentation.
 
-  `train_steps(state, data, inputs, which)` gathers each step's batch from
-  `data` (the split on the devices; {} for a streamed split) as `inputs` say
-  (input_pipeline.TrainFeed), preprocesses it, augments it with
-  augmentation.train[which] and takes the gradient step. With
-  steps_per_execution > 1 the inputs are stacked on a leading axis and the
-  steps run in a `lax.scan`, returning each step's metrics stacked the same way.
-  With `members` (a population's state, config.num_seeds), the step is
+  `train_steps(state, data, inputs, which, steps)` runs `steps` steps: each
+  gathers its batch from `data` (the split on the devices; {} for a streamed
+  split) as `inputs` say (input_pipeline.TrainFeed), preprocesses it, augments
+  it with augmentation.train[which] and takes the gradient step. With
+  steps_per_execution > 1 the steps run in a `lax.scan` (over a streamed
+  split's stacked batches), returning each step's metrics stacked on a leading
+  axis. With `members` (a population's state, config.num_seeds), the step is
   vmapped over the members: each its own state and indices, the data shared.
   """
   def __init__(self, task: Task, collection: type[clu_metrics.Collection], mesh: jax.sharding.Mesh,
@@ -337,28 +337,33 @@ class TrainSteps:
     augment, sharding = self._augmentation.train[which], parallel.batch_sharding(self._mesh)
 
     def fed_step(state, data, inputs):
-      batch = input_pipeline.batch_of(data, inputs, sharding)
+      batch = input_pipeline.batch_of(data, inputs, sharding, state.step)
       key = jax.random.fold_in(jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step)
       return self._one_step(state, input_pipeline.prepare(batch, self._preprocess, augment, key))
 
-    if self._members:
-      fed_step = jax.vmap(fed_step, in_axes=(0, None, 0))
+    if self._members:  # A population trains on the devices' split: a block of indices.
+      fed_step = jax.vmap(fed_step, in_axes=(0, None, {'idx': 1, 'first': None}))
     if self._scan:
 
-      def fn(state, data, inputs):
-        return jax.lax.scan(lambda s, inp: fed_step(s, data, inp), state, inputs)
+      def fn(state, data, inputs, steps):
+        if 'batch' in inputs:  # Streamed: one stacked batch per step.
+          return jax.lax.scan(lambda s, b: fed_step(s, data, {'batch': b}), state, inputs['batch'])
+        return jax.lax.scan(lambda s, _: fed_step(s, data, inputs), state, length=steps)
     else:
-      # The plain step on unstacked batches: inside a scan, even of one step, XLA:CPU's
-      # convolutions lose their fast paths (the MNIST CNN ran ~11x slower).
-      fn = fed_step
+      # The plain step: inside a scan, even of one step, XLA:CPU's convolutions lose
+      # their fast paths (the MNIST CNN ran ~11x slower).
+      def fn(state, data, inputs, steps):
+        del steps  # One.
+        return fed_step(state, data, inputs)
+
     replicated = parallel.replicated(self._mesh)
-    return jax.jit(fn, out_shardings=(replicated, replicated), donate_argnums=0)
+    return jax.jit(fn, out_shardings=(replicated, replicated), donate_argnums=0, static_argnums=3)
 
   def __call__(self, state: TrainState, data: dict[str, jax.Array], inputs: dict[str, Any],
-               which: int = 0) -> tuple[TrainState, Any]:
+               which: int = 0, steps: int = 1) -> tuple[TrainState, Any]:
     if which not in self._jitted:
       self._jitted[which] = self._build(which)
-    return self._jitted[which](state, data, inputs)
+    return self._jitted[which](state, data, inputs, steps)
 
   def compiles(self) -> int:
     """Compilations in this process: one per augmentation and shape of the inputs."""
@@ -400,13 +405,14 @@ def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipe
   for batch in input_pipeline.eval_batches(split, batch_size, max_batches, augment):
     m = eval_step(state, batch)
     total = m if total is None else total.merge(m)
-  # A population's collection has a member axis, which CLU's compute must not see.
-  values = total.compute() if np.ndim(total.loss.count) == 0 else jax.vmap(
-      type(total).compute)(total)
-  return {
-      prefix + k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)
-      for k, v in jax.device_get(values).items()
+  # Each Average's total / count on the host: no compile for that division, and a
+  # population's member axis needs no special case.
+  values = {
+      k: np.asarray(m.total, np.float64) / np.asarray(m.count, np.float64)
+      for k, m in vars(jax.device_get(total)).items()
+      if not k.startswith('_')
   }
+  return {prefix + k: float(v) if v.ndim == 0 else v for k, v in values.items()}
 
 
 def _mean(metrics: dict[str, Any]) -> dict[str, float]:
@@ -730,14 +736,16 @@ class _Loop:
             'num_seeds', 1))
     self.started, self.start_step = time.time(), step
     profiler = _Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
-    pending = None  # The previous call's metrics: read one call late, so that the host
-    # never waits on the steps it has just dispatched.
+    # The previous call's metrics: read one call late, so that the host never waits on
+    # the steps it has just dispatched.
+    pending = None
     with _StopSignals() as signals, contextlib.closing(profiler):
       while step < engine.total_steps and not self.meta['stopped_early']:
         # Step: dispatch the next call.
         first, count = step, min(engine.per_call, engine.total_steps - step)
-        state, metrics = engine.train_steps(state, feed.data, feed.next(
-            count, engine.train_sharding), engine.augmentation.index(step))
+        inputs = feed.next(count, engine.train_sharding)
+        state, metrics = engine.train_steps(state, feed.data, inputs,
+                                            engine.augmentation.index(step), count)
         step += count
         profiler.after_call(step, state)
         if pending and not self.absorb(*pending):

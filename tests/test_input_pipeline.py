@@ -84,19 +84,27 @@ def test_training_order_is_seeded_reshuffled_each_pass_and_resumable():
   np.testing.assert_array_equal(np.sort(np.concatenate(run[:5])), np.arange(40))  # One pass.
   assert not np.array_equal(np.concatenate(run[:5]), np.concatenate(run[5:10]))  # Reshuffled.
   np.testing.assert_array_equal(np.stack([_feed().indices(s) for s in range(12)]), run)
-  resumed = _feed(start_step=7)
-  for s in range(7, 12):  # A resumed feed hands the train step the same indices.
-    np.testing.assert_array_equal(np.asarray(resumed.next(1, None)['idx']), run[s])
+  inputs = _feed(start_step=7).next(1, None)  # A resumed feed hands over the same indices.
+  assert int(inputs['first']) == 7
+  np.testing.assert_array_equal(np.asarray(inputs['idx'])[:5], run[7:12])
   assert not np.array_equal(_feed(seed=1).indices(0), run[0])
 
 
 def test_the_step_gathers_its_batch_on_the_devices():
   feed = _feed()
   inputs = feed.next(1, None)
-  batch = input_pipeline.batch_of(feed.data, inputs)
-  np.testing.assert_array_equal(np.asarray(batch['x']), feed.indices(0).astype(np.float32))
+  for step in (0, 3):  # Each step picks its row of the block of indices.
+    batch = input_pipeline.batch_of(feed.data, inputs, step=np.int32(step))
+    np.testing.assert_array_equal(np.asarray(batch['x']), feed.indices(step).astype(np.float32))
+  # One transfer serves the calls of a whole block, rounded to whole calls; then the next.
   stacked = input_pipeline.TrainFeed(feed.split, 8, seed=0, shuffle_buffer=0, stack=3)
-  assert stacked.next(3, None)['idx'].shape == (3, 8)
+  block = stacked.next(3, None)
+  rows = 3 * (input_pipeline.BLOCK_STEPS // 3)
+  assert block['idx'].shape == (rows, 8)
+  assert all(stacked.next(3, None) is block for _ in range(rows // 3 - 1))
+  after = stacked.next(3, None)
+  assert int(after['first']) == rows
+  np.testing.assert_array_equal(np.asarray(after['idx'])[0], stacked.indices(rows))
 
 
 def test_data_shards_fix_the_global_batch_whatever_the_processes():

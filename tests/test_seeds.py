@@ -45,7 +45,7 @@ def test_each_seed_of_a_population_is_its_own_run(tmp_path, steps_per_execution)
   assert population['std']['val_loss'] == pytest.approx(np.std(seeds['val_loss'], ddof=1))
   assert population['history'][-1]['val_loss'] == pytest.approx(population['val_loss'])
   assert seeds['val_loss'][1] not in (seeds['val_loss'][0], seeds['val_loss'][2])
-  assert 'the mean of 3 seeds' in population['headline']
+  assert '; 3 seeds, their mean' in population['headline']
 
 
 @pytest.mark.parametrize('overrides,message', [
