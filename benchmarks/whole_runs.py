@@ -104,15 +104,24 @@ def _commands(name: str, workdir: str) -> dict[str, list[str]]:
 
 
 def _time(command: list[str]) -> tuple[float, str]:
-  """Seconds from start to exit, and the process's last line of output."""
+  """Seconds from start to exit, and the line that gives the run's result."""
   start = time.perf_counter()
   done = subprocess.run(command, capture_output=True, text=True, check=False,
                         env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
   seconds = time.perf_counter() - start
   if done.returncode:
     raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
-  lines = (done.stdout + done.stderr).strip().splitlines()
-  return seconds, lines[-1] if lines else ''
+  return seconds, _result(done.stdout, done.stderr)
+
+
+def _result(stdout: str, stderr: str) -> str:
+  """The run's result: the Keras script's printed line, or the launcher's headline."""
+  if stdout.strip():
+    return stdout.strip().splitlines()[-1]
+  lines = [line.split('] ', 1)[-1] for line in stderr.strip().splitlines()]
+  if len(lines) > 1 and lines[-1].startswith('done:'):  # The headline comes just before it.
+    return lines[-2]
+  return lines[-1] if lines else ''
 
 
 def main(argv):
