@@ -23,8 +23,9 @@ FAHRENHEIT = np.array([-40, 14, 32, 46, 59, 72, 100], np.float32)
 
 
 def headline(results: dict[str, Any]) -> str:
-  """The fitted line against the law."""
-  return (f"learned f = {results['weight']:.4f} c + {results['bias']:.3f} (the law: 1.8 c + 32); "
+  """The fitted line against the least-squares line and the law."""
+  return (f"learned f = {results['weight']:.4f} c + {results['bias']:.3f}; least squares "
+          f"{results['lstsq_weight']:.4f} c + {results['lstsq_bias']:.3f}; the law 1.8 c + 32; "
           f"100 C -> {results['prediction_100c']:.2f} F")
 
 
