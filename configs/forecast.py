@@ -11,8 +11,10 @@ LR range test (the course's 1e-8 * 10 ** (epoch / 20)):
       --config.lr_finder=True --config.num_epochs=100 --config.optimizer=sgd
 ReLU vs tanh in a SimpleRNN, over seeds and learning rates:
   python -m experiments --config=configs/forecast.py:relu_study --workdir=runs/relu_study
-Expected: val_mae about 4.4-4.6 for :seasonal (bar 4.5; the course: linear 4.95, best
-baseline 4.57) and 4.7-5.3 for the models on 20 past values alone.
+Expected: val_mae 4.497 ± 0.055 over seeds 0-4 for :seasonal (--config.num_seeds=5; bar
+4.5; the course: linear 4.95, best baseline 4.57); on 20 past values alone 4.8-5.6
+(linear 4.843 ± 0.004, dense 4.816 ± 0.061, rnn 5.38 ± 0.17, gru 5.24 ± 0.19, lstm
+5.61 ± 0.10 over 5 seeds).
 Measured values, hardware and wall times: README results table.
 Smoke test: --config=configs/forecast.py:tiny.
 """
