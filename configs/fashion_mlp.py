@@ -7,7 +7,7 @@ Expected: test_accuracy 0.8741 ± 0.0051 after 5 epochs over seeds 0-4 (0.8709, 
 0.8778, 0.8667, 0.8780; --config.num_seeds=5 trains the five in one program); bar 0.87; the
 notebook got 0.8665. With --config.normalization=unit (the notebook's pixels in [0, 1]) 0.8700
 with seed 0.
-Hardware and time: 2-core CPU, about 9 seconds of process wall for one seed, 17 for five
+Hardware and time: 2-core CPU, about 10 seconds of process wall for one seed, 17 for five
 seeds in one program (README results table).
 Smoke test: --config=configs/fashion_mlp.py:tiny.
 """
