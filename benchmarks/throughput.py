@@ -10,9 +10,9 @@ Prints one JSON line: workload, batch, steps_per_execution, examples_per_sec,
 step_ms, compile_s, params, the bare Flax step's examples/s and the ratio. Each figure is the
 median of 5 timed blocks of at least --block_seconds after warm-up, on the
 same device-resident batch. With --manual_dir it also times --rounds epochs of
-the real input pipeline feeding the same step, each next to as many steps on
-the device-resident batch (`pipeline_overhead`: the median over rounds of the
-epoch's time over those steps' time, minus 1). The process runs with
+the real input pipeline feeding the same step, each interleaved chunk by chunk
+with as many steps on the device-resident batch (`pipeline_overhead`: the
+median over rounds of the epoch's time over those steps' time, minus 1). The process runs with
 the launcher's CPU settings (lib.cpu.configure); JAXNOTES_CPU_DEFAULTS=0 times
 XLA:CPU and malloc as installed.
 """
@@ -229,9 +229,9 @@ def main(argv):
                                   workload.rng_streams, real.train.preprocess,
                                   input_pipeline.augmentation(augment), per_call)
 
-    def epoch(one_call):
+    def run_calls(one_call, calls):
       start, pending = time.perf_counter(), None
-      for _ in range(steps // per_call):  # As lib.train.fit: the next call's inputs, the steps,
+      for _ in range(calls):  # As lib.train.fit: the next call's inputs, the steps,
         m = one_call()
         if pending is not None:  # the loss checked one call late, so the host runs ahead.
           np.asarray(pending)
@@ -244,10 +244,21 @@ def main(argv):
                                       per_call)
       return m
 
-    # An epoch from the input pipeline next to as many steps on one device-resident batch,
-    # round after round, so that the VM's drift between rounds cancels in each round's ratio.
-    epoch(through_feed)  # Compiles the fed step.
-    rounds = [(epoch(through_feed), epoch(engine)) for _ in range(_ROUNDS.value)]
+    # One epoch from the input pipeline and as many steps on one device-resident batch, in
+    # alternating chunks of calls (~1/20 epoch each), so that the VM's drift, which lasts
+    # seconds, falls on both sides of each round's ratio alike.
+    calls = steps // per_call
+    chunk = max(1, calls // 20)
+
+    def interleaved_epoch():
+      fed = pure = 0.0
+      for start in range(0, calls, chunk):
+        fed += run_calls(through_feed, min(chunk, calls - start))
+        pure += run_calls(engine, min(chunk, calls - start))
+      return fed, pure
+
+    run_calls(through_feed, calls)  # Compiles the fed step.
+    rounds = [interleaved_epoch() for _ in range(_ROUNDS.value)]
     overheads = [epoch_s / pure_s - 1 for epoch_s, pure_s in rounds]
     result.update(epoch_steps=steps,
                   epoch_s=round(statistics.median(e for e, _ in rounds), 2), pure_step_s=round(

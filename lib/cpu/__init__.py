@@ -111,7 +111,7 @@ def _reuse_freed_memory() -> bool:
   # memory back whatever the trim threshold (MNIST CNN step, 2 cores: 8 arenas,
   # 8,192 page faults; 4 or 2 arenas, 191; 1, none). One arena makes threads wait
   # for its lock: the dense VAE step ran 16% slower than as installed with 1, ~3%
-  # with 4 (a later measurement was inconclusive: README, Benchmarks). glibc fixes
+  # with 4 (within this VM's noise). glibc fixes
   # the arena limit when a second thread first allocates, hence "before JAX, TF or
   # numpy start" (they start threads).
   return all(
