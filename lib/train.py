@@ -223,8 +223,13 @@ def create_train_state(
   n = config.get('num_seeds', 1)
   if n == 1:
     return jax.jit(init, static_argnums=0, out_shardings=sharding)(config.seed)
-  seeds = jnp.arange(config.seed, config.seed + n, dtype=jnp.int32)
-  return jax.jit(jax.vmap(init), out_shardings=sharding)(seeds)
+  # Member by member, then stacked; not vmapped: a vmapped init batches the orthogonal
+  # initializers' QR (LSTM, GRU cells), and jaxlib's batched LAPACK calls wait on XLA:CPU's
+  # thread pool from inside it, so two at once deadlock a machine with 2 cores.
+  init_member = jax.jit(init, out_shardings=sharding)
+  population = [init_member(jnp.int32(config.seed + k)) for k in range(n)]
+  return jax.jit(lambda *m: jax.tree.map(lambda *leaves: jnp.stack(leaves), *m),
+                 out_shardings=sharding)(*population)
 
 
 def members(state: TrainState) -> int:

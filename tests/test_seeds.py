@@ -1,4 +1,8 @@
 """config.num_seeds: a population of models trained as one vmapped program, each equal to its own run."""
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -63,3 +67,31 @@ def test_experiments_whose_results_need_one_models_weights_refuse_a_population(t
   with pytest.raises(UserError, match='activation_study trains its seeds one by one'):
     launcher.run(tiny(forecast, activation_study=True, num_seeds=2), str(tmp_path / 'study'))
   assert not (tmp_path / 'celsius').exists()  # Refused before the workdir is made.
+
+
+_STACKED_LSTM_POPULATION = """
+from lib import cpu
+cpu.configure()
+import jax, numpy as np
+from configs import forecast
+from lib import models, parallel, train
+config = forecast.get_config('conv_lstm')
+config.num_seeds = 3
+model = models.create(config.model, outputs=1, **config.model_kwargs)
+tx = train.create_optimizer(config, train.learning_rate_schedule(config, 100, 10))
+state = train.create_train_state(config, model, (config.window_size,), np.float32, tx,
+                                 parallel.replicated(parallel.make_mesh()))
+print(train.members(state), float(jax.tree.leaves(state.params)[0].sum()))
+"""
+
+
+def test_a_population_of_stacked_lstms_initializes(tmp_path):
+  """:conv_lstm's two LSTM(64) layers, 3 seeds: their orthogonal initializers' QRs.
+
+  Batched over a vmapped init, two such QRs at once wait on XLA:CPU's thread pool from
+  inside it and never return on 2 cores; a subprocess, so that a hang fails the test.
+  """
+  done = subprocess.run([sys.executable, '-c', _STACKED_LSTM_POPULATION], capture_output=True,
+                        text=True, timeout=240, cwd=pathlib.Path(__file__).parents[1])
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.split()[0] == '3'
