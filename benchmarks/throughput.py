@@ -253,8 +253,9 @@ def main(argv):
     def interleaved_epoch():
       fed = pure = 0.0
       for start in range(0, calls, chunk):
-        fed += run_calls(through_feed, min(chunk, calls - start))
-        pure += run_calls(engine, min(chunk, calls - start))
+        n = min(chunk, calls - start)
+        fed += run_calls(through_feed, n)
+        pure += run_calls(engine, n)
       return fed, pure
 
     run_calls(through_feed, calls)  # Compiles the fed step.
