@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
-import optax
 
 from lib import input_pipeline
 from lib import models
@@ -49,7 +48,7 @@ def iwae_nll(model: models.VAE, params: Any, x: jax.Array, key: jax.Array, k: in
   z = mean + std * jax.random.normal(key, (k, *mean.shape))
   logits = model.apply(variables, z.reshape(-1, z.shape[-1]), method=models.VAE.decode)
   logits = logits.reshape(k, x.shape[0], -1)
-  log_px_z = -optax.sigmoid_binary_cross_entropy(logits, x.reshape(1, x.shape[0], -1)).sum(-1)
+  log_px_z = -tasks.bernoulli_nll(logits, x.reshape(1, x.shape[0], -1)).sum(-1)
   log_pz = jax.scipy.stats.norm.logpdf(z).sum(-1)
   log_qz = jax.scipy.stats.norm.logpdf(z, mean, std).sum(-1)
   return -(jax.nn.logsumexp(log_px_z + log_pz - log_qz, axis=0) - math.log(k))

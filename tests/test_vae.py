@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import vae as vae_config
@@ -111,3 +112,13 @@ def test_short_real_vae_run_beats_random_bits_by_far(mnist_dir, tmp_path):
   results = vae_experiment.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['test_neg_elbo'] < 200, results['test_neg_elbo']  # 784 ln 2 = 543.
   assert results['test_iwae_nll'] < results['test_neg_elbo']
+
+
+def test_bernoulli_nll_is_optax_binary_cross_entropy_in_value_and_gradient():
+  logits = jnp.array([-200.0, -30.0, -1.5, -1e-3, 0.0, 1e-3, 0.7, 30.0, 200.0])
+  for x in (jnp.zeros_like(logits), jnp.ones_like(logits), jnp.full_like(logits, 0.3)):
+    np.testing.assert_allclose(tasks.bernoulli_nll(logits, x),
+                               optax.sigmoid_binary_cross_entropy(logits, x), rtol=1e-6, atol=1e-6)
+    grad = lambda f: jax.grad(lambda l: f(l, x).sum())(logits)
+    np.testing.assert_allclose(grad(tasks.bernoulli_nll), grad(optax.sigmoid_binary_cross_entropy),
+                               rtol=1e-6, atol=1e-6)
