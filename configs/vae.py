@@ -10,7 +10,7 @@ Command (2-D latent space, the notes' pictures; two hidden layers of 500 on each
   python -m experiments --config=configs/vae.py:shallow --workdir=runs/vae2_shallow \
       --config.manual_dir=../shared/data/mnist
 Expected: test_neg_elbo about 137 nats (2-D, bar 145) and <= 100 (20-D: 96.53 ± 0.13 over
-seeds 0-2, IWAE 92.01 ± 0.10; about 10 minutes a seed on a 2-core CPU); about 148
+seeds 0-2, IWAE 92.01 ± 0.10; about 9 minutes a seed on a 2-core CPU); about 148
 for :shallow, whose one-layer decoder cannot reach 145 (its training loss is still
 145.5 after 100 epochs); test_iwae_nll a few nats lower. Measured values, hardware
 and time: the README results table.
