@@ -163,9 +163,9 @@ def main(argv):
                                  input_pipeline.augmentation(None), per_call)
   data = input_pipeline.on_devices(input_pipeline.from_arrays(local))
   idx = np.arange(config.batch_size, dtype=np.int32)
-  # A block of one row: every step gathers the same batch (the row index is clamped).
+  # A block of one call's rows: every call gathers the same batches (the row index is clamped).
   batches = {
-      'idx': jax.device_put(idx[None], replicated), 'first': jax.device_put(
+      'idx': jax.device_put(np.tile(idx, (per_call, 1)), replicated), 'first': jax.device_put(
           np.int32(0), replicated)
   }
   start = time.perf_counter()

@@ -284,17 +284,22 @@ class TrainFeed:
 
 
 def batch_of(data: dict[str, jax.Array], inputs: dict[str, Any], sharding: jax.sharding.Sharding |
-             None = None, step: jax.Array | None = None) -> Example:
+             None = None, step: jax.Array | None = None, steps: int = 0) -> Example:
   """Traced: the stored batch that `inputs` names (gathered from `data`, or streamed as is).
 
   A gathered batch gets 'index' (each example's index in the split) and, where
   `inputs` has one, 'mask'. Inputs of a block of steps (TrainFeed.next) give
-  `step`'s row.
+  `step`'s row; with `steps`, the rows of `steps` steps from `step` on, as
+  batches stacked on a new leading axis (`sharding` is then the stacked one).
+  One gather for a call's steps costs less than one per step: a step's own
+  gather waits on its cache misses into the split.
   """
   if 'batch' in inputs:
     return inputs['batch']
   idx = inputs['idx']
-  if 'first' in inputs:
+  if steps:
+    idx = jax.lax.dynamic_slice_in_dim(idx, step - inputs['first'], steps)
+  elif 'first' in inputs:
     idx = jax.lax.dynamic_index_in_dim(idx, step - inputs['first'], keepdims=False)
   batch = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
   batch['index'] = idx

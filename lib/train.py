@@ -324,10 +324,11 @@ class TrainSteps:
   gathers its batch from `data` (the split on the devices; {} for a streamed
   split) as `inputs` say (input_pipeline.TrainFeed), preprocesses it, augments
   it with augmentation.train[which] and takes the gradient step. With
-  steps_per_execution > 1 the steps run in a `lax.scan` (over a streamed
-  split's stacked batches), returning each step's metrics stacked on a leading
-  axis. With `members` (a population's state, config.num_seeds), the step is
-  vmapped over the members: each its own state and indices, the data shared.
+  steps_per_execution > 1 the steps run in a `lax.scan` over the call's batches,
+  stacked (gathered at once from the devices' split, or streamed), returning
+  each step's metrics stacked on a leading axis. With `members` (a population's
+  state, config.num_seeds), the step is vmapped over the members: each its own
+  state and indices, the data shared; each step gathers its own batches.
   """
   def __init__(self, task: Task, collection: type[clu_metrics.Collection], mesh: jax.sharding.Mesh,
                rng_streams: Sequence[str], preprocess: input_pipeline.Preprocess,
@@ -349,9 +350,12 @@ class TrainSteps:
     if self._members:  # A population trains on the devices' split: a block of indices.
       fed_step = jax.vmap(fed_step, in_axes=(0, None, {'idx': 1, 'first': None}))
     if self._scan:
+      stacked = parallel.stacked_batch_sharding(self._mesh)
 
       def fn(state, data, inputs, steps):
-        if 'batch' in inputs:  # Streamed: one stacked batch per step.
+        if 'batch' not in inputs and not self._members:  # The call's batches in one gather.
+          inputs = {'batch': input_pipeline.batch_of(data, inputs, stacked, state.step, steps)}
+        if 'batch' in inputs:  # Stacked: one batch per step.
           return jax.lax.scan(lambda s, b: fed_step(s, data, {'batch': b}), state, inputs['batch'])
         return jax.lax.scan(lambda s, _: fed_step(s, data, inputs), state, length=steps)
     else:

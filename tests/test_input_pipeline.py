@@ -96,6 +96,10 @@ def test_the_step_gathers_its_batch_on_the_devices():
   for step in (0, 3):  # Each step picks its row of the block of indices.
     batch = input_pipeline.batch_of(feed.data, inputs, step=np.int32(step))
     np.testing.assert_array_equal(np.asarray(batch['x']), feed.indices(step).astype(np.float32))
+  # A call's steps in one gather: the same rows, stacked.
+  calls = input_pipeline.batch_of(feed.data, inputs, step=np.int32(2), steps=3)
+  np.testing.assert_array_equal(np.asarray(calls['x']),
+                                np.stack([feed.indices(s) for s in (2, 3, 4)]).astype(np.float32))
   # One transfer serves the calls of a whole block, rounded to whole calls; then the next.
   stacked = input_pipeline.TrainFeed(feed.split, 8, seed=0, shuffle_buffer=0, stack=3)
   block = stacked.next(3, None)
