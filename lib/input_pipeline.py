@@ -250,12 +250,23 @@ class TrainFeed:
   def indices(self, step: int, seed: int | None = None) -> np.ndarray:
     """The global batch of `step` (in the order of `seed`, default the run's) as indices into
     the split: one slice of each shard."""
-    seed = self._seed if seed is None else seed
-    pass_index, position = divmod(step, self._per_pass)
-    lo, hi = position * self._shard_batch, (position + 1) * self._shard_batch
-    return np.concatenate([
-        self._permutation(seed, k, pass_index)[lo:hi] for k in range(self.split.num_shards)
-    ])
+    return self._rows(step, 1, self._seed if seed is None else seed)[0]
+
+  def _rows(self, first: int, count: int, seed: int) -> np.ndarray:
+    """The global batches of `count` steps from `first`, (count, batch): each pass's
+    permutations are sliced once for all its steps, not once per step."""
+    rows, step, end = [], first, first + count
+    while step < end:
+      pass_index, position = divmod(step, self._per_pass)
+      n = min(end - step, self._per_pass - position)
+      lo, hi = position * self._shard_batch, (position + n) * self._shard_batch
+      rows.append(
+          np.concatenate([
+              self._permutation(seed, k, pass_index)[lo:hi].reshape(n, self._shard_batch)
+              for k in range(self.split.num_shards)
+          ], axis=1))
+      step += n
+    return np.concatenate(rows)
 
   def next(self, count: int, sharding: jax.sharding.Sharding) -> dict[str, Any]:
     """The inputs of the next `count` steps, for `train_steps`.
@@ -268,11 +279,11 @@ class TrainFeed:
     if self.split.stream is None:
       if self._block is None or not (self._block_first <= first and
                                      first + count <= self._block_first + self._block_steps):
-        steps = range(first, first + self._block_steps)  # Always full: one shape, one compile.
+        n = self._block_steps  # Always full: one shape, one compile.
         if self._seeds:  # (steps, members, batch).
-          idx = np.stack([np.stack([self.indices(s, seed) for seed in self._seeds]) for s in steps])
+          idx = np.stack([self._rows(first, n, seed) for seed in self._seeds], axis=1)
         else:
-          idx = np.stack([self.indices(s) for s in steps])
+          idx = self._rows(first, n, self._seed)
         self._block_first = first
         self._block = {'idx': _replicated(idx), 'first': _replicated(np.int32(first))}
       return self._block
