@@ -21,13 +21,13 @@ The notebooks (Udacity's Intro to TensorFlow):
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
+
+from benchmarks import timing
 
 EXPERIMENTS = ('celsius', 'fashion_mlp')
 _ONLY = flags.DEFINE_multi_enum('experiment', list(EXPERIMENTS), EXPERIMENTS,
@@ -105,12 +105,7 @@ def _commands(name: str, workdir: str) -> dict[str, list[str]]:
 
 def _time(command: list[str]) -> tuple[float, str]:
   """Seconds from start to exit, and the line that gives the run's result."""
-  start = time.perf_counter()
-  done = subprocess.run(command, capture_output=True, text=True, check=False,
-                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
-  seconds = time.perf_counter() - start
-  if done.returncode:
-    raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
+  seconds, done = timing.run_process(command)
   return seconds, _result(done.stdout, done.stderr)
 
 
