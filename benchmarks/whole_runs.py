@@ -134,7 +134,7 @@ def main(argv):
         for who, command in _commands(name, os.path.join(tmp, f'{name}-{r}')).items():
           s, last = _time(command)
           seconds[name][who].append(round(s, 2))
-          print(f'round {r}: {name} {who}: {s:.1f} s ({last.strip()[:100]})', flush=True)
+          print(f'round {r}: {name} {who}: {s:.1f} s ({last.strip()[:160]})', flush=True)
   summary = {}
   for name, runs in seconds.items():
     med = {who: statistics.median(v) for who, v in runs.items()}
