@@ -8,8 +8,7 @@ For each workload, in fresh processes and new workdirs (the datasets already pre
   - N single runs one after the other: the same command with `--config.seed=k`, k = 0..N-1;
 each timed from start to exit. Prints the wall times, the singles' sum over the population's
 (how many times faster one program is), the population's over one single run's (the median),
-and the workload's metric over the seeds both ways
-as mean ± std. Seed k of a population trains as its own single run (tested to 1e-5), but a
+and the workload's metric over the seeds both ways as mean ± std. Seed k of a population trains as its own single run (tested to 1e-5), but a
 population's best epoch and early stopping follow the mean over its models, so where a
 config restores the best epoch (forecast) each seed may end on another epoch than alone:
 the two agree within the seeds' spread, not exactly.
@@ -29,29 +28,30 @@ from absl import flags
 
 from benchmarks import timing
 
-# name: (config, the dataset flag that names its files or None, metric, extra flags).
-WORKLOADS = {
-    'fashion_mlp': ('configs/fashion_mlp.py', 'fashion_dir', 'test_accuracy', ()),
-    'forecast_rnn': ('configs/forecast.py:rnn', None, 'val_mae', ()),
-    'vae20': ('configs/vae.py:latent20', 'mnist_dir', 'test_loss', ('vae_epochs',)),
-}
-_ONLY = flags.DEFINE_multi_enum('workload', list(WORKLOADS), list(WORKLOADS),
-                                'The workloads to time.')
 _SEEDS = flags.DEFINE_integer('seeds', 5, 'N: models in the population, single runs in a row.')
 _MNIST_DIR = flags.DEFINE_string('mnist_dir', None, "MNIST's original files (for vae20).")
 _FASHION_DIR = flags.DEFINE_string('fashion_dir', None,
                                    "Fashion-MNIST's original files (for fashion_mlp).")
 _VAE_EPOCHS = flags.DEFINE_integer('vae_epochs', 10, 'Epochs of the vae20 runs.')
 
+# name: (config, the flag that names its dataset's files or None, the metric compared).
+WORKLOADS = {
+    'fashion_mlp': ('configs/fashion_mlp.py', _FASHION_DIR, 'test_accuracy'),
+    'forecast_rnn': ('configs/forecast.py:rnn', None, 'val_mae'),
+    'vae20': ('configs/vae.py:latent20', _MNIST_DIR, 'test_loss'),
+}
+_ONLY = flags.DEFINE_multi_enum('workload', list(WORKLOADS), list(WORKLOADS),
+                                'The workloads to time.')
 
-def _command(name: str, workdir: str, *fields: str) -> list[str]:
-  config, data_flag, _, extra = WORKLOADS[name]
+
+def _command(name: str, workdir: str, field: str) -> list[str]:
+  config, data_dir, _ = WORKLOADS[name]
   command = [sys.executable, '-m', 'experiments', f'--config={config}', f'--workdir={workdir}']
-  if data_flag:
-    command.append(f'--config.manual_dir={flags.FLAGS[data_flag].value}')
-  if 'vae_epochs' in extra:
+  if data_dir is not None:
+    command.append(f'--config.manual_dir={data_dir.value}')
+  if name == 'vae20':
     command.append(f'--config.num_epochs={_VAE_EPOCHS.value}')
-  return command + [f'--config.{f}' for f in fields]
+  return command + [f'--config.{field}']
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -90,9 +90,10 @@ def main(argv):
   del argv
   names = list(dict.fromkeys(_ONLY.value))
   for name in names:
-    data_flag = WORKLOADS[name][1]
-    if data_flag and not flags.FLAGS[data_flag].value:
-      raise app.UsageError(f'--{data_flag} (the dataset\'s original files) is needed for {name}')
+    data_dir = WORKLOADS[name][1]
+    if data_dir is not None and not data_dir.value:
+      raise app.UsageError(
+          f'--{data_dir.name} (the dataset\'s original files) is needed for {name}')
   if _SEEDS.value < 2:
     raise app.UsageError(f'--seeds={_SEEDS.value}: at least 2 (a spread needs two)')
   with tempfile.TemporaryDirectory() as tmp:
