@@ -26,7 +26,7 @@ import tempfile
 from absl import app
 from absl import flags
 
-from benchmarks import timing
+from benchmarks import processes
 
 _SEEDS = flags.DEFINE_integer('seeds', 5, 'N: models in the population, single runs in a row.')
 _MNIST_DIR = flags.DEFINE_string('mnist_dir', None, "MNIST's original files (for vae20).")
@@ -58,20 +58,23 @@ def _spread(values: list[float]) -> dict[str, float]:
   return {'mean': statistics.mean(values), 'std': statistics.stdev(values)}
 
 
+def _results(workdir: str) -> dict[str, object]:
+  with open(os.path.join(workdir, 'results.json')) as f:
+    return json.load(f)
+
+
 def measure(name: str, tmp: str) -> dict[str, object]:
   """Times one population and its seeds' single runs; returns their seconds and metrics."""
   metric, n = WORKLOADS[name][2], _SEEDS.value
   workdir = os.path.join(tmp, f'{name}-population')
-  population_s, _ = timing.run_process(_command(name, workdir, f'num_seeds={n}'))
-  with open(os.path.join(workdir, 'results.json')) as f:
-    population = json.load(f)['seeds'][metric]
+  population_s, _ = processes.run_process(_command(name, workdir, f'num_seeds={n}'))
+  population = _results(workdir)['seeds'][metric]
   singles, singles_s = [], []
   for k in range(n):
     workdir = os.path.join(tmp, f'{name}-seed{k}')
-    seconds, _ = timing.run_process(_command(name, workdir, f'seed={k}'))
+    seconds, _ = processes.run_process(_command(name, workdir, f'seed={k}'))
     singles_s.append(round(seconds, 2))
-    with open(os.path.join(workdir, 'results.json')) as f:
-      singles.append(json.load(f)[metric])
+    singles.append(_results(workdir)[metric])
   print(
       f'{name}: {n} seeds in one program {population_s:.1f} s, one after another '
       f'{sum(singles_s):.1f} s', flush=True)

@@ -1,8 +1,6 @@
 """Timing shared by the benchmarks."""
-from collections.abc import Callable, Sequence
-import os
+from collections.abc import Callable
 import statistics
-import subprocess
 import time
 from typing import Any
 
@@ -32,21 +30,3 @@ def median_rate(step: Callable[[], Any], examples_per_call: int, block_seconds: 
     jax.block_until_ready(out)
     rates.append(n * examples_per_call / (time.perf_counter() - start))
   return statistics.median(rates)
-
-
-def run_process(command: Sequence[str]) -> tuple[float, subprocess.CompletedProcess]:
-  """Runs `command` to its exit; raises with its stderr's tail if it fails.
-
-  Args:
-    command: the program and its arguments.
-
-  Returns:
-    (seconds from start to exit, the finished process with its stdout and stderr).
-  """
-  start = time.perf_counter()
-  done = subprocess.run(command, capture_output=True, text=True, check=False,
-                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
-  seconds = time.perf_counter() - start
-  if done.returncode:
-    raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
-  return seconds, done

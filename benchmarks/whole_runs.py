@@ -27,7 +27,7 @@ import tempfile
 from absl import app
 from absl import flags
 
-from benchmarks import timing
+from benchmarks import processes
 
 EXPERIMENTS = ('celsius', 'fashion_mlp')
 _ONLY = flags.DEFINE_multi_enum('experiment', list(EXPERIMENTS), EXPERIMENTS,
@@ -105,7 +105,7 @@ def _commands(name: str, workdir: str) -> dict[str, list[str]]:
 
 def _time(command: list[str]) -> tuple[float, str]:
   """Seconds from start to exit, and the line that gives the run's result."""
-  seconds, done = timing.run_process(command)
+  seconds, done = processes.run_process(command)
   return seconds, _result(done.stdout, done.stderr)
 
 

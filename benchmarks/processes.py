@@ -1,0 +1,26 @@
+"""Whole processes timed from start to exit, for the benchmarks that compare runs as users start them.
+
+No JAX here: the timing process only starts and waits.
+"""
+from collections.abc import Sequence
+import os
+import subprocess
+import time
+
+
+def run_process(command: Sequence[str]) -> tuple[float, subprocess.CompletedProcess]:
+  """Runs `command` to its exit; raises with its stderr's tail if it fails.
+
+  Args:
+    command: the program and its arguments.
+
+  Returns:
+    (seconds from start to exit, the finished process with its stdout and stderr).
+  """
+  start = time.perf_counter()
+  done = subprocess.run(command, capture_output=True, text=True, check=False,
+                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  seconds = time.perf_counter() - start
+  if done.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
+  return seconds, done
