@@ -5,7 +5,25 @@ No JAX here: the timing process only starts and waits.
 from collections.abc import Sequence
 import os
 import subprocess
+import sys
 import time
+
+
+def experiment(config: str, workdir: str, *fields: str) -> list[str]:
+  """The command line of `python -m experiments` for `config`, with `--config.FIELD=VALUE` overrides.
+
+  Args:
+    config: the config argument, as `configs/NAME.py[:VARIANT]`.
+    workdir: the run's workdir.
+    *fields: overrides as `FIELD=VALUE`.
+
+  Returns:
+    The program and its arguments, run by this Python.
+  """
+  return [
+      sys.executable, '-m', 'experiments', f'--config={config}', f'--workdir={workdir}',
+      *(f'--config.{field}' for field in fields)
+  ]
 
 
 def run_process(command: Sequence[str]) -> tuple[float, subprocess.CompletedProcess]:

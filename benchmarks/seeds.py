@@ -20,7 +20,6 @@ negative ELBO; the full 100 epochs take about 5 minutes a seed on 2 cores).
 import json
 import os
 import statistics
-import sys
 import tempfile
 
 from absl import app
@@ -46,12 +45,10 @@ _ONLY = flags.DEFINE_multi_enum('workload', list(WORKLOADS), list(WORKLOADS),
 
 def _command(name: str, workdir: str, field: str) -> list[str]:
   config, data_dir, _ = WORKLOADS[name]
-  command = [sys.executable, '-m', 'experiments', f'--config={config}', f'--workdir={workdir}']
-  if data_dir is not None:
-    command.append(f'--config.manual_dir={data_dir.value}')
+  fields = [field] if data_dir is None else [f'manual_dir={data_dir.value}', field]
   if name == 'vae20':
-    command.append(f'--config.num_epochs={_VAE_EPOCHS.value}')
-  return command + [f'--config.{field}']
+    fields.append(f'num_epochs={_VAE_EPOCHS.value}')
+  return processes.experiment(config, workdir, *fields)
 
 
 def _spread(values: list[float]) -> dict[str, float]:

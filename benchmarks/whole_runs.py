@@ -91,15 +91,13 @@ def keras_fashion_mlp(data_dir: str | None) -> str:
 
 
 def _commands(name: str, workdir: str) -> dict[str, list[str]]:
-  jaxnotes = [
-      sys.executable, '-m', 'experiments', f'--config=configs/{name}.py', f'--workdir={workdir}'
-  ]
+  fields = [f'data_dir={_DATA_DIR.value}'] if _DATA_DIR.value else []
   keras = [sys.executable, '-m', 'benchmarks.whole_runs', f'--keras={name}']
   if _DATA_DIR.value:
-    jaxnotes.append(f'--config.data_dir={_DATA_DIR.value}')
     keras.append(f'--data_dir={_DATA_DIR.value}')
   if name == 'fashion_mlp':
-    jaxnotes.append(f'--config.manual_dir={_MANUAL_DIR.value}')
+    fields.append(f'manual_dir={_MANUAL_DIR.value}')
+  jaxnotes = processes.experiment(f'configs/{name}.py', workdir, *fields)
   return {'jaxnotes': jaxnotes, 'keras': keras}
 
 
