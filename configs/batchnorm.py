@@ -9,9 +9,9 @@ Command:
 Expected: batch norm reaches 95% and 97% test accuracy in far fewer steps and ends
 higher (the paper's figure 1a: about 0.98 against 0.96 after 50,000 steps; here 0.9806 ±
 0.0010 against 0.9704 ± 0.0014 over seeds 0-2, 97% at step 6,700 ± 1,200), and its
-final accuracy spreads far less over the grid (std 0.042 against 0.257). About 6 minutes a
-seed on a 2-core CPU. Measured values, hardware and wall
-time are in the README results table.
+final accuracy spreads far less over the grid (std 0.042 against 0.257). About 3 minutes a
+seed on a 2-core CPU. Measured values, hardware and wall time are in the README results
+table.
 Smoke test: --config=configs/batchnorm.py:tiny.
 """
 import ml_collections
