@@ -8,14 +8,15 @@ For each workload, in fresh processes and new workdirs (the datasets already pre
   - N single runs one after the other: the same command with `--config.seed=k`, k = 0..N-1;
 each timed from start to exit. Prints the wall times, the singles' sum over the population's
 (how many times faster one program is), the population's over one single run's (the median),
-and the workload's metric over the seeds both ways as mean ± std. Seed k of a population trains as its own single run (tested to 1e-5), but a
-population's best epoch and early stopping follow the mean over its models, so where a
-config restores the best epoch (forecast) each seed may end on another epoch than alone:
-the two agree within the seeds' spread, not exactly.
+and the workload's metric over the seeds both ways as mean ± std. Seed k of a population
+trains as its own single run (tested to 1e-5), but a population's best epoch and early
+stopping follow the mean over its models, so where a config restores the best epoch
+(forecast) each seed may end on another epoch than alone: the two agree within the seeds'
+spread, not exactly.
 
 Workloads: `fashion_mlp` (5 epochs, test accuracy), `forecast_rnn` (configs/forecast.py:rnn,
 validation MAE) and `vae20` (configs/vae.py:latent20 cut to --vae_epochs epochs, test
-negative ELBO; the full 100 epochs take about 5 minutes a seed on 2 cores).
+negative ELBO; the full 100 epochs take about 4.5 minutes a seed on 2 cores).
 """
 import json
 import os
@@ -45,7 +46,9 @@ _ONLY = flags.DEFINE_multi_enum('workload', list(WORKLOADS), list(WORKLOADS),
 
 def _command(name: str, workdir: str, field: str) -> list[str]:
   config, data_dir, _ = WORKLOADS[name]
-  fields = [field] if data_dir is None else [f'manual_dir={data_dir.value}', field]
+  fields = [field]
+  if data_dir is not None:
+    fields.append(f'manual_dir={data_dir.value}')
   if name == 'vae20':
     fields.append(f'num_epochs={_VAE_EPOCHS.value}')
   return processes.experiment(config, workdir, *fields)

@@ -91,9 +91,9 @@ def keras_fashion_mlp(data_dir: str | None) -> str:
 
 
 def _commands(name: str, workdir: str) -> dict[str, list[str]]:
-  fields = [f'data_dir={_DATA_DIR.value}'] if _DATA_DIR.value else []
-  keras = [sys.executable, '-m', 'benchmarks.whole_runs', f'--keras={name}']
+  fields, keras = [], [sys.executable, '-m', 'benchmarks.whole_runs', f'--keras={name}']
   if _DATA_DIR.value:
+    fields.append(f'data_dir={_DATA_DIR.value}')
     keras.append(f'--data_dir={_DATA_DIR.value}')
   if name == 'fashion_mlp':
     fields.append(f'manual_dir={_MANUAL_DIR.value}')
