@@ -42,34 +42,35 @@ from benchmarks import timing
 from experiments import autoencoder as autoencoder_experiment
 from experiments import vae as vae_experiment
 from lib import input_pipeline, models, parallel, tasks, train
+from lib.cpu import conv as cpu_conv
 
 
-def _classification_loss(model, params, x, y, key):
+def _classification_loss(apply, params, x, y, key):
   """The Flax MNIST example's loss."""
   del key
-  logits = model.apply({'params': params}, x)
+  logits = apply({'params': params}, x)
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def _huber_loss(model, params, x, y, key):
+def _huber_loss(apply, params, x, y, key):
   """The course's forecaster loss: Huber (delta 1) on the next value."""
   del key
-  return optax.huber_loss(model.apply({'params': params}, x)[:, 0], y).mean()
+  return optax.huber_loss(apply({'params': params}, x)[:, 0], y).mean()
 
 
-def _vae_loss(model, params, x, y, key):
+def _vae_loss(apply, params, x, y, key):
   """The Flax VAE example's loss: Bernoulli cross-entropy + KL, summed per image, batch mean."""
   del y
-  out = model.apply({'params': params}, x, rngs={'sample': key})
+  out = apply({'params': params}, x, rngs={'sample': key})
   bce = optax.sigmoid_binary_cross_entropy(out['logits'], x.reshape(x.shape[0], -1)).sum(-1)
   kl = 0.5 * jnp.sum(jnp.exp(out['logvar']) + out['mean']**2 - 1.0 - out['logvar'], -1)
   return jnp.mean(bce + kl)
 
 
-def _reconstruction_loss(model, params, x, y, key):
+def _reconstruction_loss(apply, params, x, y, key):
   """A plain autoencoder's loss: mean squared error against the input."""
   del y, key
-  return jnp.mean((model.apply({'params': params}, x) - x)**2)
+  return jnp.mean((apply({'params': params}, x) - x)**2)
 
 
 def _denoiser_config():
@@ -85,7 +86,7 @@ class Workload:
   outputs: int | None  # The model's `outputs`; None for a model that takes `shape` instead.
   task: train.Task
   rng_streams: tuple[str, ...]
-  bare_loss: Callable[..., jax.Array]  # (model, params, x, y, key) -> mean loss.
+  bare_loss: Callable[..., jax.Array]  # (apply, params, x, y, key) -> mean loss.
   binary_inputs: bool = False  # Pixels in {0, 1} (the VAE's binarized MNIST).
   augment: input_pipeline.Augment | None = None  # As the experiment's pipeline applies it.
   input_shape: tuple[int, ...] = (28, 28, 1)  # One example.
@@ -178,14 +179,17 @@ def main(argv):
     holder['state'], m = train_steps(holder['state'], data, batches, 0, per_call)
     return m
 
-  # A bare Flax step as in the Flax examples (MNIST, VAE), donated too: the reference.
-  bare_state = train_state.TrainState.create(apply_fn=model.apply, tx=tx, params=jax.tree.map(
+  # A bare Flax step as in the Flax examples (MNIST, VAE), donated too: the reference. It
+  # computes the model as the engine does (lib.cpu.conv.specialize: the CPU kernels, where
+  # they apply), so that the two differ only by what the engine adds around the model.
+  apply = cpu_conv.specialize(model.apply)
+  bare_state = train_state.TrainState.create(apply_fn=apply, tx=tx, params=jax.tree.map(
       jnp.copy, state.params))
   base_key = jax.random.PRNGKey(1)
 
   def bare_step(state, images, labels):
     key = jax.random.fold_in(base_key, state.step)
-    loss, grads = jax.value_and_grad(lambda p: workload.bare_loss(model, p, images, labels, key))(
+    loss, grads = jax.value_and_grad(lambda p: workload.bare_loss(apply, p, images, labels, key))(
         state.params)
     return state.apply_gradients(grads=grads), loss
 

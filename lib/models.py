@@ -8,12 +8,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lib.cpu import conv as conv_lib
-from lib.cpu.activations import relu
 from lib.errors import UserError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'relu': relu,
+    'relu': nn.relu,
     'tanh': jnp.tanh,
     'sigmoid': nn.sigmoid,
     'linear': lambda x: x,
@@ -24,6 +22,8 @@ READOUTS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'last': lambda x: x[:, -1],  # The last time step: forecasting the next value.
     'flatten': lambda x: x.reshape((x.shape[0], -1)),  # Every step: MNIST-1D's heads.
 }
+
+POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
 
 
 def _pick(table: dict[str, Any], name: str, what: str) -> Any:
@@ -95,10 +95,10 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    _pick(conv_lib.POOLS, self.pool, 'pool')
+    pool = _pick(POOLS, self.pool, 'pool')
     size = x.shape[1:3]
-    for channels in self.features:  # One pass on CPU where lib.cpu.conv_kernel takes the block.
-      x = conv_lib.Conv(channels, (3, 3), relu_pool=self.pool)(x)
+    for channels in self.features:
+      x = pool(nn.relu(nn.Conv(channels, (3, 3))(x)), (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     built = self.variables.get('params', {}).get('Dense_0', {}).get('kernel')
     if built is not None and built.shape[0] != x.shape[-1]:
@@ -106,7 +106,7 @@ class CNN(nn.Module):
           f'cnn takes only the image size it was built for: a {size[0]}x{size[1]} image '
           f'flattens to {x.shape[-1]} features, but its Dense layer takes {built.shape[0]}; '
           'use model any_size_cnn (fully convolutional) for other sizes')
-    x = relu(nn.Dense(self.dense)(x))
+    x = nn.relu(nn.Dense(self.dense)(x))
     return nn.Dense(self.outputs)(x)
 
 
@@ -131,9 +131,9 @@ class AnySizeCNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     for channels in self.features:
-      x = relu(conv_lib.Conv(channels, (3, 3))(x))
+      x = nn.relu(nn.Conv(channels, (3, 3))(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
-    x = conv_lib.Conv(self.outputs, (1, 1))(x)
+    x = nn.Conv(self.outputs, (1, 1))(x)
     return jnp.max(x, axis=(1, 2)) if self.pool == 'max' else jnp.mean(x, axis=(1, 2))
 
 
@@ -172,7 +172,7 @@ class RNN(nn.Module):
     del train
     x = _with_feature_axis(x)
     if self.conv_features:
-      x = relu(nn.Conv(self.conv_features, (5,), padding='CAUSAL')(x))
+      x = nn.relu(nn.Conv(self.conv_features, (5,), padding='CAUSAL')(x))
     cell = _pick(CELLS, self.cell, 'cell')
     for units in self.units:
       make = lambda: nn.RNN(
@@ -209,7 +209,7 @@ class Conv1D(nn.Module):
     x = _with_feature_axis(x)
     for f, k, s, d in zip(self.features, self.kernel, self.strides, self.dilations, strict=True):
       padding = 'CAUSAL' if self.causal else [(1, 1)]
-      x = relu(nn.Conv(f, (k,), strides=(s,), kernel_dilation=(d,), padding=padding)(x))
+      x = nn.relu(nn.Conv(f, (k,), strides=(s,), kernel_dilation=(d,), padding=padding)(x))
     x = _pick(READOUTS, self.readout, 'readout')(x)
     return nn.Dense(self.outputs)(x)
 
@@ -305,7 +305,7 @@ class ConvAutoencoder(nn.Module):
 
   def setup(self):
     scale = 2**len(self.features)
-    self.encoder_convs = [conv_lib.Conv(f, (3, 3), strides=2) for f in self.features]
+    self.encoder_convs = [nn.Conv(f, (3, 3), strides=2) for f in self.features]
     self.encoder_out = nn.Dense(self.latents)
     self.code_shape = (self.shape[0] // scale, self.shape[1] // scale, self.features[-1])
     self.decoder_in = nn.Dense(math.prod(self.code_shape))
@@ -315,15 +315,15 @@ class ConvAutoencoder(nn.Module):
   def encode(self, x: jax.Array) -> jax.Array:
     """The latent code, (batch, latents)."""
     for conv in self.encoder_convs:
-      x = relu(conv(x))
+      x = nn.relu(conv(x))
     return self.encoder_out(x.reshape((x.shape[0], -1)))
 
   def decode(self, z: jax.Array) -> jax.Array:
     """Pixels in [0, 1], (batch, *shape)."""
-    x = relu(self.decoder_in(z)).reshape((z.shape[0], *self.code_shape))
+    x = nn.relu(self.decoder_in(z)).reshape((z.shape[0], *self.code_shape))
     for i, conv in enumerate(self.decoder_convs):
       x = conv(x)
-      x = nn.sigmoid(x) if i == len(self.decoder_convs) - 1 else relu(x)
+      x = nn.sigmoid(x) if i == len(self.decoder_convs) - 1 else nn.relu(x)
     return x
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -361,7 +361,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
   if 'activation' in fields:
     _activation(model.activation)
   if 'pool' in fields:
-    _pick(conv_lib.POOLS, model.pool, 'pool')  # AnySizeCNN's global pool takes the same names.
+    _pick(POOLS, model.pool, 'pool')  # AnySizeCNN's global pool takes the same names.
   if 'cell' in fields:
     _pick(CELLS, model.cell, 'cell')
   if 'readout' in fields:

@@ -38,6 +38,7 @@ from lib import models
 from lib import parallel
 from lib import plots
 from lib import summary
+from lib.cpu import conv as cpu_conv
 from lib.errors import Interrupted, NonFiniteLossError, UserError
 
 # Maps (model outputs, batch) to per-example values; 'loss' is minimized. See lib/tasks.py.
@@ -196,6 +197,9 @@ def create_train_state(
     rng_streams: Sequence[str] = ()) -> TrainState:
   """Initializes params from `config.seed`, replicated over the mesh.
 
+  The state's apply_fn is the model's, its convolutions computed as this backend
+  does best (lib.cpu.conv.specialize): the engine's one choice of implementation.
+
   With config.num_seeds > 1, a population: every leaf gets a leading axis of
   that many members, member k initialized as a run with seed + k would be.
 
@@ -217,8 +221,8 @@ def create_train_state(
     variables = model.init(rngs, jnp.zeros((1, *input_shape), input_dtype), train=False)
     model_state = {k: v for k, v in variables.items() if k != 'params'}
     ema = variables['params'] if config.ema_decay else None
-    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                             model_state=model_state, rng=state_rng, ema_params=ema)
+    return TrainState.create(apply_fn=cpu_conv.specialize(model.apply), params=variables['params'],
+                             tx=tx, model_state=model_state, rng=state_rng, ema_params=ema)
 
   n = config.get('num_seeds', 1)
   if n == 1:

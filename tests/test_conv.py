@@ -1,4 +1,6 @@
 """lib.cpu.conv: im2col and the CPU kernel compute flax.linen.Conv's function, params and gradients."""
+import collections
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 
 from lib import cpu, models
-from lib.cpu import conv, conv_kernel
+from lib.cpu import activations, conv, conv_kernel
 
 # (input shape, kernel, strides, padding): the codebase's convolutions, then harder cases.
 CASES = [
@@ -21,27 +23,34 @@ CASES = [
 ]
 
 
+def _perturbed(params):
+  """params with a non-zero bias too."""
+  return jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+
+
+def _primitives(fn, *args):
+  return [e.primitive.name for e in jax.make_jaxpr(fn)(*args).eqns]
+
+
 @pytest.mark.parametrize('shape,kernel_size,strides,padding', CASES)
 def test_im2col_matches_nn_conv_outputs_and_gradients(shape, kernel_size, strides, padding):
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
-  reference = nn.Conv(5, kernel_size, strides=strides, padding=padding)
-  ours = conv.Conv(5, kernel_size, strides=strides, padding=padding, impl='im2col')
-  params = reference.init(jax.random.PRNGKey(0), x)
-  # The same params: names, shapes and initial values.
-  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.PRNGKey(0), x), params)
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-                        params)  # A non-zero bias too.
-  want, got = reference.apply(params, x), ours.apply(params, x)
-  assert got.shape == want.shape
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  layer = nn.Conv(5, kernel_size, strides=strides, padding=padding)
+  params = _perturbed(layer.init(jax.random.PRNGKey(0), x))
+  ours = conv.specialize(layer.apply)
+  with conv.implementation('im2col'):
+    assert 'conv_general_dilated' not in _primitives(ours, params, x)  # Slices and a matmul.
+    want, got = layer.apply(params, x), ours(params, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
-  cotangent = jax.random.normal(jax.random.PRNGKey(3), want.shape)
+    cotangent = jax.random.normal(jax.random.PRNGKey(3), want.shape)
 
-  def grads(module):
-    return jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * cotangent), argnums=(0, 1))(params, x)
+    def grads(apply):
+      return jax.grad(lambda p, x: jnp.sum(apply(p, x) * cotangent), argnums=(0, 1))(params, x)
 
-  for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(reference))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(layer.apply))):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 needs_kernel = pytest.mark.skipif(
@@ -66,23 +75,42 @@ KERNEL_CASES = [
 @pytest.mark.parametrize('shape,kernel_size,strides,padding,features', KERNEL_CASES)
 def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, features):
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
-  reference = nn.Conv(features, kernel_size, strides=strides, padding=padding)
-  ours = conv.Conv(features, kernel_size, strides=strides, padding=padding, impl='kernel')
-  params = reference.init(jax.random.PRNGKey(0), x)
-  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.PRNGKey(0), x), params)
-  cotangent = jax.random.normal(jax.random.PRNGKey(3), reference.apply(params, x).shape)
+  layer = nn.Conv(features, kernel_size, strides=strides, padding=padding)
+  params = layer.init(jax.random.PRNGKey(0), x)
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), layer.apply(params, x).shape)
+  ours = conv.specialize(layer.apply)
 
-  def grads(module):
-    loss = lambda p, x: jnp.sum(module.apply(p, x) * cotangent)
-    return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+  def grads(apply):
+    return jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x) * cotangent), argnums=(0, 1)))(params,
+                                                                                            x)
 
-  step = jax.jit(jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * cotangent)))
-  assert conv_kernel.WEIGHT_GRAD in step.lower(params, x).as_text()  # The kernel, not XLA's.
-  got, want = grads(ours), grads(reference)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  with conv.implementation('kernel'):
+    step = jax.jit(jax.grad(lambda p, x: jnp.sum(ours(p, x) * cotangent)))
+    assert conv_kernel.WEIGHT_GRAD in step.lower(params, x).as_text()  # The kernel, not XLA's.
+    got, again = grads(ours), grads(ours)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(grads(layer.apply))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   # Fixed chunks summed in order: the same bits every time.
-  jax.tree.map(np.testing.assert_array_equal, grads(ours), got)
+  jax.tree.map(np.testing.assert_array_equal, again, got)
+
+
+class _Block(nn.Module):
+  """A first block as the models write it: nn.Conv → nn.relu → 2x2 pool."""
+  features: int
+  pool: str
+
+  @nn.compact
+  def __call__(self, x):
+    return models.POOLS[self.pool](nn.relu(nn.Conv(self.features, (3, 3))(x)), (2, 2),
+                                   strides=(2, 2))
+
+
+class _Residual(nn.Module):
+  """A block whose pre-activation is read twice: it cannot be computed in one pass."""
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Conv(16, (3, 3))(x)
+    return nn.avg_pool(nn.relu(y), (2, 2), strides=(2, 2)) + y[:, ::2, ::2]
 
 
 @needs_kernel
@@ -97,24 +125,18 @@ def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, 
     ])
 def test_fused_block_matches_conv_relu_pool(shape, features, pool):
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
-
-  def reference(p, x):
-    y = conv.xla_conv(x, p['kernel'], (1, 1), 'SAME')
-    pooling = nn.avg_pool if pool == 'avg' else nn.max_pool
-    return pooling(models.relu(y + p['bias']), (2, 2), strides=(2, 2))
-
-  block = conv.Conv(features, (3, 3), impl='kernel', relu_pool=pool)
-  params = block.init(jax.random.PRNGKey(0), x)
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-                        params)
-  want = reference(params['params'], x)
-  step = jax.jit(lambda p, x: block.apply(p, x))
-  assert conv_kernel.BLOCK_FORWARD in step.lower(params, x).as_text()
-  np.testing.assert_allclose(step(params, x), want, rtol=1e-5, atol=1e-5)
-  cotangent = jax.random.normal(jax.random.PRNGKey(3), want.shape)
-  # The input's gradient too (XLA's, for a block that is not a network's first layer).
-  got = jax.jit(jax.grad(lambda p, x: jnp.sum(block.apply(p, x) * cotangent), (0, 1)))(params, x)
-  want = jax.grad(lambda p, x: jnp.sum(reference(p['params'], x) * cotangent), (0, 1))(params, x)
+  block = _Block(features, pool)
+  params = _perturbed(block.init(jax.random.PRNGKey(0), x))
+  with conv.implementation('kernel'):
+    step = jax.jit(conv.specialize(block.apply))
+    assert conv_kernel.BLOCK_FORWARD in step.lower(params, x).as_text()
+    want = block.apply(params, x)
+    np.testing.assert_allclose(step(params, x), want, rtol=1e-5, atol=1e-5)
+    cotangent = jax.random.normal(jax.random.PRNGKey(3), want.shape)
+    loss = lambda apply: lambda p, x: jnp.sum(apply(p, x) * cotangent)
+    # The input's gradient too (XLA's, for a block that is not a network's first layer).
+    got = jax.jit(jax.grad(loss(conv.specialize(block.apply)), (0, 1)))(params, x)
+  want = jax.grad(loss(block.apply), (0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   # A NaN in a window makes its output NaN, so that the engine's NaN guard sees it (where
@@ -122,18 +144,60 @@ def test_fused_block_matches_conv_relu_pool(shape, features, pool):
   poisoned = x.at[0, 2, 3, 0].set(jnp.nan)
   ours = np.isnan(step(params, poisoned))
   assert ours[0, 0:2, 1:3].all() and ours.sum() == 4 * features  # Conv rows 1-3, columns 2-4.
-  assert (ours >= np.isnan(reference(params['params'], poisoned))).all()
+  assert (ours >= np.isnan(block.apply(params, poisoned))).all()
 
 
-def test_fused_block_falls_back_where_the_kernel_does_not_tile():
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 9, 1))  # Odd sides: the pool drops a row.
-  block = conv.Conv(16, (3, 3), impl='kernel', relu_pool='avg')
-  params = block.init(jax.random.PRNGKey(0), x)
-  assert conv_kernel.BLOCK_FORWARD not in jax.jit(block.apply).lower(params, x).as_text()
-  want = nn.avg_pool(models.relu(conv.Conv(16, (3, 3), impl='xla').apply(params, x)), (2, 2),
-                     strides=(2, 2))
-  np.testing.assert_allclose(block.apply(params, x), want, rtol=1e-6)
-  assert block.apply(params, x).shape == (2, 4, 4, 16)
+@pytest.mark.parametrize(
+    'model,shape,pools',
+    [
+        (models.CNN(), (2, 28, 28, 1), ['avg']),  # The second block has 32 channels in: matmuls.
+        (models.CNN(pool='max'), (2, 28, 28, 1), ['max']),
+        (models.CNN(features=(16,)), (2, 9, 9, 1), []),  # Odd sides: the pool drops a row.
+        (models.AnySizeCNN(), (2, 40, 36, 1), ['max']),  # Its 'SAME' pool pads nothing here...
+        (models.AnySizeCNN(), (2, 30, 30, 1), ['max']),
+        (models.AnySizeCNN(), (2, 29, 30, 1), []),  # ...and pads here.
+        (_Block(48, 'max'), (2, 8, 6, 2), ['max']),
+        (_Residual(), (2, 8, 8, 1), []),
+        (models.ConvAutoencoder(), (2, 28, 28, 1), []),  # Stride 2, no pool.
+    ])
+def test_fused_blocks_are_the_chains_the_kernel_takes(model, shape, pools):
+  x = jnp.zeros(shape)
+  jaxpr = jax.make_jaxpr(model.apply)(model.init(jax.random.PRNGKey(0), x), x).jaxpr
+  assert [pool for _, _, pool, _ in conv._blocks(jaxpr).values()] == pools
+
+
+@pytest.mark.parametrize(
+    'name,kwargs,shape,calls',
+    [
+        ('cnn', {}, (2, 28, 28, 1), {'block': 1, 'conv': 1}),
+        ('cnn', {'pool': 'max'}, (2, 28, 28, 1), {'block': 1, 'conv': 1}),
+        ('any_size_cnn', {}, (2, 40, 36, 1), {'block': 1, 'conv': 2}),  # Not the 1x1 head to 10.
+        ('conv_autoencoder', {'shape': (28, 28, 1)}, (2, 28, 28, 1), {'conv': 1}),
+    ])
+def test_kernel_substitutions_keep_the_models_function(monkeypatch, name, kwargs, shape, calls):
+  """On any CPU: 'kernel' with the kernels' XLA references standing in, counting their calls."""
+  called = collections.Counter()
+
+  def block(x, kernel, bias, pool):
+    called['block'] += 1
+    return conv.relu_pool(conv.xla_conv(x, kernel, (1, 1), 'SAME') + bias, pool)
+
+  def weight_grad_conv(x, kernel, strides, padding):
+    called['conv'] += 1
+    return conv.xla_conv(x, kernel, strides, padding)
+
+  monkeypatch.setattr(conv_kernel, 'available', lambda: True)
+  monkeypatch.setattr(conv, 'conv_relu_pool', block)
+  monkeypatch.setattr(conv, 'kernel_conv', weight_grad_conv)
+  model = models.create(name, **kwargs)
+  x = jax.random.uniform(jax.random.PRNGKey(0), shape)
+  variables = _perturbed(model.init(jax.random.PRNGKey(1), x))
+  loss = lambda apply: lambda v: jnp.sum(apply(v, x)**2)
+  with conv.implementation('kernel'):
+    got = jax.value_and_grad(loss(conv.specialize(model.apply)))(variables)
+  assert called == calls
+  want = jax.value_and_grad(loss(model.apply))(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
 
 
 def test_kernel_off_or_unbuildable_means_xla(monkeypatch, tmp_path):
@@ -175,20 +239,63 @@ def test_auto_takes_im2col_only_where_xla_sends_convolutions_to_ynnpack(monkeypa
 def test_models_give_the_same_outputs_with_either_convolution(name, kwargs, shape):
   x = jax.random.uniform(jax.random.PRNGKey(0), shape)
   model = models.create(name, **kwargs)  # Models never name their convolution.
-  with conv.implementation('xla'):
-    variables = model.init(jax.random.PRNGKey(1), x)
-    want = model.apply(variables, x)
-  with conv.implementation('im2col'):
-    jax.tree.map(np.testing.assert_array_equal, model.init(jax.random.PRNGKey(1), x), variables)
-    np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-4, atol=1e-5)
-  if conv_kernel.available():  # Its forward is XLA's; its kernel gradients must match too.
+  variables = model.init(jax.random.PRNGKey(1), x)
+  want = model.apply(variables, x)
+  ours = conv.specialize(model.apply)
+  for impl in ('xla', 'im2col', 'auto'):
+    with conv.implementation(impl):
+      np.testing.assert_allclose(ours(variables, x), want, rtol=1e-4, atol=1e-5)
+  if conv_kernel.available():  # Its gradients must match XLA's too.
 
     def grads(impl):
       with conv.implementation(impl):
-        return jax.grad(lambda v: jnp.sum(model.apply(v, x)**2))(variables)
+        return jax.grad(lambda v: jnp.sum(ours(v, x)**2))(variables)
 
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                  grads('kernel'), grads('xla'))
+
+
+def test_specialize_keeps_static_arguments_and_the_outputs_structure():
+  model = models.MLP(hidden=(8,), batch_norm=True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+  variables = model.init(jax.random.PRNGKey(1), x)
+  ours = conv.specialize(model.apply)
+  step = lambda apply: jax.jit(lambda v, x: apply(v, x, train=True, mutable=['batch_stats']))
+  want, got = step(model.apply)(variables, x), step(ours)(variables, x)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  vae = models.VAE(latents=2, hidden=(8,))
+  z = vae.init({'params': jax.random.PRNGKey(0), 'sample': jax.random.PRNGKey(1)}, x)
+  np.testing.assert_array_equal(
+      conv.specialize(vae.apply)(z, x, method=models.VAE.encode)[0],
+      vae.apply(z, x, method=models.VAE.encode)[0])
+  # Equal wrappers of one function: a TrainState's jitted steps are not traced again.
+  assert conv.specialize(model.apply) == ours
+
+
+def test_relu_is_nn_relu_in_values_and_gradient():
+  x = jnp.concatenate([
+      jax.random.normal(jax.random.PRNGKey(0), (1000,)),
+      jnp.array([0.0, -0.0, 1e-38, -1e-38, jnp.inf, -jnp.inf])
+  ])
+  assert (activations.relu(x) == jax.nn.relu(x)).all()  # As floats: a zero's sign may differ.
+  grad = lambda f: jax.grad(lambda x: (f(x) * jnp.arange(x.size)).sum())(x)
+  assert (grad(activations.relu) == grad(jax.nn.relu)).all()
+  assert jnp.isnan(activations.relu(jnp.array(jnp.nan)))
+  assert (jax.jit(jax.vmap(jax.grad(activations.relu)))(x) == (x > 0)).all()
+  # specialize computes the models' nn.relu as this one on CPU, and leaves other ReLUs be.
+  f = lambda x: nn.relu(x) + jnp.maximum(x, 0.0)
+
+  def zeros(fn):  # The zero each max compares with: its sign bit, outermost equations first.
+    eqns = jax.make_jaxpr(fn)(x).eqns
+    eqns = [e.params['call_jaxpr'].eqns[0] if 'call_jaxpr' in e.params else e for e in eqns]
+    return [
+        bool(np.signbit(v.val)) for e in eqns if e.primitive.name == 'max' for v in e.invars
+        if not hasattr(v, 'aval') or v.aval.shape == ()
+    ]
+
+  assert zeros(conv.specialize(f)) == [True, False]
+  np.testing.assert_array_equal(conv.specialize(f)(x), f(x))
 
 
 def test_unknown_convolution_is_a_clear_error():

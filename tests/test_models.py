@@ -44,15 +44,3 @@ def test_celsius_dense_is_a_line():
 def test_bad_model_config_is_a_clear_error(name, kwargs, match):
   with pytest.raises(UserError, match=match):
     models.create(name, **kwargs)
-
-
-def test_relu_is_nn_relu_in_values_and_gradient():
-  x = jnp.concatenate([
-      jax.random.normal(jax.random.PRNGKey(0), (1000,)),
-      jnp.array([0.0, -0.0, 1e-38, -1e-38, jnp.inf, -jnp.inf])
-  ])
-  assert (models.relu(x) == jax.nn.relu(x)).all()  # As floats: a zero's sign may differ.
-  grad = lambda f: jax.grad(lambda x: (f(x) * jnp.arange(x.size)).sum())(x)
-  assert (grad(models.relu) == grad(jax.nn.relu)).all()
-  assert jnp.isnan(models.relu(jnp.array(jnp.nan)))
-  assert (jax.jit(jax.vmap(jax.grad(models.relu)))(x) == (x > 0)).all()

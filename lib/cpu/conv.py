@@ -1,27 +1,42 @@
-"""`Conv`: flax.linen.Conv's function and params, by XLA's convolution, im2col or a CPU kernel.
+"""`specialize`: a Flax apply function whose convolutions and ReLUs run as this backend does best.
 
-GPU and TPU run XLA's convolution ('xla'). On CPU, with lib.cpu's settings (the
-launcher's), 'auto' is 'kernel' on one device where lib.cpu.conv_kernel builds: XLA
-computes the forward and input-gradient convolutions (near this CPU's matmul
-speed once lib.cpu keeps lone convolutions out of YNNPACK), lib.cpu.conv_kernel the
-weight gradients (XLA's ran at ~115 GFLOP/s, the kernel at ~190) and, with
-`relu_pool='avg'` or `'max'`, a whole first block (conv from 1-3 channels + bias
-+ ReLU + 2x2 pool, forward and backward) in one pass. The MNIST CNN's step,
-paired in one process: 1.46x XLA's convolutions (docs/performance.md).
-`impl='im2col'` writes the convolution as the kh*kw shifted, strided slices of
-the padded input side by side times the kernel as one matrix; 'auto' takes it on
-a CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
-XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), where it and XLA's are level.
+Models are written with flax.linen's layers (nn.Conv, nn.relu, nn.avg_pool);
+the engine computes them through `specialize(model.apply)`, which traces the
+function to a jaxpr and evaluates it with these substitutions, chosen per
+backend by `resolve` (never by a model or a config):
+
+* GPU and TPU: none; the function runs as written ('xla').
+* CPU, one device where lib.cpu.conv_kernel builds (AVX-512), 'kernel': XLA
+  computes the forward and input-gradient convolutions (near this CPU's matmul
+  speed once lib.cpu keeps lone convolutions out of YNNPACK), lib.cpu.conv_kernel
+  the weight gradients (XLA's ran at ~115 GFLOP/s, the kernel at ~190), and a
+  network's first block (conv 'SAME' from 1-3 channels + bias → ReLU → 2x2
+  avg or max pool, forward and backward) in one pass: the MNIST CNN's step,
+  paired in one process, 1.46x XLA's convolutions (docs/performance.md).
+* CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
+  XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), 'im2col': each 2-D convolution as the
+  kh*kw shifted, strided slices of the padded input side by side times the
+  kernel as one matrix, where it and XLA's are level.
+* CPU, always: nn.relu as lib.cpu.activations.relu (the same values, cheaper).
+
+The params are the model's own, so checkpoints load whichever ran. Only the
+function's top-level equations are rewritten: a layer inside nn.scan or a
+jitted function keeps XLA's convolution.
 """
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+import collections
 import contextlib
 import contextvars
+import dataclasses
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 from jax import lax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
+import numpy as np
 
 from lib import cpu
 from lib.cpu import conv_kernel
@@ -29,13 +44,13 @@ from lib.cpu.activations import relu
 from lib.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
-# The implementation of the Conv layers traced in this context; models never name one.
+# The convolution `specialize` takes for functions traced in this context; models never name one.
 _CHOICE = contextvars.ContextVar('jaxnotes_conv_implementation', default='auto')
 
 
 @contextlib.contextmanager
 def implementation(name: str) -> Iterator[None]:
-  """Conv layers traced inside this block compute with `name` (a key of IMPLEMENTATIONS).
+  """Specialized functions traced inside this block compute with `name` (a key of IMPLEMENTATIONS).
 
   For tests and benchmarks that compare implementations; runs use 'auto' (`resolve`).
   A function jitted inside keeps the choice it was traced with.
@@ -118,12 +133,12 @@ def _pad_same(x: jax.Array, kernel_size: Sequence[int]) -> jax.Array:
   return jnp.pad(x, ((0, 0), *pads, (0, 0)))
 
 
-POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
+_POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
 
 
 def relu_pool(y: jax.Array, pool: str) -> jax.Array:
   """The 2x2 pool ('avg' or 'max', stride 2, 'VALID') of lib.cpu.activations.relu(y)."""
-  return POOLS[pool](relu(y), (2, 2), strides=(2, 2))
+  return _POOLS[pool](relu(y), (2, 2), strides=(2, 2))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -190,53 +205,182 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   return out.reshape(n, out_h, out_w, cout)
 
 
-class Conv(nn.Module):
-  """`flax.linen.Conv` for 2-D NHWC inputs: the same params ('kernel' HWIO, 'bias'), init and outputs.
+# The dimension numbers of nn.Conv's 2-D convolutions: NHWC inputs, HWIO kernels.
+_NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
-  Attributes:
-    features: output channels.
-    kernel_size: (kh, kw).
-    strides: (sh, sw) or one int for both.
-    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
-    use_bias: add a bias.
-    impl: None (the enclosing `implementation`, 'auto' by default), 'auto' (see
-      `resolve`), 'xla' (lax.conv_general_dilated, as nn.Conv),
-      'im2col', or 'kernel' (XLA's, with lib.cpu.conv_kernel's kernel gradient on CPU where the
-      channels allow it, else XLA's; a custom VJP, so reverse mode only: forward-mode
-      derivatives such as jax.jvp or Hessians need 'xla').
-    relu_pool: None, or 'avg' / 'max': return `relu_pool(output, relu_pool)`, the 2x2
-      pool of its ReLU; with impl 'kernel' (and 'auto' where it means 'kernel') and a
-      block lib.cpu.conv_kernel.block_supports (few input channels, 'SAME', stride 1), in
-      one pass.
+
+@dataclasses.dataclass(frozen=True)
+class Specialized:
+  """`fn` with its convolutions and ReLUs computed as `resolve('auto')` says (see `specialize`).
+
+  A dataclass, so that two wrappers of the same function compare equal (jit's
+  cache keys on a TrainState's apply_fn).
   """
-  features: int
-  kernel_size: Sequence[int]
-  strides: int | Sequence[int] = 1
-  padding: Padding = 'SAME'
-  use_bias: bool = True
-  impl: str | None = None
-  relu_pool: str | None = None
+  fn: Callable[..., Any]
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kh, kw = self.kernel_size
-    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-    kernel = self.param('kernel', nn.linear.default_kernel_init,
-                        (kh, kw, x.shape[-1], self.features))
-    impl = resolve(self.impl or _CHOICE.get())
-    kernel_path = (impl == 'kernel' and x.dtype == kernel.dtype == jnp.float32 and
-                   conv_kernel.available())
-    bias = (self.param('bias', nn.initializers.zeros_init(),
-                       (self.features,)) if self.use_bias else None)
-    if (self.relu_pool and kernel_path and bias is not None and strides == (1, 1) and
-        self.padding == 'SAME' and conv_kernel.block_supports(x.shape, (kh, kw), self.features)):
-      return conv_relu_pool(x, kernel, bias, self.relu_pool)
-    if impl == 'im2col':
-      y = im2col_conv(x, kernel, strides, self.padding)
-    elif kernel_path and conv_kernel.supports(x.shape, self.features):
-      y = kernel_conv(x, kernel, strides, _explicit(self.padding, x.shape, (kh, kw), strides))
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    if jax.default_backend() != 'cpu':
+      return self.fn(*args, **kwargs)
+    impl = resolve(_CHOICE.get())
+    # Arrays are traced; everything else (train=..., mutable=..., method=...) stays static.
+    leaves, tree = jax.tree.flatten((args, kwargs))
+    traced = [i for i, leaf in enumerate(leaves) if isinstance(leaf, (jax.Array, np.ndarray))]
+
+    def flat(*arrays):
+      full = list(leaves)
+      for i, a in zip(traced, arrays):
+        full[i] = a
+      args, kwargs = jax.tree.unflatten(tree, full)
+      return self.fn(*args, **kwargs)
+
+    closed, out_shape = jax.make_jaxpr(flat, return_shape=True)(*[leaves[i] for i in traced])
+    outs = _evaluate(closed, impl, [leaves[i] for i in traced])
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+
+def specialize(fn: Callable[..., Any]) -> Specialized:
+  """`fn` (a model's apply) computing its convolutions and ReLUs as this backend does best.
+
+  The same values up to float32 summation order, the same gradients (reverse
+  mode: with the kernels, forward-mode derivatives such as jax.jvp need
+  `implementation('xla')`), the same params. Where it runs is read when it is
+  traced: see `resolve` and `implementation`.
+
+  Args:
+    fn: a function of arrays and static arguments, e.g. `model.apply`.
+
+  Returns:
+    A function called as `fn` is.
+  """
+  return Specialized(fn)
+
+
+def _is_relu(eqn: jax_core.JaxprEqn) -> bool:
+  """Whether `eqn` is jax.nn.relu (flax's nn.relu): a custom_jvp of jit 'relu' of max(x, 0)."""
+  if eqn.primitive.name != 'custom_jvp_call':
+    return False
+  body = eqn.params['call_jaxpr'].jaxpr
+  if len(body.eqns) != 1 or body.eqns[0].params.get('name') != 'relu':
+    return False
+  body = body.eqns[0].params['jaxpr'].jaxpr
+  return (len(body.eqns) == 1 and body.eqns[0].primitive.name == 'max' and
+          any(isinstance(v, jax_core.Literal) and v.val == 0 for v in body.eqns[0].invars))
+
+
+def _conv_2d(eqn: jax_core.JaxprEqn) -> bool:
+  """Whether `eqn` is nn.Conv's float32 2-D convolution (NHWC, HWIO, no dilation or groups)."""
+  if eqn.primitive.name != 'conv_general_dilated':
+    return False
+  p = eqn.params
+  plain = (p['lhs_dilation'] == p['rhs_dilation'] == (1, 1) and p['feature_group_count'] == 1 and
+           p['batch_group_count'] == 1 and p['precision'] is None)
+  return (plain and p['dimension_numbers'] == _NHWC and p['preferred_element_type'] is None and
+          all(v.aval.dtype == jnp.float32 for v in eqn.invars))
+
+
+def _blocks(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, str, list[int]]]:
+  """Conv 'SAME' stride 1 → + bias → nn.relu → 2x2 pool chains that conv_relu_pool can take.
+
+  Returns:
+    {index of the chain's last equation: (index of its conv, the bias variable,
+    'avg' or 'max', indices of the chain's other equations)}, for chains whose
+    intermediate values have no other use.
+  """
+  uses = collections.Counter(
+      v for e in jaxpr.eqns for v in e.invars if not isinstance(v, jax_core.Literal))
+  uses.update(v for v in jaxpr.outvars if not isinstance(v, jax_core.Literal))
+  consumer = {}
+  for i, e in enumerate(jaxpr.eqns):
+    for v in e.invars:
+      if not isinstance(v, jax_core.Literal):
+        consumer[v] = i
+  producer = {v: i for i, e in enumerate(jaxpr.eqns) for v in e.outvars}
+
+  def only_use(v):  # The one equation that reads v, if exactly one does.
+    return jaxpr.eqns[consumer[v]] if uses[v] == 1 and v in consumer else None
+
+  found = {}
+  for i, conv in enumerate(jaxpr.eqns):
+    if not _conv_2d(conv) or conv.params['window_strides'] != (1, 1):
+      continue
+    x, kernel = conv.invars
+    kh, kw, _, features = kernel.aval.shape
+    same = lax.padtype_to_pads(x.aval.shape[1:3], (kh, kw), (1, 1), 'SAME')
+    if (tuple(map(tuple, same)) != tuple(map(tuple, conv.params['padding'])) or
+        not conv_kernel.block_supports(x.aval.shape, (kh, kw), features)):
+      continue
+    add = only_use(conv.outvars[0])
+    if add is None or add.primitive.name != 'add':
+      continue
+    other = [v for v in add.invars if v is not conv.outvars[0]]
+    if len(other) != 1 or isinstance(other[0], jax_core.Literal) or other[0] not in producer:
+      continue
+    shaped = jaxpr.eqns[producer[other[0]]]  # nn.Conv reshapes its bias to (1, 1, 1, features).
+    if (shaped.primitive.name not in ('reshape', 'broadcast_in_dim') or
+        shaped.invars[0].aval.shape != (features,)):
+      continue
+    act = only_use(add.outvars[0])
+    if act is None or not _is_relu(act):
+      continue
+    pool = only_use(act.outvars[0])
+    if pool is None or pool.primitive.name not in ('reduce_window_sum', 'reduce_window_max'):
+      continue
+    p = pool.params
+    if (p['window_dimensions'] != (1, 2, 2, 1) or p['window_strides'] != (1, 2, 2, 1) or
+        any(lo or hi for lo, hi in p['padding']) or p['base_dilation'] != (1,) * 4 or
+        p['window_dilation'] != (1,) * 4):
+      continue
+    chain = [consumer[conv.outvars[0]], consumer[add.outvars[0]]]
+    last, kind = consumer[act.outvars[0]], 'max'
+    if pool.primitive.name == 'reduce_window_sum':  # nn.avg_pool: the window's sum / 4.
+      div = only_use(pool.outvars[0])
+      if (div is None or div.primitive.name != 'div' or div.invars[0] is not pool.outvars[0] or
+          not isinstance(div.invars[1], jax_core.Literal) or div.invars[1].val != 4):
+        continue
+      chain.append(last)
+      last, kind = consumer[pool.outvars[0]], 'avg'
+    found[last] = (i, shaped.invars[0], kind, [i, *chain])
+  return found
+
+
+def _conv(impl: str, eqn: jax_core.JaxprEqn, x: jax.Array, kernel: jax.Array) -> jax.Array | None:
+  """The convolution `eqn` by `impl`, or None where XLA's runs as traced."""
+  if not _conv_2d(eqn):
+    return None
+  strides, padding = eqn.params['window_strides'], eqn.params['padding']
+  if impl == 'im2col':
+    return im2col_conv(x, kernel, strides, padding)
+  if impl == 'kernel' and conv_kernel.supports(x.shape, kernel.shape[-1]):
+    return kernel_conv(x, kernel, tuple(strides), tuple(map(tuple, padding)))
+  return None
+
+
+def _evaluate(closed: jax_core.ClosedJaxpr, impl: str, args: Sequence[Any]) -> list[Any]:
+  """Evaluates `closed` on `args` as jax.core.eval_jaxpr does, with `specialize`'s substitutions."""
+  jaxpr = closed.jaxpr
+  kernels = impl == 'kernel' and conv_kernel.available()
+  blocks = _blocks(jaxpr) if kernels else {}
+  folded = {j for _, _, _, chain in blocks.values() for j in chain}
+  env = dict(zip(jaxpr.constvars, closed.consts)) | dict(zip(jaxpr.invars, args))
+  read = lambda v: v.val if isinstance(v, jax_core.Literal) else env[v]
+  for i, eqn in enumerate(jaxpr.eqns):
+    if i in folded:
+      continue
+    out = None  # A substitute's one output, or None: the equation as traced.
+    if i in blocks:
+      conv, bias, pool, _ = blocks[i]
+      x, kernel = (read(v) for v in jaxpr.eqns[conv].invars)
+      out = conv_relu_pool(x, kernel, read(bias), pool)
+    elif _is_relu(eqn):
+      out = relu(read(eqn.invars[0]))
+    elif eqn.primitive.name == 'conv_general_dilated':
+      out = _conv(impl if impl != 'kernel' or kernels else 'xla', eqn, *map(read, eqn.invars))
+    if out is not None:
+      outs = [out]
     else:
-      y = xla_conv(x, kernel, strides, self.padding)
-    if bias is not None:
-      y = y + bias
-    return relu_pool(y, self.relu_pool) if self.relu_pool else y
+      with eqn.ctx.manager:
+        outs = eqn.primitive.bind(*map(read, eqn.invars),
+                                  **eqn.primitive.get_bind_params(eqn.params))
+      outs = outs if eqn.primitive.multiple_results else [outs]
+    env.update(zip(eqn.outvars, outs))
+  return [read(v) for v in jaxpr.outvars]
