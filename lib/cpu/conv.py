@@ -221,7 +221,6 @@ class Specialized:
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     if jax.default_backend() != 'cpu':
       return self.fn(*args, **kwargs)
-    impl = resolve(_CHOICE.get())
     # Arrays are traced; everything else (train=..., mutable=..., method=...) stays static.
     leaves, tree = jax.tree.flatten((args, kwargs))
     traced = [i for i, leaf in enumerate(leaves) if isinstance(leaf, (jax.Array, np.ndarray))]
@@ -234,6 +233,9 @@ class Specialized:
       return self.fn(*args, **kwargs)
 
     closed, out_shape = jax.make_jaxpr(flat, return_shape=True)(*[leaves[i] for i in traced])
+    # Only convolutions need the choice (which may build and load the kernel, and logs why not).
+    convs = any(e.primitive.name == 'conv_general_dilated' for e in closed.jaxpr.eqns)
+    impl = resolve(_CHOICE.get()) if convs else 'xla'
     outs = _evaluate(closed, impl, [leaves[i] for i in traced])
     return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
