@@ -210,6 +210,21 @@ def test_kernel_off_or_unbuildable_means_xla(monkeypatch, tmp_path):
   assert not list(tmp_path.glob('*.so'))
 
 
+def test_a_model_without_convolutions_never_probes_the_kernel(monkeypatch):
+  probes = []
+  monkeypatch.setattr(conv_kernel, 'available', lambda: probes.append(1) or False)
+  mlp = models.create('mlp', outputs=10, hidden=(8,))
+  variables = mlp.init(jax.random.PRNGKey(0), jnp.ones((2, 4)))
+  with conv.implementation('kernel'):
+    jax.jit(conv.specialize(mlp.apply))(variables, jnp.ones((2, 4)))
+  assert not probes
+  cnn = models.create('cnn', outputs=10, features=(16, 16), dense=8)
+  variables = cnn.init(jax.random.PRNGKey(0), jnp.ones((2, 8, 8, 1)))
+  with conv.implementation('kernel'):
+    jax.jit(conv.specialize(cnn.apply))(variables, jnp.ones((2, 8, 8, 1)))
+  assert probes
+
+
 def test_kernel_takes_only_the_channels_it_tiles():
   assert conv_kernel.supports((8, 14, 14, 32), 64)
   assert not conv_kernel.supports((8, 28, 28, 1), 32)  # The first layer: XLA's gradient.

@@ -243,3 +243,9 @@ def test_uniform16_is_uniform_on_0_1_at_16_bits():
   assert len(np.unique(u)) > 50_000  # Both halves of each word are used, not repeated.
   other = np.asarray(input_pipeline.uniform16(jax.random.PRNGKey(1), (999, 201)))
   assert abs(np.corrcoef(u.ravel(), other.ravel())[0, 1]) < 0.01
+  # The four values drawn from one threefry block are uncorrelated with one another.
+  blocks = u.ravel()[:u.size // 4 * 4].reshape(-1, 4)
+  assert np.abs(np.corrcoef(blocks.T) - np.eye(4)).max() < 0.01
+  # Value i depends on (key, i) alone: a longer draw starts with the shorter one.
+  longer = input_pipeline.uniform16(jax.random.PRNGKey(0), (u.size + 5,))
+  np.testing.assert_array_equal(np.asarray(longer)[:u.size], u.ravel())
