@@ -47,7 +47,8 @@ def measure(name: str, tmp: str) -> dict[str, object]:
   """One experiment's whole run and its step's throughput, as the module's docstring says."""
   config, workload, metric = EXPERIMENTS[name]
   tiny = config.split(':')[0] + ':tiny'
-  processes.run_process(processes.experiment(tiny, os.path.join(tmp, 'prepare'), *_fields()))
+  processes.run_process(processes.experiment(tiny, os.path.join(tmp, f'{name}-prepare'),
+                                             *_fields()))
   workdir = os.path.join(tmp, name)
   fields = _fields() + ([f'num_epochs={_NUM_EPOCHS.value}'] if _NUM_EPOCHS.value else [])
   seconds, _ = processes.run_process(processes.experiment(config, workdir, *fields))
@@ -80,6 +81,8 @@ def main(argv):
     for name in EXPERIMENTS:
       rows.append(measure(name, tmp))
       print(json.dumps(rows[-1]), flush=True)
+  print('| experiment | device | epochs | metric | process | steps/s | step | epoch over steps |')
+  print('|---|---|---|---|---|---|---|---|')
   for r in rows:
     print(f"| {r['experiment']} | {r['device']} | {r['epochs']} | {r['metric']} {r['value']:.4f} | "
           f"{r['process_seconds']} s | {r['steps_per_sec']} | {r['step_ms']} ms | "
