@@ -1,19 +1,21 @@
-// Convolution kernels for XLA:CPU, as XLA FFI handlers (AVX-512): lib/cpu/conv_kernel.py builds this
-// file and lib/cpu/conv.py calls it. Two of them:
+// Convolution kernels for XLA:CPU, as XLA FFI handlers (AVX-512, or AVX2 with FMA):
+// lib/cpu/conv_kernel.py builds this file and lib/cpu/conv.py calls it. Two of them:
 //
 // 1. The weight gradient of a 2-D convolution (NHWC input, HWIO kernel, no dilation, one group):
 //
 //      dw[i, j, c, k] = sum over n, oh, ow of x[n, oh*sh + i - pt, ow*sw + j - pl, c] * dy[n, oh, ow, k]
 //
 //    XLA:CPU computes it as a convolution whose window is the whole output (Eigen, about 115
-//    GFLOP/s on the MNIST CNN's second layer); here each (tap, channels, out-channels) tile of dw
-//    is summed in registers straight from x and dy, with no patches in memory (about 190 GFLOP/s,
-//    the machine's matmul speed, on 2 cores).
+//    GFLOP/s on the MNIST CNN's second layer on an AVX-512 CPU); here each (tap, channels,
+//    out-channels) tile of dw is summed in registers straight from x and dy, with no patches in
+//    memory (about 190 GFLOP/s there, the machine's matmul speed, on 2 cores).
 // 2. A network's first block, conv + bias -> ReLU -> 2x2 pool, forward and backward (below).
 //
-// Both cut the batch into a fixed number of chunks whatever the thread count; each chunk sums
-// into its own buffer and the buffers are added in order, so the result does not depend on how
-// XLA's threads pick up the chunks.
+// The kernels themselves are in conv_kernel_simd.h, written once over a vector type; this file
+// instantiates them for AVX-512 and for AVX2 + FMA, and each call runs the widest set this CPU
+// has. Both cut the batch into a fixed number of chunks whatever the thread count; each chunk
+// sums into its own buffer and the buffers are added in order, so the result does not depend on
+// how XLA's threads pick up the chunks.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -45,54 +47,123 @@ int64_t End(int64_t offset, int64_t stride, int64_t size, int64_t out) {
   return last < 0 ? 0 : std::min(out, last / stride + 1);
 }
 
-// One tile: CT input channels x 16*KV output channels of one tap (i, j), summed over images [n0, n1).
-template <int CT, int KV>
-__attribute__((target("avx512f"))) void Tile(const float* x, const float* dy, float* dw,
-                                             const Geometry& g, int64_t n0, int64_t n1, int64_t i,
-                                             int64_t j, int64_t c0, int64_t k0) {
-  __m512 acc[CT][KV];
-  for (int a = 0; a < CT; ++a)
-    for (int v = 0; v < KV; ++v) acc[a][v] = _mm512_setzero_ps();
-  const int64_t oh0 = Begin(i - g.pt, g.sh), oh1 = End(i - g.pt, g.sh, g.h, g.oh);
-  const int64_t ow0 = Begin(j - g.pl, g.sw), ow1 = End(j - g.pl, g.sw, g.w, g.ow);
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t oh = oh0; oh < oh1; ++oh) {
-      const float* xr = x + ((n * g.h + oh * g.sh + i - g.pt) * g.w + j - g.pl) * g.c + c0;
-      const float* dr = dy + (n * g.oh + oh) * g.ow * g.k + k0;
-      for (int64_t ow = ow0; ow < ow1; ++ow) {
-        const float* xp = xr + ow * g.sw * g.c;
-        const float* dp = dr + ow * g.k;
-        __m512 d[KV];
-        for (int v = 0; v < KV; ++v) d[v] = _mm512_loadu_ps(dp + 16 * v);
-        for (int a = 0; a < CT; ++a) {
-          const __m512 b = _mm512_set1_ps(xp[a]);
-          for (int v = 0; v < KV; ++v) acc[a][v] = _mm512_fmadd_ps(b, d[v], acc[a][v]);
-        }
-      }
-    }
+// The first block of an image CNN, conv (few input channels) + bias -> ReLU -> 2x2 pool (average
+// or max, stride 2), as one pass: XLA writes the conv's output, the ReLU's and their gradients
+// (12.8 MB each for the MNIST CNN) to memory; here they live in registers, and the backward pass
+// recomputes the conv (9 multiply-adds per value) instead of reading it back. T = kh*kw*C taps,
+// one vector of output channels per pass; xp is the input padded for the conv ('SAME'),
+// (N, H+kh-1, W+kw-1, C).
+struct Block {
+  int64_t n, hp, wp, c, kh, kw, k, ph, pw;  // ph, pw: pooled output size.
+  int64_t Offset(int64_t t) const { return ((t / c / kw) * wp + (t / c) % kw) * c + t % c; }
+  const float* At(const float* xp, int64_t n_, int64_t h, int64_t w) const {
+    return xp + ((n_ * hp + h) * wp + w) * c;
   }
-  float* out = dw + ((i * g.kw + j) * g.c + c0) * g.k + k0;
-  for (int a = 0; a < CT; ++a)
-    for (int v = 0; v < KV; ++v) _mm512_storeu_ps(out + a * g.k + 16 * v, acc[a][v]);
-}
-
-// Every tile of dw over images [n0, n1): CT*KV accumulators (16 at most) plus KV loads stay in
-// the 32 vector registers; tiles are as wide in out-channels as K allows.
-template <int CT, int KV>
-void Chunk(const float* x, const float* dy, float* dw, const Geometry& g, int64_t n0, int64_t n1) {
-  for (int64_t i = 0; i < g.kh; ++i)
-    for (int64_t j = 0; j < g.kw; ++j)
-      for (int64_t c0 = 0; c0 < g.c; c0 += CT)
-        for (int64_t k0 = 0; k0 < g.k; k0 += 16 * KV) Tile<CT, KV>(x, dy, dw, g, n0, n1, i, j, c0, k0);
-}
+};
 
 using ChunkFn = void (*)(const float*, const float*, float*, const Geometry&, int64_t, int64_t);
+using ForwardFn = void (*)(const float*, const float*, const float*, float*, const Block&, int64_t,
+                           int64_t);
+using BackwardFn = void (*)(const float*, const float*, const float*, const float*, float*, float*,
+                            const Block&, int64_t, int64_t);
 
+// One instruction set's kernels: the weight gradient's chunk for (C, K), the block's for (taps,
+// max pool).
+struct Kernels {
+  ChunkFn (*chunk)(int64_t c, int64_t k);
+  ForwardFn (*forward)(int64_t taps, bool max);
+  BackwardFn (*backward)(int64_t taps, bool max);
+};
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace avx512 {
+
+struct Simd {
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int kLanes = 16;
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V Set1(float a) { return _mm512_set1_ps(a); }
+  static V Zero() { return _mm512_setzero_ps(); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V Max(V a, V b) { return _mm512_max_ps(a, b); }
+  static M None() { return 0; }
+  static M Unordered(V a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+  static M Greater(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static M Equal(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static M And(M a, M b) { return a & b; }
+  static M AndNot(M a, M b) { return static_cast<M>(~a & b); }  // b and not a.
+  static M Or(M a, M b) { return a | b; }
+  static V Keep(M m, V a) { return _mm512_maskz_mov_ps(m, a); }  // a where m, else 0.
+  static V Select(M m, V a, V b) { return _mm512_mask_mov_ps(b, m, a); }  // a where m, else b.
+};
+
+#include "conv_kernel_simd.h"
+
+// CT*KV accumulators (16 at most) plus KV loads stay in the 32 vector registers; tiles are as
+// wide in out-channels as K allows.
 ChunkFn PickChunk(int64_t c, int64_t k) {
   if (k % 64 == 0) return &Chunk<4, 4>;
   if (k % 32 == 0) return c % 8 == 0 ? &Chunk<8, 2> : &Chunk<4, 2>;
   return c % 16 == 0 ? &Chunk<16, 1> : c % 8 == 0 ? &Chunk<8, 1> : &Chunk<4, 1>;
 }
+
+constexpr Kernels kKernels{&PickChunk, &Pick<Forward>, &Pick<Backward>};
+
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+
+struct Simd {
+  using V = __m256;
+  using M = __m256;  // All ones in the lanes that hold.
+  static constexpr int kLanes = 8;
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V Set1(float a) { return _mm256_set1_ps(a); }
+  static V Zero() { return _mm256_setzero_ps(); }
+  static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V Max(V a, V b) { return _mm256_max_ps(a, b); }
+  static M None() { return _mm256_setzero_ps(); }
+  static M Unordered(V a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static M Greater(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static M Equal(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static M And(M a, M b) { return _mm256_and_ps(a, b); }
+  static M AndNot(M a, M b) { return _mm256_andnot_ps(a, b); }  // b and not a.
+  static M Or(M a, M b) { return _mm256_or_ps(a, b); }
+  static V Keep(M m, V a) { return _mm256_and_ps(m, a); }
+  static V Select(M m, V a, V b) { return _mm256_blendv_ps(b, a, m); }
+};
+
+#include "conv_kernel_simd.h"
+
+// 16 vector registers: CT*KV accumulators, KV loads and a broadcast.
+ChunkFn PickChunk(int64_t, int64_t) { return &Chunk<4, 2>; }
+
+constexpr Kernels kKernels{&PickChunk, &Pick<Forward>, &Pick<Backward>};
+
+}  // namespace avx2
+#pragma GCC pop_options
+
+// Floats per vector of the widest instruction set this CPU runs: 16 (AVX-512), 8 (AVX2 + FMA) or
+// 0 (neither; lib/cpu/conv_kernel.py then never registers the handlers).
+int Lanes() {
+  static const int lanes = __builtin_cpu_supports("avx512f")                               ? 16
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
+                                                                                             : 0;
+  return lanes;
+}
+
+const Kernels& Best() { return Lanes() == 16 ? avx512::kKernels : avx2::kKernels; }
 
 // Runs fn(c, n0, n1) for `chunks` fixed slices [n0, n1) of [0, n), on this thread and XLA's pool.
 // Tasks that start after every chunk is taken return at once, so this never waits for a task
@@ -137,7 +208,7 @@ ffi::Error WgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
         "K % 16 == 0");
   }
   const Geometry g{xd[0], xd[1], xd[2], xd[3], dyd[1], dyd[2], dyd[3], wd[0], wd[1], sh, sw, pt, pl};
-  const ChunkFn chunk = PickChunk(g.c, g.k);
+  const ChunkFn chunk = Best().chunk(g.c, g.k);
   const int64_t chunks = Chunks(g.n), size = g.kh * g.kw * g.c * g.k;
   std::vector<float> partial(chunks * size);
   const float* xp = x.typed_data();
@@ -150,104 +221,6 @@ ffi::Error WgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-// The first block of an image CNN, conv (few input channels) + bias -> ReLU -> 2x2 pool (average
-// or max, stride 2), as one pass: XLA writes the conv's output, the ReLU's and their gradients
-// (12.8 MB each for the MNIST CNN) to memory; here they live in registers, and the backward pass
-// recomputes the conv (9 multiply-adds per value) instead of reading it back. T = kh*kw*C taps,
-// 16 output channels per pass; xp is the input padded for the conv ('SAME'), (N, H+kh-1, W+kw-1, C).
-struct Block {
-  int64_t n, hp, wp, c, kh, kw, k, ph, pw;  // ph, pw: pooled output size.
-  int64_t Offset(int64_t t) const { return ((t / c / kw) * wp + (t / c) % kw) * c + t % c; }
-  const float* At(const float* xp, int64_t n_, int64_t h, int64_t w) const {
-    return xp + ((n_ * hp + h) * wp + w) * c;
-  }
-};
-
-// The conv + bias at the 4 positions of pooled output (n, i, j), 16 channels from k0.
-template <int T>
-__attribute__((target("avx512f"), always_inline)) inline void Window(
-    const float* xp, const Block& g, const int64_t* off, const __m512* wv, __m512 bv, int64_t n,
-    int64_t i, int64_t j, __m512* y) {
-  for (int d = 0; d < 4; ++d) {
-    const float* p = g.At(xp, n, 2 * i + d / 2, 2 * j + d % 2);
-    y[d] = bv;
-    for (int t = 0; t < T; ++t) y[d] = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), wv[t], y[d]);
-  }
-}
-
-template <int T, bool kMax>
-__attribute__((target("avx512f"))) void BlockForward(const float* xp, const float* w,
-                                                     const float* b, float* out, const Block& g,
-                                                     int64_t n0, int64_t n1) {
-  int64_t off[T];
-  for (int t = 0; t < T; ++t) off[t] = g.Offset(t);
-  const __m512 quarter = _mm512_set1_ps(0.25f), zero = _mm512_setzero_ps();
-  const __m512 nan = _mm512_set1_ps(__builtin_nanf(""));
-  for (int64_t k0 = 0; k0 < g.k; k0 += 16) {
-    __m512 wv[T], y[4];
-    for (int t = 0; t < T; ++t) wv[t] = _mm512_loadu_ps(w + t * g.k + k0);
-    const __m512 bv = _mm512_loadu_ps(b + k0);
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t i = 0; i < g.ph; ++i)
-        for (int64_t j = 0; j < g.pw; ++j) {
-          Window<T>(xp, g, off, wv, bv, n, i, j, y);
-          __m512 r = zero;
-          __mmask16 unordered = 0;  // A NaN in the window makes the output NaN, as in XLA.
-          for (int d = 0; d < 4; ++d) {
-            unordered |= _mm512_cmp_ps_mask(y[d], y[d], _CMP_UNORD_Q);
-            const __m512 relu = _mm512_max_ps(zero, y[d]);
-            r = kMax ? _mm512_max_ps(r, relu) : _mm512_add_ps(r, relu);
-          }
-          if (!kMax) r = _mm512_mul_ps(r, quarter);
-          _mm512_storeu_ps(out + ((n * g.ph + i) * g.pw + j) * g.k + k0,
-                           _mm512_mask_mov_ps(r, unordered, nan));
-        }
-  }
-}
-
-// Sums, over images [n0, n1), the kernel (dw, T x K) and bias (db, K) gradients of the block.
-// ReLU's gradient is lib.cpu.activations.relu's (g where y > 0, else 0, NaN included); the max
-// pool's goes to the first position of the window that holds the maximum.
-template <int T, bool kMax>
-__attribute__((target("avx512f"))) void BlockBackward(const float* xp, const float* w,
-                                                      const float* b, const float* dout,
-                                                      float* dw, float* db, const Block& g,
-                                                      int64_t n0, int64_t n1) {
-  int64_t off[T];
-  for (int t = 0; t < T; ++t) off[t] = g.Offset(t);
-  const __m512 quarter = _mm512_set1_ps(0.25f), zero = _mm512_setzero_ps();
-  for (int64_t k0 = 0; k0 < g.k; k0 += 16) {
-    __m512 wv[T], gw[T], y[4];
-    for (int t = 0; t < T; ++t) wv[t] = _mm512_loadu_ps(w + t * g.k + k0), gw[t] = zero;
-    const __m512 bv = _mm512_loadu_ps(b + k0);
-    __m512 gb = zero;
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t i = 0; i < g.ph; ++i)
-        for (int64_t j = 0; j < g.pw; ++j) {
-          __m512 gp = _mm512_loadu_ps(dout + ((n * g.ph + i) * g.pw + j) * g.k + k0);
-          if (!kMax) gp = _mm512_mul_ps(gp, quarter);
-          Window<T>(xp, g, off, wv, bv, n, i, j, y);
-          __m512 top = zero;
-          if (kMax)
-            for (int d = 0; d < 4; ++d) top = _mm512_max_ps(top, _mm512_max_ps(zero, y[d]));
-          __mmask16 taken = 0;
-          for (int d = 0; d < 4; ++d) {
-            __mmask16 live = _mm512_cmp_ps_mask(y[d], zero, _CMP_GT_OQ);
-            if (kMax) {
-              live &= ~taken & _mm512_cmp_ps_mask(y[d], top, _CMP_EQ_OQ);
-              taken |= live;
-            }
-            const __m512 gy = _mm512_maskz_mov_ps(live, gp);
-            const float* p = g.At(xp, n, 2 * i + d / 2, 2 * j + d % 2);
-            gb = _mm512_add_ps(gb, gy);
-            for (int t = 0; t < T; ++t) gw[t] = _mm512_fmadd_ps(_mm512_set1_ps(p[off[t]]), gy, gw[t]);
-          }
-        }
-    for (int t = 0; t < T; ++t) _mm512_storeu_ps(dw + t * g.k + k0, gw[t]);
-    _mm512_storeu_ps(db + k0, gb);
-  }
-}
-
 // The block's geometry, or an error unless x is (N, H+kh-1, W+kw-1, C) with H, W even,
 // w (kh, kw, C, K), kh*kw*C one of 9, 18, 27 and K % 16 == 0.
 std::optional<Block> BlockGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd) {
@@ -258,22 +231,6 @@ std::optional<Block> BlockGeometry(ffi::Span<const int64_t> xd, ffi::Span<const 
   return Block{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], h / 2, w / 2};
 }
 
-// The kernel for kh*kw*C taps (9, 18 or 27) and the pool.
-template <template <int, bool> class Fn>
-auto Pick(int64_t taps, bool max) {
-  if (taps == 9) return max ? Fn<9, true>::Run : Fn<9, false>::Run;
-  if (taps == 18) return max ? Fn<18, true>::Run : Fn<18, false>::Run;
-  return max ? Fn<27, true>::Run : Fn<27, false>::Run;
-}
-template <int T, bool kMax>
-struct Forward {
-  static constexpr auto Run = &BlockForward<T, kMax>;
-};
-template <int T, bool kMax>
-struct Backward {
-  static constexpr auto Run = &BlockBackward<T, kMax>;
-};
-
 constexpr char kBlockShapes[] =
     "conv block: needs padded x (N,H+KH-1,W+KW-1,C), w (KH,KW,C,K), b (K) with H, W even, "
     "KH*KW*C in {9, 18, 27}, K % 16 == 0";
@@ -283,7 +240,7 @@ ffi::Error BlockForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                             ffi::ResultBuffer<ffi::F32> out, bool max) {
   const auto g = BlockGeometry(xp.dimensions(), w.dimensions());
   if (!g) return ffi::Error::InvalidArgument(kBlockShapes);
-  const auto fn = Pick<Forward>(g->kh * g->kw * g->c, max);
+  const ForwardFn fn = Best().forward(g->kh * g->kw * g->c, max);
   const float *x = xp.typed_data(), *wp = w.typed_data(), *bp = b.typed_data();
   float* o = out->typed_data();
   const Block geometry = *g;
@@ -300,7 +257,7 @@ ffi::Error BlockBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   const auto g = BlockGeometry(xp.dimensions(), w.dimensions());
   if (!g) return ffi::Error::InvalidArgument(kBlockShapes);
   const int64_t taps = g->kh * g->kw * g->c;
-  const auto fn = Pick<Backward>(taps, max);
+  const BackwardFn fn = Best().backward(taps, max);
   const Block geometry = *g;
   const int64_t chunks = Chunks(geometry.n), size = (taps + 1) * geometry.k;
   std::vector<float> partial(chunks * size);  // Per chunk: dw (taps x K), then db (K).
@@ -351,5 +308,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvWgrad, WgradImpl,
                                   .Attr<int64_t>("pt")
                                   .Attr<int64_t>("pl"));
 
-// Whether this CPU runs the AVX-512 code above (the library itself loads on any x86-64 CPU).
-extern "C" int JaxnotesConvKernelSupported() { return __builtin_cpu_supports("avx512f"); }
+// The vector width the kernels run at on this CPU, 0 where they cannot run (the library itself
+// loads on any x86-64 CPU).
+extern "C" int JaxnotesConvKernelLanes() { return Lanes(); }

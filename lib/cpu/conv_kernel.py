@@ -27,6 +27,7 @@ import numpy as np
 WEIGHT_GRAD = 'jaxnotes_conv_weight_grad'
 BLOCK_FORWARD, BLOCK_BACKWARD = 'jaxnotes_conv_block_forward', 'jaxnotes_conv_block_backward'
 SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
+HEADER = SOURCE.with_name('conv_kernel_simd.h')  # The kernels; SOURCE includes it.
 
 
 def _build() -> pathlib.Path:
@@ -34,7 +35,7 @@ def _build() -> pathlib.Path:
       os.environ.get('CXX', 'g++'), '-O3', '-std=c++17', '-shared', '-fPIC',
       f'-I{jax.ffi.include_dir()}'
   ]
-  key = hashlib.sha256(SOURCE.read_bytes() + ' '.join(command).encode() +
+  key = hashlib.sha256(SOURCE.read_bytes() + HEADER.read_bytes() + ' '.join(command).encode() +
                        jaxlib.__version__.encode()).hexdigest()[:16]
   cache = pathlib.Path(os.environ.get('JAXNOTES_CACHE', '~/.cache/jaxnotes')).expanduser()
   library = cache / f'conv_kernel-{key}.so'
@@ -66,8 +67,9 @@ def available() -> bool:
         'lib.cpu.conv_kernel: could not build or load %s (%s); XLA computes the '
         'convolutions', SOURCE.name, detail.strip())
     return False
-  if not library.JaxnotesConvKernelSupported():
-    logging.info('lib.cpu.conv_kernel: this CPU has no AVX-512; XLA computes the convolutions')
+  if not library.JaxnotesConvKernelLanes():
+    logging.info('lib.cpu.conv_kernel: this CPU has neither AVX-512 nor AVX2 with FMA; XLA '
+                 'computes the convolutions')
     return False
   for target, handler in [(WEIGHT_GRAD, library.JaxnotesConvWgrad),
                           (BLOCK_FORWARD, library.JaxnotesConvBlockForward),
