@@ -55,8 +55,8 @@ def test_im2col_matches_nn_conv_outputs_and_gradients(shape, kernel_size, stride
 
 needs_kernel = pytest.mark.skipif(
     not conv_kernel.available(),
-    reason='lib.cpu.conv_kernel is not available here (needs x86-64 with AVX-512 and a C++ compiler)'
-)
+    reason='lib.cpu.conv_kernel is not available here (needs x86-64 with AVX-512 or AVX2 + FMA and '
+    'a C++ compiler)')
 
 # (input shape, kernel, strides, padding, features) the kernel takes: in-channels a multiple
 # of 4, features of 16; between them every register tiling it picks.

@@ -6,8 +6,8 @@ What it holds, and when each part applies:
   launcher, tests and benchmarks before JAX, TF or numpy start (below).
 * `lib.cpu.conv.specialize(model.apply)`, which the engine applies to every
   model: the model's nn.Conv layers computed by XLA's convolution (GPU, TPU,
-  several devices), by im2col, or with the AVX-512 kernels of
-  `lib.cpu.conv_kernel` (one CPU device with AVX-512 and a C++ compiler), its
+  several devices), by im2col, or with the kernels of `lib.cpu.conv_kernel`
+  (one CPU device with AVX-512 or AVX2 + FMA and a C++ compiler), its
   first conv → ReLU → pool block in one pass, and nn.relu as
   `lib.cpu.activations.relu`; the choice is `lib.cpu.conv.resolve`'s, per
   backend, never a model's or a config's.

@@ -6,13 +6,14 @@ function to a jaxpr and evaluates it with these substitutions, chosen per
 backend by `resolve` (never by a model or a config):
 
 * GPU and TPU: none; the function runs as written ('xla').
-* CPU, one device where lib.cpu.conv_kernel builds (AVX-512), 'kernel': XLA
-  computes the forward and input-gradient convolutions (near this CPU's matmul
-  speed once lib.cpu keeps lone convolutions out of YNNPACK), lib.cpu.conv_kernel
-  the weight gradients (XLA's ran at ~115 GFLOP/s, the kernel at ~190), and a
-  network's first block (conv 'SAME' from 1-3 channels + bias → ReLU → 2x2
-  avg or max pool, forward and backward) in one pass: the MNIST CNN's step,
-  paired in one process, 1.46x XLA's convolutions (docs/performance.md).
+* CPU, one device where lib.cpu.conv_kernel builds (AVX-512 or AVX2 + FMA),
+  'kernel': XLA computes the forward and input-gradient convolutions (near the
+  CPU's matmul speed once lib.cpu keeps lone convolutions out of YNNPACK),
+  lib.cpu.conv_kernel the weight gradients (faster than XLA's, which runs as a
+  convolution whose window is the whole output), and a network's first block
+  (conv 'SAME' from 1-3 channels + bias → ReLU → 2x2 avg or max pool, forward
+  and backward) in one pass: the MNIST CNN's step, paired in one process, is
+  ~1.46x XLA's convolutions (docs/performance.md).
 * CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
   XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), 'im2col': each 2-D convolution as the
   kh*kw shifted, strided slices of the padded input side by side times the

@@ -1,12 +1,15 @@
 """The CPU convolution kernels (lib/cpu/conv_kernel.cc): built, loaded and called.
 
-The C++ source is compiled on first use with the C++ compiler (`$CXX`, else
+The C++ source (conv_kernel.cc, with the kernels themselves in
+conv_kernel_simd.h) is compiled on first use with the C++ compiler (`$CXX`, else
 `g++`) against the XLA FFI headers that jaxlib ships, into a cache folder
 (`$JAXNOTES_CACHE`, else `~/.cache/jaxnotes`) under a name that hashes the
-source, the command and the jaxlib version; later processes load the cached
-library (~4 s once here, then nothing). Where it cannot be had (not x86-64, no
-AVX-512, no compiler, JAXNOTES_CONV_KERNEL=0) `available()` is False, with one
-logged line saying why, and lib.cpu.conv uses XLA's convolution alone.
+sources, the command and the jaxlib version; later processes load the cached
+library (~10 s once here, then nothing). The library holds the kernels for
+AVX-512 and for AVX2 with FMA and runs the widest this CPU has. Where it cannot
+be had (not x86-64, neither instruction set, no compiler, JAXNOTES_CONV_KERNEL=0)
+`available()` is False, with one logged line saying why, and lib.cpu.conv uses
+XLA's convolution alone.
 """
 from collections.abc import Sequence
 import ctypes
