@@ -4,9 +4,9 @@
 // set's `#pragma GCC target`. Both sets add the same products in the same order, so they give
 // the same bits.
 
-// One tile: CT input channels x kLanes*KV output channels of one tap (i, j), summed over output
-// image n into dw, which holds the sum so far: image by image, the sums add in the same order as
-// in one pass over all images.
+// One tile: CT input channels x kLanes*KV output channels of one tap (i, j), summed over image n
+// into dw, which holds the sum so far: image by image, the sums add in the same order as in one
+// pass over all images.
 template <int CT, int KV>
 void Tile(const float* x, const float* dy, float* dw, const Geometry& g, int64_t n, int64_t i,
           int64_t j, int64_t c0, int64_t k0) {
