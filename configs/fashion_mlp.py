@@ -3,11 +3,11 @@
 Command:
   python -m experiments --config=configs/fashion_mlp.py --workdir=runs/fashion_mlp \
       --config.manual_dir=../shared/data/fashion_mnist
-Expected: test_accuracy 0.8741 ± 0.0051 after 5 epochs over seeds 0-4 (0.8709, 0.8770,
-0.8778, 0.8667, 0.8780; --config.num_seeds=5 trains the five in one program); bar 0.87; the
-notebook got 0.8665. With --config.normalization=unit (the notebook's pixels in [0, 1]) 0.8700
-with seed 0.
-Hardware and time: 2-core CPU, about 10 seconds of process wall for one seed, 17 for five
+Expected: test_accuracy 0.8859 ± 0.0021 after 5 epochs over seeds 0-4 (0.8887, 0.8830,
+0.8859, 0.8869, 0.8848; --config.num_seeds=5 trains the five in one program); bar 0.88; the
+notebook got 0.8665. The notebook's constant rate (--config.lr_schedule=constant) gives
+0.8738 ± 0.0036 over the same seeds.
+Hardware and time: 2-core CPU, about 10 seconds of process wall for one seed, 16 for five
 seeds in one program (README results table).
 Smoke test: --config=configs/fashion_mlp.py:tiny.
 """
@@ -24,6 +24,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.normalization = 'standardize'
   c.optimizer = 'adam'
   c.learning_rate = 1e-3  # Keras' Adam default.
+  # Decaying the rate to 0 over the 5 epochs lets the last steps settle where a constant
+  # rate keeps jumping around: about a point of test accuracy at no cost (docstring).
+  c.lr_schedule = 'cosine'
   c.batch_size = 32
   c.num_epochs = 5
   # Steps take ~0.3 ms here: 75 per compiled call (of the 1875 per epoch) keep
