@@ -94,6 +94,29 @@ def test_kernel_matches_nn_conv_gradients(shape, kernel_size, strides, padding, 
   jax.tree.map(np.testing.assert_array_equal, again, got)
 
 
+@needs_kernel
+def test_a_population_computes_each_members_convolutions_alone():
+  # config.num_seeds vmaps the step over its members. XLA would group the members'
+  # convolutions into one, at half the speed; each member's gradients are still its own.
+  layer = nn.Conv(64, (3, 3))
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 14, 14, 32))
+  params = jax.vmap(layer.init)(jax.random.split(jax.random.PRNGKey(0), 3), x)
+  ours = conv.specialize(layer.apply)
+
+  def grads(apply):
+    return jax.grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1))
+
+  with conv.implementation('kernel'):
+    population = jax.jit(jax.vmap(grads(ours)))
+    text = population.lower(params, x).as_text()
+    got = population(params, x)
+  assert conv_kernel.WEIGHT_GRAD in text and 'feature_group_count = 3' not in text
+  for i in range(3):
+    alone = grads(layer.apply)(jax.tree.map(lambda p: p[i], params), x[i])
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(alone)):
+      np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-4)
+
+
 class _Block(nn.Module):
   """A first block as the models write it: nn.Conv → nn.relu → 2x2 pool."""
   features: int

@@ -98,6 +98,35 @@ def xla_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def _member_by_member(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """`fn` whose vmap calls it once per member (unrolled) and stacks the results.
+
+  A population (config.num_seeds) vmaps the step over its members; XLA:CPU then computes
+  each convolution as one grouped convolution, about half as fast as the members' own
+  convolutions one after another. Unrolled, not a loop: a convolution inside a while loop
+  runs slower still.
+  """
+  fn = jax.custom_batching.custom_vmap(fn)
+
+  @fn.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    members = [fn(*(a[i] if b else a for a, b in zip(args, in_batched))) for i in range(axis_size)]
+    return jnp.stack(members), True
+
+  return fn
+
+
+def _forward(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+  return _member_by_member(lambda x, k: xla_conv(x, k, strides, padding))(x, kernel)
+
+
+def _input_grad(x: jax.Array, kernel: jax.Array, dy: jax.Array, strides, padding) -> jax.Array:
+  # XLA's input gradient is at matmul speed; where x needs none (the first layer) XLA drops it.
+  return _member_by_member(
+      lambda x, k, dy: jax.vjp(lambda x: xla_conv(x, k, strides, padding), x)[1](dy)[0])(
+          x, kernel, dy)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def kernel_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
                 padding: tuple[tuple[int, int], ...]) -> jax.Array:
@@ -112,17 +141,16 @@ def kernel_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   Returns:
     (batch, out_height, out_width, out_channels), as `xla_conv`.
   """
-  return xla_conv(x, kernel, strides, padding)
+  return _forward(x, kernel, strides, padding)
 
 
 def _kernel_conv_fwd(x, kernel, strides, padding):
-  return xla_conv(x, kernel, strides, padding), (x, kernel)
+  return _forward(x, kernel, strides, padding), (x, kernel)
 
 
 def _kernel_conv_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
-  # XLA's input gradient is at matmul speed; where x needs none (the first layer) XLA drops it.
-  dx = jax.vjp(lambda x: xla_conv(x, kernel, strides, padding), x)[1](dy)[0]
+  dx = _input_grad(x, kernel, dy, strides, padding)
   return dx, conv_kernel.weight_grad(x, dy, kernel.shape[:2], strides, padding)
 
 
