@@ -13,7 +13,8 @@ backend by `resolve` (never by a model or a config):
   convolution whose window is the whole output), and a network's first block
   (conv 'SAME' from 1-3 channels + bias → ReLU → 2x2 avg or max pool, forward
   and backward) in one pass: the MNIST CNN's step, paired in one process, is
-  ~1.46x XLA's convolutions (docs/performance.md).
+  ~1.46x XLA's convolutions (docs/performance.md). Under a population's vmap
+  (config.num_seeds) XLA's convolutions run member by member, not grouped.
 * CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
   XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), 'im2col': each 2-D convolution as the
   kh*kw shifted, strided slices of the padded input side by side times the
