@@ -117,15 +117,18 @@ def _member_by_member(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
   return fn
 
 
-def _forward(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+def _forward(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+             padding: Padding) -> jax.Array:
   return _member_by_member(lambda x, k: xla_conv(x, k, strides, padding))(x, kernel)
 
 
-def _input_grad(x: jax.Array, kernel: jax.Array, dy: jax.Array, strides, padding) -> jax.Array:
+def _input_grad(x: jax.Array, kernel: jax.Array, dy: jax.Array, strides: Sequence[int],
+                padding: Padding) -> jax.Array:
   # XLA's input gradient is at matmul speed; where x needs none (the first layer) XLA drops it.
-  return _member_by_member(
-      lambda x, k, dy: jax.vjp(lambda x: xla_conv(x, k, strides, padding), x)[1](dy)[0])(
-          x, kernel, dy)
+  def grad(x, k, dy):
+    return jax.vjp(lambda x: xla_conv(x, k, strides, padding), x)[1](dy)[0]
+
+  return _member_by_member(grad)(x, kernel, dy)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
