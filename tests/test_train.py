@@ -92,7 +92,9 @@ def test_steps_per_execution_scans_the_same_steps(tmp_path):
   config.steps_per_execution = 3
   three, three_summary = _mock_classifier_fit(tmp_path / 'three', config)
   assert int(three.step) == int(one.step) == 12
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), three.params,
+  # Inside the scan XLA fuses the step differently, so sums round differently: after 12 steps
+  # ~1e-6 apart on some CPUs, where one step more or less moves them by ~1e-2.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), three.params,
                one.params)
   for a, b in zip(one_summary['history'], three_summary['history'], strict=True):
     assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
