@@ -10,6 +10,7 @@ evaluation and every run, with a fixed key per image.
 After training the experiment reports the importance-weighted bound on
 -log p(x) with k samples (Burda et al. 2016), tighter than the ELBO.
 """
+import functools
 import math
 import os
 from typing import Any
@@ -54,16 +55,45 @@ def iwae_nll(model: models.VAE, params: Any, x: jax.Array, key: jax.Array, k: in
   return -(jax.nn.logsumexp(log_px_z + log_pz - log_qz, axis=0) - math.log(k))
 
 
+def _decoded(model: models.VAE, params: Any, images: jax.Array, grid: jax.Array | None,
+             key: jax.Array) -> dict[str, jax.Array]:
+  """What the figures show, computed in one call: prior samples, reconstructions, resampling.
+
+  Args:
+    model: the VAE.
+    params: its params.
+    images: (16, ...) test images.
+    grid: (n * n, 2) latent points to decode (the 2-D manifold), or None.
+    key: splits into the prior's samples and the encoder's samples of z.
+
+  Returns:
+    Pixel probabilities (sigmoid of the logits) keyed by figure; 'z': the 8 codes of images[0].
+  """
+  variables = {'params': params}
+  decode = lambda z: jax.nn.sigmoid(model.apply(variables, z, method=models.VAE.decode))
+  key_prior, key_same = jax.random.split(key)
+  out = {'prior': decode(jax.random.normal(key_prior, (32, model.latents)))}
+  if grid is not None:
+    out['manifold'] = decode(grid)
+  out['reconstructions'] = jax.nn.sigmoid(
+      model.apply(variables, images, rngs={'sample': key_same})['logits'])
+  same = model.apply(variables, jnp.repeat(images[:1], 8, axis=0), rngs={'sample': key_same})
+  return {**out, 'same': jax.nn.sigmoid(same['logits']), 'z': same['z']}
+
+
 def _plots(model, state, data, config, plot_dir: str) -> None:
-  """The figures of the notes: latent space, 2-D manifold, prior samples, reconstructions, resampling."""
-  variables = {'params': state.params}
-  encode = jax.jit(lambda x: model.apply(variables, x, method=models.VAE.encode))
-  decode = jax.jit(lambda z: jax.nn.sigmoid(model.apply(variables, z, method=models.VAE.decode)))
+  """The figures of the notes: latent space, 2-D manifold, prior samples, reconstructions, resampling.
+
+  The model runs in two compiled functions (the test set's codes, then `_decoded`):
+  run op by op, its small calls would compile one by one for seconds.
+  """
+  encode = jax.jit(lambda params, x: model.apply({'params': params}, x,
+                                                 method=models.VAE.encode)[0])
   means, labels = [], []
   for batch in input_pipeline.eval_batches(data.test, 1000, augment=binarize):
-    batch = jax.device_get(batch)
+    batch, mean = jax.device_get((batch, encode(state.params, batch['x'])))
     keep = batch['mask']
-    means.append(np.asarray(encode(batch['x'][keep])[0]))
+    means.append(mean[keep])
     labels.append(batch['y'][keep])
     if len(means) == 1:
       images = batch['x'][keep][:16]  # The first test images, for reconstructions.
@@ -78,29 +108,24 @@ def _plots(model, state, data, config, plot_dir: str) -> None:
          title=f'test-set latent means ({latents}-D' + (')' if latents == 2 else ', PCA to 2-D)'))
   plots.save(fig, os.path.join(plot_dir, 'latent_space.png'))
 
+  n, grid = config.plot_latent_grid, None
   if latents == 2:  # The notes' "new digits" from a grid through the Gaussian's quantiles.
-    n = config.plot_latent_grid
-    q = np.asarray(jax.scipy.special.ndtri(jnp.linspace(0.05, 0.95, n)))
-    grid = np.stack(np.meshgrid(q, q[::-1]), -1).reshape(-1, 2)
-    plots.image_grid(np.asarray(decode(jnp.asarray(grid, jnp.float32))), n,
-                     os.path.join(plot_dir, 'manifold.png'),
+    q = np.asarray(jax.scipy.special.ndtri(np.linspace(0.05, 0.95, n)))
+    grid = np.stack(np.meshgrid(q, q[::-1]), -1).reshape(-1, 2).astype(np.float32)
+  out = jax.device_get(
+      jax.jit(functools.partial(_decoded, model))(state.params, images, grid,
+                                                  jax.random.PRNGKey(config.seed)))
+  if latents == 2:
+    plots.image_grid(out['manifold'], n, os.path.join(plot_dir, 'manifold.png'),
                      f'decoded from a {n}x{n} grid of Gaussian quantiles of z')
-  key_prior, key_same = jax.random.split(jax.random.PRNGKey(config.seed))
-  prior = decode(jax.random.normal(key_prior, (32, latents)))
-  plots.image_grid(np.asarray(prior), 4, os.path.join(plot_dir, 'prior_samples.png'),
+  plots.image_grid(out['prior'], 4, os.path.join(plot_dir, 'prior_samples.png'),
                    'decoded samples z ~ N(0, I) of the prior')
-  recon = model.apply(variables, images, rngs={'sample': key_same})
+  plots.image_grid(np.concatenate([images.reshape(16, -1), out['reconstructions']]), 2,
+                   os.path.join(plot_dir, 'reconstructions.png'),
+                   'test images (top), reconstructions', ['input', 'output'])
+  z_text = ', '.join(f'({a:.2f}, {b:.2f})' for a, b in out['z'][:4, :2])
   plots.image_grid(
-      np.concatenate([images.reshape(16, -1),
-                      np.asarray(jax.nn.sigmoid(recon['logits']))]), 2,
-      os.path.join(plot_dir, 'reconstructions.png'), 'test images (top), reconstructions',
-      ['input', 'output'])
-  same = jnp.repeat(images[:1], 8, axis=0)  # One image, encoded eight times.
-  out = model.apply(variables, same, rngs={'sample': key_same})
-  z_text = ', '.join(f'({a:.2f}, {b:.2f})' for a, b in np.asarray(out['z'])[:4, :2])
-  plots.image_grid(
-      np.concatenate([np.asarray(same).reshape(8, -1),
-                      np.asarray(jax.nn.sigmoid(out['logits']))]), 2,
+      np.concatenate([np.repeat(images[:1], 8, axis=0).reshape(8, -1), out['same']]), 2,
       os.path.join(plot_dir, 'same_image.png'),
       f'one image, 8 samples of z: a different latent each time\nz[:2] = {z_text}, ...',
       ['input', 'decoded'])
