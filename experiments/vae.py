@@ -87,8 +87,8 @@ def _plots(model, state, data, config, plot_dir: str) -> None:
   The model runs in two compiled functions (the test set's codes, then `_decoded`):
   run op by op, its small calls would compile one by one for seconds.
   """
-  encode = jax.jit(lambda params, x: model.apply({'params': params}, x,
-                                                 method=models.VAE.encode)[0])
+  encode = jax.jit(
+      lambda params, x: model.apply({'params': params}, x, method=models.VAE.encode)[0])
   means, labels = [], []
   for batch in input_pipeline.eval_batches(data.test, 1000, augment=binarize):
     batch, mean = jax.device_get((batch, encode(state.params, batch['x'])))
