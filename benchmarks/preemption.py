@@ -114,8 +114,10 @@ def _command(workdir):
 def _timed_run(workdir, stop=None):
   """Wall seconds of one run; with `stop`, the signal is sent after step --stop_at."""
   start = time.perf_counter()
+  # A new compilation cache per process: each run compiles, as the figures assume.
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': tempfile.mkdtemp(prefix='jaxnotes_xla_')}
   proc = subprocess.Popen(_command(workdir), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True, env=env)
   exit_s = None
   for line in proc.stdout:
     if stop is not None and f'[{_STOP_AT.value}] ' in line:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -26,19 +27,27 @@ def experiment(config: str, workdir: str, *fields: str) -> list[str]:
   ]
 
 
-def run_process(command: Sequence[str]) -> tuple[float, subprocess.CompletedProcess]:
+def run_process(command: Sequence[str],
+                compilation_cache: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
   """Runs `command` to its exit; raises with its stderr's tail if it fails.
 
   Args:
     command: the program and its arguments.
+    compilation_cache: the folder of JAX's compilation cache for the launcher
+      (lib/compilation_cache.py); None: a new empty one, so that the process
+      compiles everything as a first run does, whatever earlier runs left.
 
   Returns:
     (seconds from start to exit, the finished process with its stdout and stderr).
   """
-  start = time.perf_counter()
-  done = subprocess.run(command, capture_output=True, text=True, check=False,
-                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
-  seconds = time.perf_counter() - start
+  with tempfile.TemporaryDirectory(prefix='jaxnotes_xla_') as empty:
+    env = {
+        **os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2',
+        'JAX_COMPILATION_CACHE_DIR': compilation_cache or empty
+    }
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    seconds = time.perf_counter() - start
   if done.returncode:
     raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
   return seconds, done

@@ -6,7 +6,9 @@
 For each workload, in fresh processes and new workdirs (the datasets already prepared):
   - one population: `python -m experiments --config=CONFIG --config.num_seeds=N`;
   - N single runs one after the other: the same command with `--config.seed=k`, k = 0..N-1;
-each timed from start to exit. Prints the wall times, the singles' sum over the population's
+each timed from start to exit. The single runs share one new compilation cache, as a user's
+runs in a row do (the first compiles, the others load its programs); the population compiles
+in a cache of its own. Prints the wall times, the singles' sum over the population's
 (how many times faster one program is), the population's over one single run's (the median),
 and the workload's metric over the seeds both ways as mean ± std. Seed k of a population
 trains as its own single run (tested to 1e-5), but a population's best epoch and early
@@ -70,9 +72,11 @@ def measure(name: str, tmp: str) -> dict[str, object]:
   population_s, _ = processes.run_process(_command(name, workdir, f'num_seeds={n}'))
   population = _results(workdir)['seeds'][metric]
   singles, singles_s = [], []
+  # The runs in a row share a compilation cache, as a user's do: the first one compiles.
+  cache = os.path.join(tmp, f'{name}-xla')
   for k in range(n):
     workdir = os.path.join(tmp, f'{name}-seed{k}')
-    seconds, _ = processes.run_process(_command(name, workdir, f'seed={k}'))
+    seconds, _ = processes.run_process(_command(name, workdir, f'seed={k}'), cache)
     singles_s.append(round(seconds, 2))
     singles.append(_results(workdir)[metric])
   print(

@@ -4,13 +4,17 @@
 
 Each round starts, one after the other, a fresh process for each of
   - jaxnotes: `python -m experiments --config=configs/NAME.py --workdir=NEW_DIR`
-    (a new workdir, so it trains from scratch; the dataset already prepared);
+    (a new workdir, so it trains from scratch; the dataset already prepared) with an
+    empty compilation cache, as a first run;
+  - jaxnotes_cached: the same in another new workdir, with the compilation cache
+    that an untimed run of the same command filled before the rounds, as every
+    later run of a config (lib/compilation_cache.py);
   - Keras: the course notebook's cells as one script, `fit(..., verbose=False)`
     where the notebook does, run by this module's --keras=NAME;
 and times it from start to exit (imports, data, compile, training, evaluation,
-plots, results). Rounds interleave the two, so a noisy machine slows both
-alike. Prints each process's seconds and, per experiment, both medians and
-their ratio (Keras / jaxnotes: how many times faster jaxnotes is) as JSON.
+plots, results). Rounds interleave the three, so a noisy machine slows all
+alike. Prints each process's seconds and, per experiment, the medians and
+the ratios (Keras / jaxnotes: how many times faster jaxnotes is) as JSON.
 
 The notebooks (Udacity's Intro to TensorFlow):
   - celsius, l02c01: Dense(1), Adam(0.1), 500 epochs over the 7 pairs.
@@ -101,9 +105,9 @@ def _commands(name: str, workdir: str) -> dict[str, list[str]]:
   return {'jaxnotes': jaxnotes, 'keras': keras}
 
 
-def _time(command: list[str]) -> tuple[float, str]:
+def _time(command: list[str], cache: str | None = None) -> tuple[float, str]:
   """Seconds from start to exit, and the line that gives the run's result."""
-  seconds, done = processes.run_process(command)
+  seconds, done = processes.run_process(command, cache)
   return seconds, _result(done.stdout, done.stderr)
 
 
@@ -125,12 +129,18 @@ def main(argv):
   names = list(dict.fromkeys(_ONLY.value))
   if 'fashion_mlp' in names and not _MANUAL_DIR.value:
     raise app.UsageError('--manual_dir (Fashion-MNIST\'s files) is needed for fashion_mlp')
-  seconds = {name: {'jaxnotes': [], 'keras': []} for name in names}
+  seconds = {name: {'jaxnotes': [], 'jaxnotes_cached': [], 'keras': []} for name in names}
   with tempfile.TemporaryDirectory() as tmp:
+    caches = {name: os.path.join(tmp, f'{name}-xla') for name in names}
+    for name in names:  # Untimed: fills the compilation cache of the cached runs.
+      _time(_commands(name, os.path.join(tmp, f'{name}-fill'))['jaxnotes'], caches[name])
     for r in range(_ROUNDS.value):
       for name in names:
-        for who, command in _commands(name, os.path.join(tmp, f'{name}-{r}')).items():
-          s, last = _time(command)
+        commands = _commands(name, os.path.join(tmp, f'{name}-{r}'))
+        commands['jaxnotes_cached'] = _commands(name,
+                                                os.path.join(tmp, f'{name}-{r}-cached'))['jaxnotes']
+        for who in seconds[name]:
+          s, last = _time(commands[who], caches[name] if who == 'jaxnotes_cached' else None)
           seconds[name][who].append(round(s, 2))
           print(f'round {r}: {name} {who}: {s:.1f} s ({last.strip()[:160]})', flush=True)
   summary = {}
@@ -138,7 +148,8 @@ def main(argv):
     med = {who: statistics.median(v) for who, v in runs.items()}
     summary[name] = {
         'seconds': runs, 'median_seconds': med, 'keras_over_jaxnotes': round(
-            med['keras'] / med['jaxnotes'], 2)
+            med['keras'] / med['jaxnotes'], 2), 'keras_over_jaxnotes_cached': round(
+                med['keras'] / med['jaxnotes_cached'], 2)
     }
   print(json.dumps(summary))
 

@@ -80,9 +80,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   Raises:
     UserError: bad config, workdir in use, or a rerun under a changed config.
   """
+  from lib import compilation_cache  # pylint: disable=g-import-not-at-top
   from lib import train  # pylint: disable=g-import-not-at-top
   from lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   start = time.time()
+  compilation_cache.enable()  # Before anything compiles: a rerun loads its programs.
   module = experiment_module(config)
   if 'optimizer' in config:  # Configs built on configs.common.training() train through lib.train.
     train.check_config(config)

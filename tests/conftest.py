@@ -18,6 +18,12 @@ import tensorflow_datasets as tfds
 tf.config.set_visible_devices([], 'GPU')
 # Mocked datasets must never meet arrays cached from real ones in ~/tensorflow_datasets.
 os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(prefix='jaxnotes_tests_tfds_')
+# Compiled programs are shared by the session's tests (in this process and in the launchers
+# they start) and never read from a developer's own cache.
+os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='jaxnotes_tests_xla_')
+from lib import compilation_cache  # pylint: disable=g-import-not-at-top
+
+compilation_cache.enable()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')
