@@ -113,21 +113,22 @@ def _command(workdir):
 
 def _timed_run(workdir, stop=None):
   """Wall seconds of one run; with `stop`, the signal is sent after step --stop_at."""
-  start = time.perf_counter()
   # A new compilation cache per process: each run compiles, as the figures assume.
-  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': tempfile.mkdtemp(prefix='jaxnotes_xla_')}
-  proc = subprocess.Popen(_command(workdir), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env)
-  exit_s = None
-  for line in proc.stdout:
-    if stop is not None and f'[{_STOP_AT.value}] ' in line:
-      sent = time.perf_counter()
-      proc.send_signal(stop)
-      proc.wait()
-      exit_s = time.perf_counter() - sent
-      break
-  proc.wait()
-  return time.perf_counter() - start, exit_s
+  with tempfile.TemporaryDirectory(prefix='jaxnotes_xla_') as cache:
+    start = time.perf_counter()
+    proc = subprocess.Popen(_command(workdir), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache})
+    exit_s = None
+    for line in proc.stdout:
+      if stop is not None and f'[{_STOP_AT.value}] ' in line:
+        sent = time.perf_counter()
+        proc.send_signal(stop)
+        proc.wait()
+        exit_s = time.perf_counter() - sent
+        break
+    proc.wait()
+    return time.perf_counter() - start, exit_s
 
 
 def main(argv):

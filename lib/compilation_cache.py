@@ -14,6 +14,8 @@ import platform
 
 import jax
 
+import lib
+
 # The folder's cap; the least recently used programs go first.
 MAX_BYTES = 2 * 2**30
 
@@ -47,8 +49,7 @@ def enable() -> str | None:
     return None
   path = jax.config.jax_compilation_cache_dir
   if not path:
-    root = os.path.expanduser(os.environ.get('JAXNOTES_CACHE', '~/.cache/jaxnotes'))
-    path = os.path.join(root, f'xla-{_machine()}')
+    path = os.path.join(lib.cache_dir(), f'xla-{_machine()}')
     jax.config.update('jax_compilation_cache_dir', path)
   if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

@@ -128,7 +128,7 @@ def image_grid(images: np.ndarray, rows: int, path: str, title: str,
   fig, ax = plt.subplots(figsize=(cols * 0.9, rows * 0.95 + 0.4))
   ax.imshow(mosaic, cmap='gray', vmin=0, vmax=1, interpolation='nearest')
   ax.set_xticks([])
-  ax.set_yticks([(side + gap) * r + side / 2 - gap for r in range(len(row_labels or ()))],
+  ax.set_yticks([(side + gap) * r + (side - 1) / 2 for r in range(len(row_labels or ()))],
                 list(row_labels or ()), fontsize=8)
   ax.tick_params(length=0)
   for spine in ax.spines.values():

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+import lib
+
 WEIGHT_GRAD = 'jaxnotes_conv_weight_grad'
 BLOCK_FORWARD, BLOCK_BACKWARD = 'jaxnotes_conv_block_forward', 'jaxnotes_conv_block_backward'
 SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
@@ -40,7 +42,7 @@ def _build() -> pathlib.Path:
   ]
   key = hashlib.sha256(SOURCE.read_bytes() + HEADER.read_bytes() + ' '.join(command).encode() +
                        jaxlib.__version__.encode()).hexdigest()[:16]
-  cache = pathlib.Path(os.environ.get('JAXNOTES_CACHE', '~/.cache/jaxnotes')).expanduser()
+  cache = pathlib.Path(lib.cache_dir())
   library = cache / f'conv_kernel-{key}.so'
   if not library.exists():
     cache.mkdir(parents=True, exist_ok=True)
