@@ -143,7 +143,7 @@ def _train_one(config: ml_collections.ConfigDict, workdir: str, data: input_pipe
       'latents': config.model_kwargs.latents
   }
   batch = input_pipeline.first_examples(data.test, config.plot_examples, augment)
-  output = model.apply({'params': state.params, **state.model_state}, batch['x'])
+  output = jax.jit(model.apply)({'params': state.params, **state.model_state}, batch['x'])
   images = {'input': batch['clean'], 'corrupted': batch['x'], 'output': np.asarray(output)}
   if jax.process_index() == 0:
     plot_dir = os.path.join(workdir, 'plots')
