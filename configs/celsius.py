@@ -10,7 +10,7 @@ Variants (--config=configs/celsius.py:VARIANT):
   three_layer  the notebook's Dense(4) → Dense(4) → Dense(1), no activations: still
                a line, reported as its effective weight and bias.
   tiny         20 epochs, for tests.
-Hardware and time: 2-core CPU, about 10 s (README results table). No download.
+Hardware and time: 2-core CPU, 2-3 s a process (README results table). No download.
 """
 import ml_collections
 

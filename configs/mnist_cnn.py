@@ -8,8 +8,8 @@ Expected: test_accuracy 0.9929 ± 0.0002 after 10 epochs over seeds 0-2 (0.9930,
 0.0006 (0.9931, 0.9919, 0.9927) with AVX2, whose roundings differ; bar 0.992; Flax's Linen
 example reported 0.9917. --config.lr_schedule=constant (the Flax example's schedule) gives
 0.9933 with seed 0: level with cosine within the seeds' spread.
-Hardware and time: 2-core AMD EPYC with lib/cpu's kernels. Zen 4 (AVX-512): 139-157 s for
-one seed, 538 s for three seeds in one program. Zen 3 (AVX2): 203 s for one seed, 269 s side
+Hardware and time: 2-core AMD EPYC with lib/cpu's kernels. Zen 4 (AVX-512): 110-157 s for
+one seed (the VM's speed varies by hour), 538 s for three seeds in one program. Zen 3 (AVX2): 203 s for one seed, 269 s side
 by side with XLA's convolutions (JAXNOTES_CONV_KERNEL=0).
 Smoke test: --config=configs/mnist_cnn.py:tiny (a few steps, seconds).
 """

@@ -10,7 +10,7 @@ Command (2-D latent space, the notes' pictures; two hidden layers of 500 on each
   python -m experiments --config=configs/vae.py:shallow --workdir=runs/vae2_shallow \
       --config.manual_dir=../shared/data/mnist
 Expected: test_neg_elbo about 137 nats (2-D, bar 145) and <= 100 (20-D: 96.49 ± 0.17 over
-seeds 0-2, IWAE 92.01 ± 0.13; about 5 minutes a seed on a 2-core CPU); about 146
+seeds 0-2, IWAE 92.01 ± 0.13; 3.5-6 minutes a seed on a 2-core CPU); about 146
 for :shallow, whose one-layer decoder does not reach 145 in 100 epochs (falling by ~0.02
 nats an epoch at the end); test_iwae_nll a few nats lower. Measured values, hardware
 and time: the README results table.
