@@ -101,13 +101,13 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     image = images[i]
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray',
               extent=(x0, x0 + side, y0 + side, y0), interpolation='nearest')
+    left = x0 + 1.15 * side  # The chart's left edge; y grows downwards, so bars are negative.
     pred, true = int(np.argmax(probs[i])), int(labels[i])
     ok = pred == true
-    ax.text(
-        x0 + side / 2, y0 - 1.5, f'{class_names[pred]} {probs[i][pred]:.0%}' +
-        ('' if ok else f' (true {class_names[true]})'), fontsize=8, ha='center', va='bottom',
-        color='tab:blue' if ok else 'tab:red')
-    left = x0 + 1.15 * side  # The chart's left edge; y grows downwards, so bars are negative.
+    title = f'{class_names[pred]} {probs[i][pred]:.0%}'
+    title += '' if ok else f' (true {class_names[true]})'
+    ax.text((x0 + left + k * slot) / 2, y0 - 1.5, title, fontsize=8, ha='center', va='bottom',
+            color='tab:blue' if ok else 'tab:red')
     frames.append(patches.Rectangle((left, y0), k * slot, side))
     for j in range(k):
       bar_x.append(left + (j + 0.5) * slot)
