@@ -1,7 +1,9 @@
 """Shared test helpers: tiny configs on mock data, and the real MNIST files when present."""
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,11 +18,20 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 tf.config.set_visible_devices([], 'GPU')
+
+
+def _session_dir(prefix: str) -> str:
+  """A temporary folder for this test session, removed when the session's process exits."""
+  path = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  return path
+
+
 # Mocked datasets must never meet arrays cached from real ones in ~/tensorflow_datasets.
-os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(prefix='jaxnotes_tests_tfds_')
+os.environ['TFDS_DATA_DIR'] = _session_dir('jaxnotes_tests_tfds_')
 # Compiled programs are shared by the session's tests (in this process and in the launchers
 # they start) and never read from a developer's own cache.
-os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='jaxnotes_tests_xla_')
+os.environ['JAX_COMPILATION_CACHE_DIR'] = _session_dir('jaxnotes_tests_xla_')
 from lib import compilation_cache  # pylint: disable=g-import-not-at-top
 
 compilation_cache.enable()
