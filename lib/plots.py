@@ -86,9 +86,9 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
                     class_names: Sequence[str], path: str) -> str:
   """Each test image beside the probability distribution (softmax of the logits) it got.
 
-  Images, bars and labels share one axis, in data coordinates: an axis per
-  image and per chart would take most of a second to draw, and so would the
-  class indices under every chart (text is most of the drawing).
+  Images, bars and labels share one axis, in data coordinates, and the bars are
+  one collection: an axis per image and per chart, or an artist per bar, would
+  take most of a second to draw.
   """
   n, k = probs.shape
   cols, side = 4, images.shape[1]
@@ -96,7 +96,7 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
   cell_w, cell_h = 2.6 * side, 1.45 * side
   rows = -(-n // cols)
   fig, ax = plt.subplots(figsize=(3.2 * cols, 1.7 * rows))
-  bars, bar_color, frames = [], [], []  # Bars as corner lists: one collection, not an artist each.
+  bars, bar_color, frames = [], [], []  # Each bar as its four corners.
   for i in range(n):
     x0, y0 = i % cols * cell_w, i // cols * cell_h + 0.3 * side  # The image's top left.
     image = images[i]
