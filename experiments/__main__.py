@@ -54,6 +54,11 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for --distributed.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes, for --distributed.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, for --distributed.')
+_COMPILE_FOR = flags.DEFINE_string(
+    'compile_for', None, 'Compile the run for an accelerator that need not be here (v5e-8, '
+    'h100, ...: lib/aot.py TARGETS) instead of running it: per-device memory against the HBM, '
+    'FLOPs and a roofline bound per program; the workdir gets the report, no checkpoint. Needs '
+    'requirements-compile.txt.')
 
 
 def experiment_module(config: ml_collections.ConfigDict) -> Any:
@@ -67,19 +72,24 @@ def experiment_module(config: ml_collections.ConfigDict) -> Any:
   return importlib.import_module(f'experiments.{config.experiment}')
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        compile_for: str | None = None) -> dict[str, Any]:
   """Runs the config's experiment in `workdir`, with the bookends every run shares.
 
   Args:
     config: the experiment's config.
     workdir: the run's directory; a rerun resumes from it.
+    compile_for: a name of lib.aot.TARGETS: compile the run for that accelerator
+      instead (`compile_only`).
 
   Returns:
-    The results, as written to workdir/results.json.
+    The results, as written to workdir/results.json (with compile_for, the report).
 
   Raises:
     UserError: bad config, workdir in use, or a rerun under a changed config.
   """
+  if compile_for:
+    return compile_only(config, workdir, compile_for)
   from lib import compilation_cache  # pylint: disable=g-import-not-at-top
   from lib import train  # pylint: disable=g-import-not-at-top
   from lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -101,6 +111,40 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                               'and the std are in results.json)')
     workdir_lib.write_results(path, results, config, start)
   return results
+
+
+def compile_only(config: ml_collections.ConfigDict, workdir: str, target: str) -> dict[str, Any]:
+  """Builds the run as `run` would, for `target`'s devices, and compiles its programs; runs none.
+
+  The workdir gets compile_TARGET_DTYPE.json and nothing else: no config record,
+  no checkpoint, so the same workdir can still start the real run.
+
+  Returns:
+    The report (lib.aot.report).
+
+  Raises:
+    UserError: an unknown target, a bad config, or a program that does not fit.
+  """
+  from lib import aot  # pylint: disable=g-import-not-at-top
+  from lib import train  # pylint: disable=g-import-not-at-top
+  from lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  chip = aot.target(target)
+  module = experiment_module(config)
+  if 'optimizer' in config:
+    train.check_config(config)
+  dtype = config.get('compute_dtype', 'float32')
+  with workdir_lib.lock(workdir) as path, aot.compiling_for(chip, dtype) as programs:
+    try:
+      module.train_and_evaluate(config, path)
+    except aot.Compiled:
+      pass
+    if not programs:
+      raise UserError(f'--compile_for: experiment {config.experiment!r} ran without compiling '
+                      'a program for the target')
+    report = aot.report(chip, dtype, programs)
+    report['config'] = config.to_dict()
+    report['report'] = aot.write(path, report)
+  return report
 
 
 def field_type(config: ml_collections.ConfigDict, name: str) -> type:
@@ -182,12 +226,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}; fields are set as --config.FIELD=VALUE')
+  if _COMPILE_FOR.value:  # The host only compiles: JAX need not look for its accelerators.
+    os.environ['JAX_PLATFORMS'] = 'cpu'
   if _DISTRIBUTED.value:  # Before any JAX computation: every process joins the same runtime.
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   try:
-    results = run(_CONFIG.value, _WORKDIR.value)
+    results = run(_CONFIG.value, _WORKDIR.value, _COMPILE_FOR.value)
   except UserError as e:
     sys.exit(f'error: {e}')
   except Exception as e:  # pylint: disable=broad-except
@@ -200,6 +246,11 @@ def main(argv: list[str]) -> None:
         'command again: it resumes from the last complete checkpoint\n')
     sys.stderr.flush()
     os._exit(1)  # Background writers may be stuck on the full disk: do not wait for them.
+  if _COMPILE_FOR.value:
+    from lib import aot  # pylint: disable=g-import-not-at-top
+    print(aot.summary(results))
+    print(f"report: {results['report']}")
+    return
   logging.info('%s', results['headline'])
   logging.info('done: results.json, plots/, checkpoints/ and TensorBoard events are in %s',
                os.path.abspath(_WORKDIR.value))

@@ -25,7 +25,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from lib import aot
 from lib import checkpoints
+from lib import parallel
 from lib import plots
 
 
@@ -70,6 +72,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The results (the launcher writes them to results.json).
   """
+  program = jax.jit(descend, static_argnums=(1, 2, 3))
+  if aot.active():  # --compile_for: the descent, on one device of the target.
+    x0 = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(parallel.make_mesh()))
+    aot.compile(f'both descents, {config.num_steps} steps', program, x0, config.target,
+                config.learning_rate, config.num_steps)
+    raise aot.Compiled()
   x0 = jax.random.normal(jax.random.PRNGKey(config.seed), ())
   ckpt = checkpoints.Checkpoints(workdir, keep=1)
   if ckpt.latest_step() == config.num_steps:  # Done before: report the saved trajectories.
@@ -78,8 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     })
     xs, xs_optax = saved['xs'], saved['xs_optax']
   else:
-    xs, xs_optax = jax.jit(descend, static_argnums=(1, 2, 3))(
-        x0, config.target, config.learning_rate, config.num_steps)
+    xs, xs_optax = program(x0, config.target, config.learning_rate, config.num_steps)
     ckpt.save(config.num_steps, {'xs': xs, 'xs_optax': xs_optax}, {})
   ckpt.close()
   xs, xs_optax = np.asarray(xs), np.asarray(xs_optax)

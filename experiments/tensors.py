@@ -23,6 +23,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from lib import aot
+from lib import parallel
 from lib import plots
 
 
@@ -50,6 +52,16 @@ def ranks() -> dict[str, dict[str, Any]]:
   return {k: {'rank': v.ndim, 'shape': list(v.shape)} for k, v in examples.items()}
 
 
+def _losses(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The last (smallest) class's cross-entropy from log(softmax(z)), and from the logits.
+
+  Run op by op: compiled whole, XLA may simplify log(softmax) and hide its underflow.
+  """
+  naive = -jnp.log(jax.nn.softmax(z))[-1]
+  stable = optax.softmax_cross_entropy_with_integer_labels(z[None], jnp.array([len(z) - 1]))[0]
+  return naive, stable
+
+
 def softmax_stability(logits: jax.Array, scales: tuple[float, ...]) -> list[dict[str, float]]:
   """Cross-entropy of the first class: from log(softmax) in two steps vs from the logits.
 
@@ -58,9 +70,7 @@ def softmax_stability(logits: jax.Array, scales: tuple[float, ...]) -> list[dict
   """
   out = []
   for scale in scales:
-    z = jnp.asarray(logits, jnp.float32) * scale
-    naive = -jnp.log(jax.nn.softmax(z))[-1]  # The last (smallest) class.
-    stable = optax.softmax_cross_entropy_with_integer_labels(z[None], jnp.array([len(z) - 1]))[0]
+    naive, stable = _losses(jnp.asarray(logits, jnp.float32) * scale)
     out.append({'scale': scale, 'log_of_softmax': float(naive), 'from_logits': float(stable)})
   return out
 
@@ -105,6 +115,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The results (the launcher writes them to results.json).
   """
+  if aot.active():  # --compile_for: the one computation here that is not a shape.
+    z = jax.ShapeDtypeStruct((len(config.logits),), jnp.float32,
+                             sharding=parallel.replicated(parallel.make_mesh()))
+    aot.compile('the two cross-entropies of the logits', jax.jit(_losses), z,
+                calls=len(config.logit_scales))
+    raise aot.Compiled()
   logits = jnp.asarray(config.logits, jnp.float32)
   probs = jax.nn.softmax(logits)
   results = {

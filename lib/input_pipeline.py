@@ -151,10 +151,13 @@ def from_arrays(arrays: dict[str, np.ndarray], num_shards: int | None = None,
   Returns:
     The Split.
   """
-  arrays = {k: np.asarray(v) for k, v in arrays.items()}
-  sizes = {len(v) for v in arrays.values()}
+  # ShapeDtypeStructs stand for arrays that are not read (lib.aot's --compile_for).
+  arrays = {
+      k: v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(v) for k, v in arrays.items()
+  }
+  sizes = {v.shape[0] for v in arrays.values()}
   if len(sizes) != 1:
-    raise ValueError(f'arrays of different lengths: { {k: len(v) for k, v in arrays.items()} }')
+    raise ValueError(f'arrays of different lengths: { {k: v.shape for k, v in arrays.items()} }')
   shards = 1 if num_shards is None else parallel.local_shards(num_shards)[1]
   return Split(sizes.pop(), _spec(arrays), preprocess, arrays=arrays, num_shards=shards)
 
@@ -169,9 +172,15 @@ def from_stream(stream: Any, preprocess: Preprocess = _identity) -> Split:
   return Split(stream.num_examples, spec, preprocess, stream=stream)
 
 
-def _replicated(x: np.ndarray) -> jax.Array:
-  """A host array, the same on every process, as one global array on every device."""
+def _replicated(x: np.ndarray | jax.ShapeDtypeStruct) -> jax.Array | jax.ShapeDtypeStruct:
+  """A host array, the same on every process, as one global array on every device.
+
+  Building for a target that is not here (lib.parallel.target), its shape and
+  dtype there instead: nothing is transferred.
+  """
   sharding = parallel.replicated(parallel.make_mesh())
+  if parallel.is_target() or isinstance(x, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
 
 
@@ -414,11 +423,27 @@ def eval_batches(split: Split, batch_size: int, max_batches: int | None = None,
   Yields global arrays batch-sharded over the mesh, with a boolean 'mask' that
   is False on padding.
   """
-  sharding = parallel.batch_sharding(parallel.make_mesh())
+  sharding = parallel.batch_sharding(parallel.make_mesh(), batch_size)
   data = on_devices(split) if split.stream is None else {}
   get = _eval_getter(split.preprocess, augment, sharding)
   for inputs in eval_inputs(split, batch_size, max_batches, sharding):
     yield get(data, inputs)
+
+
+def eval_batch_program(split: Split, batch_size: int, augment: Augment | None = None
+                      ) -> tuple[Callable[..., Example], tuple[Any, Any], Example]:
+  """For lib.aot: `eval_batches`' compiled program, its arguments and its output's shapes.
+
+  Returns:
+    (the jitted function, its (data, inputs) for the first batch, the model's
+    batch it returns as ShapeDtypeStructs batch-sharded over the mesh).
+  """
+  sharding = parallel.batch_sharding(parallel.make_mesh(), batch_size)
+  get = _eval_getter(split.preprocess, augment, sharding)
+  args = (on_devices(split), next(eval_inputs(split, batch_size, 1, sharding)))
+  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                       jax.eval_shape(get, *args))
+  return get, args, batch
 
 
 @functools.lru_cache(maxsize=None)
@@ -610,6 +635,8 @@ def image_classification(config: ml_collections.ConfigDict,
     The ImageData.
   """
   info = image_info(config)
+  if parallel.is_target():  # --compile_for: the splits' shapes, not their examples.
+    return _shapes_only(config, info, to_cache)
   fields = _split_fields(config)
   splits = {s: f for f, s in fields.items()}  # Each split once, named by a field that asks for it.
   arrays = {s: _load_cached(config, s) for s in splits} if to_cache is None else {}
@@ -632,10 +659,41 @@ def image_classification(config: ml_collections.ConfigDict,
   return _streamed(config, info, builder, to_cache)
 
 
+def _shapes_only(config: ml_collections.ConfigDict, info: ImageInfo,
+                 to_cache: Callable[[Any], Any] | None) -> ImageData:
+  """The splits as ShapeDtypeStructs of their sizes, for lib.aot: no example is read.
+
+  The dataset is built first where it is not yet (as a run's first use does);
+  then only TFDS's metadata is read.
+  """
+  from lib import streaming, tfds_builders  # pylint: disable=g-import-not-at-top
+  builder = tfds_builders.builder(config)
+  tfds_builders.prepare(builder, config)
+  fields = _split_fields(config)
+  sizes = [streaming.split_bytes(builder, s, f) for f, s in fields.items()]
+  budget = config.device_data_mb * 2**20
+  if to_cache is not None or budget <= 0 or any(n is None or n > budget for n in sizes):
+    raise UserError('--compile_for builds runs whose splits live on the devices; this one '
+                    'streams them through tf.data (config.device_data_mb='
+                    f'{config.device_data_mb}, or images of several sizes), which it does not '
+                    'compile yet')
+  dtype = tfds_builders.image_info(builder)['image_dtype']
+  arrays = {}
+  for field, split in fields.items():
+    n = builder.info.splits[split].num_examples
+    arrays[field] = {
+        'x': jax.ShapeDtypeStruct((n, *info.image_shape), dtype),
+        'y': jax.ShapeDtypeStruct((n,), np.int32)
+    }
+  return _on_devices(config, info, arrays)
+
+
 def _on_devices(config: ml_collections.ConfigDict, info: ImageInfo,
                 arrays: dict[str, dict[str, np.ndarray]]) -> ImageData:
   mean = std = None
-  if config.normalization == 'standardize':
+  if config.normalization == 'standardize' and parallel.is_target():
+    mean = std = np.ones(info.image_shape[-1], np.float32)  # Constants in the program: any do.
+  elif config.normalization == 'standardize':
     mean, std = channel_stats(chunks(arrays['train_split']['x']))
   preprocess = normalizer(config.normalization, mean, std)
   train = from_arrays(arrays['train_split'], config.data_shards, preprocess)

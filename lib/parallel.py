@@ -4,7 +4,16 @@ Params are replicated and batches are split along their first axis over every
 device of every process, through `jax.sharding`. jit then compiles one SPMD
 program, so reductions such as the mean loss or batch-norm statistics are over
 the global batch with no explicit collectives in model code.
+
+The devices are this process's runtime's, or, inside `target(...)`, those of an
+accelerator that is not here (lib.aot's `--compile_for`): the mesh, the
+batch split over processes and the platform that lib.cpu reads then describe
+that machine, so a run is built exactly as it would be built there.
 """
+from collections.abc import Iterator, Sequence
+import contextlib
+import dataclasses
+
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -13,18 +22,76 @@ import numpy as np
 from lib.errors import UserError
 
 
+@dataclasses.dataclass(frozen=True)
+class _Target:
+  devices: tuple[jax.Device, ...]
+  processes: int
+  platform: str
+
+
+_TARGET: _Target | None = None
+
+
+@contextlib.contextmanager
+def target(devices: Sequence[jax.Device]) -> Iterator[None]:
+  """Inside this block, runs are laid out over `devices` (e.g. a TPU topology's), not this host's.
+
+  Args:
+    devices: every device of the target, of every process (`.process_index` says whose).
+  """
+  global _TARGET
+  previous = _TARGET
+  _TARGET = _Target(tuple(devices), len({d.process_index for d in devices}), devices[0].platform)
+  try:
+    yield
+  finally:
+    _TARGET = previous
+
+
+def devices() -> list[jax.Device]:
+  """Every device of every process: the runtime's, or the target's inside `target`."""
+  return list(_TARGET.devices) if _TARGET else jax.devices()
+
+
+def device_count() -> int:
+  return len(_TARGET.devices) if _TARGET else jax.device_count()
+
+
+def process_count() -> int:
+  return _TARGET.processes if _TARGET else jax.process_count()
+
+
+def platform() -> str:
+  """'cpu', 'gpu' or 'tpu': where the programs being built will run."""
+  if _TARGET is None:
+    return jax.default_backend()
+  return 'gpu' if _TARGET.platform in ('cuda', 'rocm', 'gpu') else _TARGET.platform
+
+
+def is_target() -> bool:
+  """Whether runs are being built for devices that are not here (inside `target`)."""
+  return _TARGET is not None
+
+
 def make_mesh() -> Mesh:
   """A 1-D mesh named 'data' over all devices of all processes."""
   # Built directly rather than with jax.make_mesh, whose default axis type is
   # Explicit in this JAX; Auto lets jit propagate shardings on its own.
-  return Mesh(np.asarray(jax.devices()), ('data',))
+  return Mesh(np.asarray(devices()), ('data',))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
+def batch_sharding(mesh: Mesh, batch_size: int | None = None) -> NamedSharding:
+  """The batch axis split over the devices; replicated for a `batch_size` they cannot split.
+
+  Inside a program XLA pads uneven shards, but an array handed from one program
+  to the next must split evenly: a batch of 7 on 8 devices is then whole on each.
+  """
+  if batch_size is not None and batch_size % mesh.size:
+    return replicated(mesh)
   return NamedSharding(mesh, PartitionSpec('data'))
 
 
@@ -33,21 +100,26 @@ def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(None, 'data'))
 
 
-def local_batch_size(global_batch_size: int, name: str = 'batch_size') -> int:
-  """This process's share of a global batch; fails when devices cannot split it evenly.
+def local_batch_size(global_batch_size: int, name: str = 'batch_size', even: bool = True) -> int:
+  """This process's share of a global batch; fails when it cannot be split as asked.
 
   Args:
     global_batch_size: examples per step over all processes.
     name: the config field, for the error message.
+    even: whether every device must get an equal share (a batch that crosses
+      from the host as local arrays). A batch gathered inside the step from
+      the splits on the devices need not: XLA pads uneven shards (a batch of 7
+      on 8 devices), and every process still gets an equal share.
 
   Returns:
-    global_batch_size // jax.process_count().
+    global_batch_size // process_count().
   """
-  devices = jax.device_count()
-  if global_batch_size < 1 or global_batch_size % devices:
-    raise UserError(f'config.{name}={global_batch_size} must be a positive multiple of '
-                    f'the {devices} devices, so that each device gets an equal share')
-  return global_batch_size // jax.process_count()
+  count = device_count() if even else process_count()
+  if global_batch_size < 1 or global_batch_size % count:
+    raise UserError(f'config.{name}={global_batch_size} must be a positive multiple of the '
+                    f'{count} {"devices" if even else "processes"}, so that each gets an '
+                    'equal share')
+  return global_batch_size // process_count()
 
 
 def shard(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -67,13 +139,13 @@ def local_shards(num_shards: int) -> tuple[list[int], int]:
   Raises:
     UserError: the processes cannot split the shards evenly.
   """
-  processes = jax.process_count()
+  processes = process_count()
   num_shards = num_shards or processes
   if num_shards < 1 or num_shards % processes:
     raise UserError(f'config.data_shards={num_shards} must be a multiple of the {processes} '
                     'processes (0: one shard per process)')
   per_process = num_shards // processes
-  first = jax.process_index() * per_process
+  first = jax.process_index() * per_process  # Built as process 0 inside `target`.
   return list(range(first, first + per_process)), num_shards
 
 

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from lib import aot
 from lib import checkpoints
 from lib import input_pipeline
 from lib import models
@@ -108,8 +109,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if (config.restore_best or config.early_stopping_patience) and not config.best_metric:
     raise UserError(
         'config.restore_best and config.early_stopping_patience need config.best_metric')
-  parallel.local_batch_size(config.batch_size, 'batch_size')
-  parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size')
+  # Streamed splits ask for equal shares per device too (lib.input_pipeline).
+  parallel.local_batch_size(config.batch_size, 'batch_size', even=False)
+  parallel.local_batch_size(config.eval_batch_size, 'eval_batch_size', even=False)
 
 
 def epochs_to_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
@@ -225,6 +227,10 @@ def create_train_state(
                              tx=tx, model_state=model_state, rng=state_rng, ema_params=ema)
 
   n = config.get('num_seeds', 1)
+  if parallel.is_target():  # lib.aot: the state's shapes on the target's devices, no values.
+    shapes = jax.eval_shape(init if n == 1 else jax.vmap(init), jnp.int32(config.seed) if n == 1
+                            else config.seed + jnp.arange(n, dtype=jnp.int32))
+    return jax.tree.map(lambda a: aot.abstract(a, sharding), shapes)
   if n == 1:
     return jax.jit(init, static_argnums=0, out_shardings=sharding)(config.seed)
   # Member by member, then stacked; not vmapped: a vmapped init batches the orthogonal
@@ -243,7 +249,9 @@ def members(state: TrainState) -> int:
 
 def member(state: TrainState, k: int) -> TrainState:
   """Model `k` of a population (seed config.seed + k), as a single model's state."""
-  return jax.tree.map(lambda a: a[k], state)
+  return jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+      if isinstance(a, jax.ShapeDtypeStruct) else a[k], state)
 
 
 def current_step(state: TrainState) -> int:
@@ -372,11 +380,15 @@ class TrainSteps:
     replicated = parallel.replicated(self._mesh)
     return jax.jit(fn, out_shardings=(replicated, replicated), donate_argnums=0, static_argnums=3)
 
-  def __call__(self, state: TrainState, data: dict[str, jax.Array], inputs: dict[str, Any],
-               which: int = 0, steps: int = 1) -> tuple[TrainState, Any]:
+  def jitted(self, which: int = 0) -> Any:
+    """The jitted call of augmentation `which`: (state, data, inputs, steps) -> (state, metrics)."""
     if which not in self._jitted:
       self._jitted[which] = self._build(which)
-    return self._jitted[which](state, data, inputs, steps)
+    return self._jitted[which]
+
+  def __call__(self, state: TrainState, data: dict[str, jax.Array], inputs: dict[str, Any],
+               which: int = 0, steps: int = 1) -> tuple[TrainState, Any]:
+    return self.jitted(which)(state, data, inputs, steps)
 
   def compiles(self) -> int:
     """Compilations in this process: one per augmentation and shape of the inputs."""
@@ -652,6 +664,7 @@ class _Engine:
   evaluate: Callable[..., dict[str, Any]]  # (state, split, prefix, max_batches=None).
   train_sharding: jax.sharding.Sharding
   augmentation: input_pipeline.Augmentation
+  eval_step: Callable[..., Any]  # The jitted eval step that `evaluate` calls.
 
 
 def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
@@ -683,7 +696,7 @@ def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
       'model: %s params%s; %d steps per epoch, %d steps, %d per call; %d devices, %d '
       'processes; training data %s\n%s', f'{models.count_params(one.params):,}',
       f' x {population} seeds' if population else '', steps_per_epoch, total_steps, per_call,
-      jax.device_count(), jax.process_count(),
+      parallel.device_count(), parallel.process_count(),
       'on the devices' if train.stream is None else 'streamed through tf.data',
       parameter_overview.get_parameter_overview(one.params, include_stats=False))
   # The task's value names, found by tracing once without computing.
@@ -701,15 +714,15 @@ def _set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
   dtype = COMPUTE_DTYPES[config.compute_dtype]
   train_steps = TrainSteps(task, metrics_collection(names), mesh, rng_streams, train.preprocess,
                            augmentation, per_call, dtype, config.ema_decay, population)
-  run_eval = functools.partial(evaluate,
-                               jit_eval_step(task, names, mesh, rng_streams, dtype, population),
-                               batch_size=config.eval_batch_size, augment=augmentation.eval)
+  eval_step = jit_eval_step(task, names, mesh, rng_streams, dtype, population)
+  run_eval = functools.partial(evaluate, eval_step, batch_size=config.eval_batch_size,
+                               augment=augmentation.eval)
   if config.ema_decay:  # The average's metrics beside the params': val_ema_*, test_ema_*.
     run_eval = functools.partial(_with_ema, run_eval)
   train_sharding = (parallel.stacked_batch_sharding(mesh)
                     if per_call > 1 else parallel.batch_sharding(mesh))
   return _Engine(steps_per_epoch, total_steps, per_call, schedule, state, train_steps, run_eval,
-                 train_sharding, augmentation)
+                 train_sharding, augmentation, eval_step)
 
 
 class _Loop:
@@ -845,6 +858,67 @@ class _Loop:
       self.saved_step = step
 
 
+def _bytes(tree: Any) -> int:
+  return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
+def _compile(config: ml_collections.ConfigDict, engine: _Engine, train: input_pipeline.Split,
+             val: input_pipeline.Split, test: input_pipeline.Split | None) -> None:
+  """lib.aot: compiles every program `fit` would run, on abstract inputs; raises aot.Compiled.
+
+  Each split on the devices is held whole by every device while any program
+  runs, so each program's need is its peak plus the splits it does not take.
+  """
+  splits = {id(s): s for s in (train, val, test) if s is not None}
+  if any(s.stream is not None for s in splits.values()):
+    raise UserError('--compile_for builds runs whose splits live on the devices; this one '
+                    'streams a split through tf.data, which it does not compile yet')
+  held = {k: _bytes(input_pipeline.on_devices(s)) for k, s in splits.items()}
+  others = lambda split: sum(held.values()) - held[id(split)]
+
+  # Training: each augmentation's call, and one step alone for the per-step figures.
+  feed = input_pipeline.TrainFeed(train, config.batch_size, seed=config.seed, shuffle_buffer=0,
+                                  stack=engine.per_call if engine.per_call > 1 else 0,
+                                  members=config.get('num_seeds', 1))
+  inputs = feed.next(engine.per_call, engine.train_sharding)
+  augmentations = len(engine.augmentation.train)
+  for which in range(augmentations):
+    fn, shape = engine.train_steps.jitted(which), ''
+    if augmentations > 1:
+      shape = ', x ' + 'x'.join(map(str, input_pipeline.model_spec(
+          train, engine.augmentation.train[which])['x'].shape))
+    per_call = engine.per_call
+    steps = engine.total_steps // augmentations
+    aot.compile(f'train: {per_call} step{"s" * (per_call > 1)} a call{shape}', fn, engine.state,
+                feed.data, inputs, per_call, resident_bytes=others(train),
+                calls=-(-steps // per_call), steps=per_call)
+    if per_call > 1:  # XLA counts a scan's body once: one step's FLOPs come from one step.
+      aot.compile(f'train: 1 step (its cost){shape}', fn, engine.state, feed.data, inputs, 1,
+                  resident_bytes=others(train), calls=steps, steps=1)
+
+  # Evaluation: every `eval_every_epochs` on val (params, and their average with ema_decay),
+  # once on test; each batch gathered and prepared by one program, evaluated by another.
+  epochs = config.num_epochs
+  passes = {id(val): (epochs // config.eval_every_epochs + (epochs % config.eval_every_epochs > 0))
+                     * (1 + bool(config.ema_decay))}
+  if test is not None:
+    passes[id(test)] = passes.get(id(test), 0) + 1 + bool(config.ema_decay)
+  for key, count in passes.items():
+    split = splits[key]
+    name = 'val' if split is val else 'test'
+    name = 'val and test' if split is val and test is val else name
+    batches = input_pipeline.num_eval_batches(split, config.eval_batch_size,
+                                              config.validation_steps if split is val else None)
+    get, args, batch = input_pipeline.eval_batch_program(split, config.eval_batch_size,
+                                                         engine.augmentation.eval)
+    calls = count * batches
+    aot.compile(f'{name}: batch of {config.eval_batch_size} prepared', get, *args,
+                resident_bytes=others(split), calls=calls)
+    aot.compile(f'{name}: evaluation step', engine.eval_step, engine.state, batch,
+                resident_bytes=sum(held.values()), calls=calls)
+  aot.trained(engine.state)
+
+
 def _finish(config: ml_collections.ConfigDict, engine: _Engine, ckpt: checkpoints.Checkpoints,
             meta: dict[str, Any], state: TrainState, val: input_pipeline.Split,
             test: input_pipeline.Split | None) -> tuple[TrainState, dict[str, float]]:
@@ -881,6 +955,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module,
   check_config(config)
   engine = _set_up(config, model, task, train, rng_streams, input_pipeline.augmentation(augment),
                    schedule)
+  if aot.active():  # --compile_for: the run's programs compiled for the target; none runs.
+    _compile(config, engine, train, val, test)
 
   # Restore the latest checkpoint, if any.
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)

@@ -40,12 +40,15 @@ Two causes of slow CPU steps, both measured on the MNIST CNN step
 `configure` leaves alone what the user chose: XLA_FLAGS that set the YNNPACK
 fusions, and malloc settings from the environment (MALLOC_*, GLIBC_TUNABLES, or
 an allocator in LD_PRELOAD). JAXNOTES_CPU_DEFAULTS=0 turns it off altogether.
-The malloc settings apply only where no accelerator plugin for JAX is installed
-(on GPU and TPU hosts the step's buffers live on the device), and only with
-glibc; the XLA flag is read by XLA:CPU alone, so it leaves GPU and TPU untouched.
+The malloc settings apply only with glibc, and not on a GPU or TPU host (a plugin
+for JAX installed and the device's node in /dev: the step's buffers live on the
+device); a plugin installed only to compile for accelerators (`--compile_for`)
+leaves them on. The XLA flag is read by XLA:CPU alone, so it leaves GPU and TPU
+untouched.
 """
 import ctypes
 import ctypes.util
+import glob
 import os
 import platform
 import re
@@ -60,6 +63,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _USER_MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_MMAP_THRESHOLD_',
                     'MALLOC_TRIM_THRESHOLD_', 'GLIBC_TUNABLES', 'LD_PRELOAD')
 _ACCELERATOR_PLUGINS = re.compile(r'libtpu|jax[-_](cuda|rocm)')
+# Device nodes of TPUs (accel: v4 and later; vfio: v5e and later), NVIDIA and AMD GPUs.
+_ACCELERATOR_NODES = ('/dev/accel*', '/dev/vfio/[0-9]*', '/dev/nvidia[0-9]*', '/dev/kfd')
 
 
 def configure() -> dict[str, bool]:
@@ -89,7 +94,10 @@ def _set_xla_flags() -> bool:
   return True
 
 
-def _accelerator_plugin_installed() -> bool:
+def _accelerator_host() -> bool:
+  """Whether JAX can drive an accelerator here: a device node and a plugin for it."""
+  if not any(glob.glob(pattern) for pattern in _ACCELERATOR_NODES):
+    return False
   # Installed distributions by their folders' names: reading every package's metadata
   # costs a noticeable part of a second at each start.
   for entry in sys.path:
@@ -107,7 +115,7 @@ def _accelerator_plugin_installed() -> bool:
 
 def _reuse_freed_memory() -> bool:
   if (platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc' or
-      any(os.environ.get(name) for name in _USER_MALLOC_ENV) or _accelerator_plugin_installed()):
+      any(os.environ.get(name) for name in _USER_MALLOC_ENV) or _accelerator_host()):
     return False
   libc = ctypes.CDLL(ctypes.util.find_library('c'))
   # Few arenas, so that threads share them: an arena of its own per thread gives

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lib import cpu
+from lib import parallel
 from lib.cpu import conv_kernel
 from lib.cpu.activations import relu
 from lib.errors import UserError
@@ -74,15 +75,17 @@ def resolve(impl: str) -> str:
 
   'auto' is 'xla' on GPU and TPU. On CPU it is 'im2col' where XLA still sends
   convolutions to YNNPACK; else 'kernel' on one device where lib.cpu.conv_kernel is
-  available (its custom call does not split over devices), else 'xla'.
+  available (its custom call does not split over devices), else 'xla'. The
+  platform is the program's (lib.parallel.platform): a program built here for
+  a TPU or GPU (`--compile_for`) gets no CPU kernel.
   """
   if impl != 'auto':
     return impl
-  if jax.default_backend() != 'cpu':
+  if parallel.platform() != 'cpu':
     return 'xla'
   if not cpu.xla_convolutions_are_fast():
     return 'im2col'
-  return 'kernel' if jax.device_count() == 1 and conv_kernel.available() else 'xla'
+  return 'kernel' if parallel.device_count() == 1 and conv_kernel.available() else 'xla'
 
 
 def _explicit(padding: Padding, x_shape: Sequence[int], kernel_size: Sequence[int],
@@ -252,7 +255,7 @@ class Specialized:
   fn: Callable[..., Any]
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    if jax.default_backend() != 'cpu':
+    if parallel.platform() != 'cpu':
       return self.fn(*args, **kwargs)
     # Arrays are traced; everything else (train=..., mutable=..., method=...) stays static.
     leaves, tree = jax.tree.flatten((args, kwargs))
