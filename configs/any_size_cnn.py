@@ -26,6 +26,10 @@ import ml_collections
 from configs import common
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', 'cats_vs_dogs', 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('any_size_cnn'), 'mnist')
   c.model = 'any_size_cnn'  # 'cnn' (Flatten + Dense) refuses every size but the one it was built for.

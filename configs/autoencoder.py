@@ -20,6 +20,10 @@ import ml_collections
 from configs import common
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', 'sweep', 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('autoencoder'), 'mnist')
   c.model = 'mlp_autoencoder'  # Or 'conv_autoencoder'; layer widths are the models' defaults.

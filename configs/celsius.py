@@ -17,6 +17,10 @@ import ml_collections
 from configs import common
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', 'converged', 'three_layer', 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.training('celsius')
   c.model = 'mlp'

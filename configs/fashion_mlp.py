@@ -16,6 +16,10 @@ import ml_collections
 from configs import common
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('classifier'), 'fashion_mnist')
   c.model = 'mlp'

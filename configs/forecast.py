@@ -37,6 +37,10 @@ MODELS = {
 }
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', *MODELS, 'seasonal', 'relu_study', 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.training('forecast')
   name = {'': 'rnn', 'relu_study': 'rnn', 'tiny': 'rnn', 'seasonal': 'dense'}.get(variant, variant)

@@ -9,6 +9,10 @@ Hardware and time: 2-core CPU, a few seconds. No download.
 import ml_collections
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = 'gradient_descent'  # Module of experiments/ that runs this config.

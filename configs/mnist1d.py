@@ -27,6 +27,10 @@ MODELS = {
 }
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', *MODELS, 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.training('mnist1d')
   name = {'': 'cnn', 'tiny': 'cnn'}.get(variant, variant)

@@ -11,6 +11,10 @@ Smoke test: --config=configs/tensors.py:tiny (the same).
 import ml_collections
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = 'tensors'  # Module of experiments/ that runs this config.

@@ -22,6 +22,10 @@ import ml_collections
 from configs import common
 
 
+# Every variant get_config takes ('' is the config as it is).
+VARIANTS = ('', 'latent20', 'shallow', 'tiny')
+
+
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c = common.tfds_data(common.training('vae'), 'mnist')
   c.model = 'vae'

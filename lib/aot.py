@@ -164,13 +164,17 @@ def devices(t: Target) -> list[jax.Device]:
   kwargs = dict(t.topology)
   if t.platform == 'cuda':
     kwargs['target_config'] = _gpu_target_config(t.name)
+  else:
+    # libtpu's lock keeps a second process off a TPU; compiling opens none, so several
+    # processes may compile at once (benchmarks/compiled.py's workers).
+    os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   try:
     return list(topologies.get_topology_desc(platform=t.platform, **kwargs).devices)
   except Exception as e:  # pylint: disable=broad-except  # The plugin missing or not loading.
     package = 'libtpu' if t.platform == 'tpu' else 'jax-cuda12-plugin'
-    raise UserError(f'--compile_for={t.name} needs the {t.platform.upper()} compiler '
-                    f'({package}): pip install -r requirements-compile.txt '
-                    f'({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})') from None
+    raise UserError(f'--compile_for={t.name}: JAX could not describe the target '
+                    f'({type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:200]}); '
+                    f'its compiler ({package}) comes with requirements-compile.txt') from None
 
 
 @dataclasses.dataclass
