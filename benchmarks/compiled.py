@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from absl import app
@@ -59,6 +60,20 @@ def every_config() -> list[str]:
 def _config(spec: str):
   name, _, variant = spec.partition(':')
   return importlib.import_module(f'configs.{name}').get_config(variant)
+
+
+def _prepare_datasets(specs: Sequence[str]) -> None:
+  """Builds each TFDS dataset the configs read, once, before the workers race to."""
+  from lib import tfds_builders  # pylint: disable=g-import-not-at-top
+  seen = set()
+  for spec in specs:
+    config = _config(spec)
+    manual_dir = os.path.join(_DATA.value, config.get('dataset', ''))
+    if 'dataset' not in config or config.dataset in seen or not os.path.isdir(manual_dir):
+      continue
+    seen.add(config.dataset)
+    config.update(manual_dir=manual_dir, data_dir=_DATA_DIR.value, download=False)
+    tfds_builders.prepare(tfds_builders.builder(config), config)
 
 
 def _compile_one(spec: str, target: str, dtype: str, root: str) -> dict:
@@ -160,21 +175,31 @@ def main(argv: Sequence[str]) -> None:
     index, count = map(int, _SHARD.value.split('/'))
     _worker(items[index::count])
     return
+  _prepare_datasets(specs)
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2'}
   start = time.perf_counter()
+  logs = [tempfile.TemporaryFile('w+') for _ in range(_JOBS.value)]  # A pipe would fill up.
   workers = [
       subprocess.Popen([sys.executable, '-m', 'benchmarks.compiled', *sys.argv[1:],
-                        f'--shard={i}/{_JOBS.value}'], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, env=env) for i in range(_JOBS.value)
+                        f'--shard={i}/{_JOBS.value}'], stdout=subprocess.PIPE, stderr=log,
+                       text=True, env=env) for i, log in enumerate(logs)
   ]
   records, failed_workers = [], []
-  for w in workers:
-    out, err = w.communicate()
-    records += [json.loads(line) for line in out.splitlines() if line.startswith('{')]
-    if w.returncode:
-      failed_workers.append(err[-3000:])
-  for r in records:
-    print(json.dumps({k: v for k, v in r.items() if k != 'programs'}))
+
+  def collect(worker):  # Each record as it comes.
+    for line in worker.stdout:
+      if line.startswith('{'):
+        records.append(json.loads(line))
+        print(json.dumps({k: v for k, v in records[-1].items() if k != 'programs'}), flush=True)
+
+  readers = [threading.Thread(target=collect, args=(w,)) for w in workers]
+  for reader in readers:
+    reader.start()
+  for w, reader, log in zip(workers, readers, logs):
+    reader.join()
+    if w.wait():
+      log.seek(0)
+      failed_workers.append(log.read()[-3000:])
   _with_cost_from(records)
   order = {item: i for i, item in enumerate(items)}
   records.sort(key=lambda r: order[(r['config'], r['target'], r['dtype'])])

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lib import aot
 from lib import input_pipeline
 from lib import models
 from lib import parallel
@@ -156,6 +157,18 @@ def _test_accuracies(
   return accuracy, eval_step._cache_size()  # pylint: disable=protected-access
 
 
+def _compile_size_tests(config: ml_collections.ConfigDict, state: train.TrainState,
+                        test: input_pipeline.Split) -> None:
+  """lib.aot: the test at every canvas side of config.eval_sizes (`_test_accuracies`' programs)."""
+  eval_step = train.jit_eval_step(tasks.classification, ['accuracy', 'loss'], parallel.make_mesh())
+  batches = input_pipeline.num_eval_batches(test, config.eval_batch_size)
+  for size in config.eval_sizes:
+    get, args, batch = input_pipeline.eval_batch_program(test, config.eval_batch_size,
+                                                         canvas_at(size, config.max_digit))
+    aot.compile(f'test at {size}x{size}: batch prepared', get, *args, calls=batches)
+    aot.compile(f'test at {size}x{size}: evaluation step', eval_step, state, batch, calls=batches)
+
+
 def headline(results: dict[str, Any]) -> str:
   """Test accuracy per canvas size (or per native shape), one set of weights."""
   if 'test_accuracy_by_size' in results:
@@ -183,6 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.bucket_sides:
     return _train_at_native_sizes(config, workdir, model, shape[-1])
   data = input_pipeline.image_classification(config)
+  aot.after_training(lambda state: _compile_size_tests(config, state, data.test))
   state, summary = train.fit(
       config, workdir, model=model, task=tasks.classification, train=data.train, val=data.val,
       test=data.test, augment=canvas_training(config.train_sizes, config.max_digit, config.seed))

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lib import aot
 from lib import input_pipeline
 from lib import models
 from lib import plots
@@ -185,6 +186,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   augment = corruption(config)
   if not config.latent_sweep:
     return _train_one(config, workdir, data, augment)[0]
+
+  if aot.active():  # --compile_for: each latent size's model.
+    for n in config.latent_sweep:
+      sub = copy.deepcopy(config)
+      sub.model_kwargs.latents, sub.latent_sweep = n, ()
+      with aot.part(f'latents_{n}'):
+        _train_one(sub, os.path.join(workdir, f'latents_{n}'), data, augment)
+    raise aot.Compiled()
 
   runs, outputs = [], []
   for n in config.latent_sweep:

@@ -18,6 +18,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from lib import aot
 from lib import input_pipeline
 from lib import models
 from lib import plots
@@ -71,6 +72,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   input_pipeline.image_info(config)  # Checked before any work.
   models.create(config.model, batch_norm=True, **config.model_kwargs)
   data = input_pipeline.image_classification(config)
+
+  if aot.active():  # --compile_for: both models; the sensitivity grid runs the same programs.
+    for name, batch_norm in VARIANTS:
+      with aot.part(name):
+        _fit(config, os.path.join(workdir, name), data, batch_norm)
+    raise aot.Compiled()
 
   results: dict[str, Any] = {}
   for name, batch_norm in VARIANTS:

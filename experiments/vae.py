@@ -21,8 +21,10 @@ import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
 
+from lib import aot
 from lib import input_pipeline
 from lib import models
+from lib import parallel
 from lib import plots
 from lib import tasks
 from lib import train
@@ -131,6 +133,16 @@ def _plots(model, state, data, config, plot_dir: str) -> None:
       ['input', 'decoded'])
 
 
+def _compile_iwae(bound, state: Any, test: input_pipeline.Split, batch_size: int) -> None:
+  """lib.aot: the IWAE bound's programs (its batches, the bound) for the trained state."""
+  get, args, batch = input_pipeline.eval_batch_program(test, batch_size, binarize)
+  batches = input_pipeline.num_eval_batches(test, batch_size)
+  aot.compile(f'IWAE: batch of {batch_size} prepared', get, *args, calls=batches)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=parallel.replicated(parallel.make_mesh()))
+  first = train.member(state, 0) if train.members(state) else state  # Seed config.seed's model.
+  aot.compile('IWAE: the bound', bound, first.params, batch['x'], key, calls=batches)
+
+
 def headline(results: dict[str, Any]) -> str:
   """The test bounds on -log p(x), in nats."""
   line = (f"{results['latents']} latents: test negative ELBO {results['test_neg_elbo']:.2f} nats, "
@@ -153,15 +165,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   info = input_pipeline.image_info(config)  # Checked before any work.
   model = models.create(config.model, outputs=int(np.prod(info.image_shape)), **config.model_kwargs)
   data = input_pipeline.image_classification(config)
+  # The IWAE bound over every (fixed-binarized) test example, after training.
+  bound = jax.jit(lambda params, x, key: iwae_nll(model, params, x, key, config.iwae_samples))
+  # 100 examples per device: k samples of 784 logits each stay small in memory.
+  iwae_batch = 100 * parallel.device_count()
+  aot.after_training(lambda state: _compile_iwae(bound, state, data.test, iwae_batch))
   state, summary = train.fit(config, workdir, model=model, task=tasks.vae, train=data.train,
                              val=data.val, test=data.test, rng_streams=('sample',),
                              augment=binarize)
 
-  # The IWAE bound over every (fixed-binarized) test example.
-  bound = jax.jit(lambda params, x, key: iwae_nll(model, params, x, key, config.iwae_samples))
   total, count = 0.0, 0
-  # 100 examples per device: k samples of 784 logits each stay small in memory.
-  iwae_batch = 100 * jax.device_count()
   for i, batch in enumerate(input_pipeline.eval_batches(data.test, iwae_batch, augment=binarize)):
     nll = bound(state.params, batch['x'], jax.random.fold_in(jax.random.PRNGKey(config.seed), i))
     total += float(jnp.sum(jnp.where(batch['mask'], nll, 0.0)))

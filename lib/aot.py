@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from typing import Any
 
 import jax
@@ -154,6 +155,28 @@ def target(name: str) -> Target:
   return TARGETS[name]
 
 
+def detect(found: list[jax.Device] | None = None) -> str | None:
+  """The name in TARGETS of the accelerator JAX runs on here (jax.devices()), or None.
+
+  None on a CPU, or on a chip or count that TARGETS does not name.
+  """
+  found = jax.devices() if found is None else found
+  kind, count = found[0].device_kind, len(found)
+  names = {
+      'TPU v2': f'v2-{count}', 'TPU v3': f'v3-{count}', 'TPU v4': f'v4-{2 * count}',
+      'TPU v5 lite': f'v5e-{count}', 'TPU v5': f'v5p-{2 * count}', 'TPU v6 lite': f'v6e-{count}'
+  }
+  if kind in names:
+    name = names[kind]
+  elif 'A100' in kind:
+    name = 'a100'
+  elif 'H100' in kind:
+    name = 'h100' if count == 1 else f'h100x{count}'
+  else:
+    return None
+  return name if name in TARGETS else None
+
+
 def devices(t: Target) -> list[jax.Device]:
   """The target's devices, described by JAX without the hardware.
 
@@ -200,6 +223,7 @@ class Program:
   bytes_accessed: float | None
   calls: int = 1
   steps: int = 0
+  compile_seconds: float = 0.0
 
   def seconds(self, t: Target, dtype: str) -> float | None:
     """The roofline bound on one call: max(compute, memory traffic) at the chip's peaks."""
@@ -215,6 +239,7 @@ class _Session:
   dtype: str
   programs: list[Program] = dataclasses.field(default_factory=list)
   after_training: list[Callable[[Any], None]] = dataclasses.field(default_factory=list)
+  prefix: str = ''
 
 
 _SESSION: _Session | None = None
@@ -240,6 +265,26 @@ def compiling_for(t: Target, dtype: str) -> Iterator[list[Program]]:
       yield _SESSION.programs
   finally:
     _SESSION = previous
+
+
+@contextlib.contextmanager
+def part(name: str) -> Iterator[None]:
+  """For experiments that train several models: one model's `fit`, its programs named `name: ...`.
+
+  Under `compiling_for`, the Compiled that ends that `fit` ends only this block,
+  so the next model compiles too; the experiment raises Compiled after the last.
+  Outside it, a no-op.
+  """
+  if _SESSION is None:
+    yield
+    return
+  previous, _SESSION.prefix = _SESSION.prefix, f'{_SESSION.prefix}{name}: '
+  try:
+    yield
+  except Compiled:
+    pass
+  finally:
+    _SESSION.prefix = previous
 
 
 def after_training(compile_more: Callable[[Any], None]) -> None:
@@ -284,9 +329,16 @@ def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int 
     UserError: it does not fit the target's HBM (one line), or a lib/cpu custom call
       entered a program for a TPU or GPU.
   """
-  t = _SESSION.target
+  t, name = _SESSION.target, _SESSION.prefix + name
+  lowered = fn.lower(*args)
+  # lib/cpu's custom calls (lib.cpu.conv_kernel) are CPU code. Read in what the compiler is
+  # given: the compiled HLO's text takes minutes for an unrolled RNN.
+  if 'jaxnotes_' in lowered.as_text():
+    raise UserError(f'--compile_for={t.name}: {name} holds a lib/cpu custom call, which only '
+                    'runs on CPU')
+  start = time.perf_counter()
   try:
-    compiled = fn.lower(*args).compile()
+    compiled = lowered.compile()
   except Exception as e:  # pylint: disable=broad-except  # XLA's errors come as several types.
     message = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip('.')
     if 'RESOURCE_EXHAUSTED' in str(e) or 'exceeds' in str(e) and 'memory' in str(e):
@@ -294,10 +346,6 @@ def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int 
                       'config.batch_size or config.eval_batch_size, or config.device_data_mb '
                       'to stream the splits') from None
     raise
-  text = compiled.as_text() or ''
-  if 'jaxnotes_' in text:  # lib/cpu's custom calls (lib.cpu.conv_kernel) are CPU code.
-    raise UserError(f'--compile_for={t.name}: {name} holds a lib/cpu custom call, which only '
-                    'runs on CPU')
   stats = compiled.memory_analysis()
   arguments = int(stats.argument_size_in_bytes)
   outputs = int(stats.output_size_in_bytes)
@@ -309,7 +357,8 @@ def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int 
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   program = Program(name, arguments, outputs, peak, resident_bytes,
                     float(cost['flops']) if cost and 'flops' in cost else None,
-                    float(cost.get('bytes accessed', 0)) if cost else None, calls, steps)
+                    float(cost.get('bytes accessed', 0)) if cost else None, calls, steps,
+                    round(time.perf_counter() - start, 2))
   if peak + resident_bytes > t.hbm:
     raise UserError(
         f'--compile_for={t.name}: {name} needs {_mib(peak + resident_bytes)} per device '

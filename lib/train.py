@@ -250,7 +250,7 @@ def members(state: TrainState) -> int:
 def member(state: TrainState, k: int) -> TrainState:
   """Model `k` of a population (seed config.seed + k), as a single model's state."""
   return jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=a.sharding)
       if isinstance(a, jax.ShapeDtypeStruct) else a[k], state)
 
 

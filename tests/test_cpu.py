@@ -33,8 +33,8 @@ def _run(code: str, **env: str) -> dict:
   environ = {
       k: v
       for k, v in os.environ.items()
-      if k not in ('XLA_FLAGS', 'JAXNOTES_CPU_DEFAULTS', 'GLIBC_TUNABLES',
-                   'LD_PRELOAD') and not k.startswith('MALLOC_')
+      if k not in ('XLA_FLAGS', 'JAXNOTES_CPU_DEFAULTS', 'GLIBC_TUNABLES', 'LD_PRELOAD',
+                   'JAX_PLATFORMS') and not k.startswith('MALLOC_')
   }
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env={**environ, **env},
                        capture_output=True, text=True, check=True).stdout
@@ -45,13 +45,13 @@ def _run(code: str, **env: str) -> dict:
 def test_configured_malloc_reuses_freed_memory_without_page_faults():
   pages = (64 << 20) // os.sysconf('SC_PAGE_SIZE')
   configured = _run(_ALLOCATE)
-  assert configured['applied'] == {'xla_flags': True, 'malloc': True}
+  assert configured['applied'] == {'xla_flags': True, 'malloc': True, 'cpu_only': True}
   assert max(configured['faults']) < pages // 100  # The freed pages are reused.
   as_installed = _run(_ALLOCATE, JAXNOTES_CPU_DEFAULTS='0')
-  assert as_installed['applied'] == {'xla_flags': False, 'malloc': False}
+  assert as_installed['applied'] == {'xla_flags': False, 'malloc': False, 'cpu_only': False}
   assert min(as_installed['faults']) > pages // 2  # Fresh pages every time.
   users = _run(_ALLOCATE, MALLOC_ARENA_MAX='4')  # The user's own malloc settings win.
-  assert users['applied'] == {'xla_flags': True, 'malloc': False}
+  assert users['applied'] == {'xla_flags': True, 'malloc': False, 'cpu_only': True}
 
 
 def test_xla_flags_keep_convolutions_out_of_ynnpack_unless_the_user_chose():

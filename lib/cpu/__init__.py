@@ -44,7 +44,8 @@ The malloc settings apply only with glibc, and not on a GPU or TPU host (a plugi
 for JAX installed and the device's node in /dev: the step's buffers live on the
 device); a plugin installed only to compile for accelerators (`--compile_for`)
 leaves them on. The XLA flag is read by XLA:CPU alone, so it leaves GPU and TPU
-untouched.
+untouched. Where no accelerator's device node exists, JAX_PLATFORMS=cpu (unless
+the user set it), so that such a plugin stays quiet.
 """
 import ctypes
 import ctypes.util
@@ -71,12 +72,25 @@ def configure() -> dict[str, bool]:
   """Applies the CPU settings this process can still take; call before importing JAX.
 
   Returns:
-    What was applied: {'xla_flags': ..., 'malloc': ...}.
+    What was applied: {'xla_flags': ..., 'malloc': ..., 'cpu_only': ...}.
   """
   if os.environ.get('JAXNOTES_CPU_DEFAULTS', '1') == '0':
-    return {'xla_flags': False, 'malloc': False}
+    return {'xla_flags': False, 'malloc': False, 'cpu_only': False}
   malloc = _reuse_freed_memory()  # First: it must precede the threads JAX starts.
-  return {'xla_flags': _set_xla_flags(), 'malloc': malloc}
+  return {'xla_flags': _set_xla_flags(), 'malloc': malloc, 'cpu_only': _cpu_only()}
+
+
+def _cpu_only() -> bool:
+  """JAX_PLATFORMS=cpu on a host with no accelerator, unless the user chose the platforms.
+
+  A TPU or GPU plugin installed only to compile for accelerators (`--compile_for`)
+  would otherwise look for its device at JAX's start and print its failure, a
+  traceback for the CUDA plugin, into every run's output.
+  """
+  if 'JAX_PLATFORMS' in os.environ or _backends_started() or _accelerator_nodes():
+    return False
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  return True
 
 
 def _backends_started() -> bool:
@@ -94,9 +108,13 @@ def _set_xla_flags() -> bool:
   return True
 
 
+def _accelerator_nodes() -> bool:
+  return any(glob.glob(pattern) for pattern in _ACCELERATOR_NODES)
+
+
 def _accelerator_host() -> bool:
   """Whether JAX can drive an accelerator here: a device node and a plugin for it."""
-  if not any(glob.glob(pattern) for pattern in _ACCELERATOR_NODES):
+  if not _accelerator_nodes():
     return False
   # Installed distributions by their folders' names: reading every package's metadata
   # costs a noticeable part of a second at each start.
