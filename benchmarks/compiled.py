@@ -5,7 +5,7 @@
 
 Each (config, target, dtype) is what `python -m experiments --config=... --workdir=...
 --compile_for=TARGET --config.compute_dtype=DTYPE` does (experiments.__main__.compile_only),
-run in worker processes that each take a share of the list, in a workdir of their own. The
+run in worker processes that each take the next one when done, in a workdir of their own. The
 datasets are built from `--data` (a folder per TFDS dataset: ../shared/data/mnist, ...) into
 `--data_dir` as a first run would; no example is read. A config whose dataset is not in
 `--data` is reported as skipped. Prints a JSON line per compile, then a Markdown table per
@@ -21,6 +21,7 @@ import glob
 import importlib
 import json
 import os
+import queue
 import subprocess
 import sys
 import tempfile
@@ -39,9 +40,10 @@ _DATA = flags.DEFINE_string('data', '../shared/data',
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir to build the datasets in '
                                 "(default: TFDS's).")
 _JOBS = flags.DEFINE_integer('jobs', 2, 'Worker processes.')
-_COST_FROM = flags.DEFINE_string('cost_from', 'v5e-1', 'Target whose cost analysis stands in '
-                                 "for a target that gives none ('' for none).")
-_SHARD = flags.DEFINE_string('shard', None, 'I/N: be worker I of N, printing JSON lines (internal).')
+_COST_FROM = flags.DEFINE_string(
+    'cost_from', 'v5e-1', 'Target whose cost analysis stands in '
+    "for a target that gives none ('' for none).")
+_WORKER = flags.DEFINE_bool('worker', False, 'Compile the items given on stdin (internal).')
 
 
 def every_config() -> list[str]:
@@ -103,21 +105,63 @@ def _compile_one(spec: str, target: str, dtype: str, root: str) -> dict:
       **record, 'status': 'ok', 'seconds': round(time.perf_counter() - start, 2),
       **{k: report[k] for k in keep}, 'programs': [{
           k: p[k] for k in ('name', 'peak_bytes', 'resident_bytes', 'flops', 'bytes_accessed',
-                            'calls', 'steps')
+                           'calls', 'steps')
       } for p in report['programs']]
   }
 
 
-def _worker(items: list[tuple[str, str, str]]) -> None:
+def _worker() -> None:
+  """Compiles the items (JSON lines on stdin) one by one, a JSON line each on stdout."""
   with tempfile.TemporaryDirectory(prefix='jaxnotes_compiled_') as root:
-    for spec, target, dtype in items:
+    for line in iter(sys.stdin.readline, ''):
+      spec, target, dtype = json.loads(line)
       print(json.dumps(_compile_one(spec, target, dtype, root)), flush=True)
+
+
+def _run_workers(items: list[tuple[str, str, str]]) -> tuple[list[dict], list[str]]:
+  """`items` over --jobs worker processes, each taking the next item when it is done."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2'}
+  todo, records, failed = queue.Queue(), [], []
+  for item in items:
+    todo.put(item)
+
+  def drive(log):
+    worker = subprocess.Popen([
+        sys.executable, '-m', 'benchmarks.compiled', *sys.argv[1:], '--worker'
+    ], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    while True:
+      try:
+        item = todo.get_nowait()
+      except queue.Empty:
+        break
+      worker.stdin.write(json.dumps(item) + '\n')
+      worker.stdin.flush()
+      line = ''
+      while not line.startswith('{'):
+        line = worker.stdout.readline()
+        if not line:  # The worker died.
+          log.seek(0)
+          failed.append(f'{item}: {log.read()[-3000:]}')
+          return
+      records.append(json.loads(line))
+      print(json.dumps({k: v for k, v in records[-1].items() if k != 'programs'}), flush=True)
+    worker.stdin.close()
+    worker.wait()
+
+  logs = [tempfile.TemporaryFile('w+') for _ in range(_JOBS.value)]  # A pipe would fill up.
+  threads = [threading.Thread(target=drive, args=(log,)) for log in logs]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  return records, failed
 
 
 def _with_cost_from(records: list[dict]) -> None:
   """Roofline bounds, from a stand-in's cost, for records whose target gave no cost analysis."""
   from lib import aot  # pylint: disable=g-import-not-at-top
-  stand_in = {(r['config'], r['dtype']): r for r in records
+  stand_in = {(r['config'], r['dtype']): r
+              for r in records
               if r['target'] == _COST_FROM.value and r['status'] == 'ok'}
   for r in records:
     source = stand_in.get((r['config'], r['dtype']))
@@ -127,8 +171,8 @@ def _with_cost_from(records: list[dict]) -> None:
     t, scale = aot.TARGETS[r['target']], source['devices'] / r['devices']
     total = 0.0
     for p, q in zip(r['programs'], source['programs']):
-      program = aot.Program(p['name'], 0, 0, 0, 0, q['flops'] * scale,
-                            q['bytes_accessed'] * scale, p['calls'], p['steps'])
+      program = aot.Program(p['name'], 0, 0, 0, 0, q['flops'] * scale, q['bytes_accessed'] * scale,
+                            p['calls'], p['steps'])
       bound = program.seconds(t, r['dtype'])
       total += bound * p['calls'] if p['steps'] <= 1 else 0.0
       if p['steps'] == 1:
@@ -165,41 +209,18 @@ def table(records: Sequence[dict], target: str) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  if _WORKER.value:
+    _worker()
+    return
   specs = _CONFIGS.value or every_config()
   targets = list(_TARGETS.value)
   gpu = any(t in ('a100', 'h100', 'h100x8') for t in targets)
   if gpu and _COST_FROM.value and _COST_FROM.value not in targets:
     targets.append(_COST_FROM.value)
   items = [(s, t, d) for s in specs for d in _DTYPES.value for t in targets]
-  if _SHARD.value:
-    index, count = map(int, _SHARD.value.split('/'))
-    _worker(items[index::count])
-    return
   _prepare_datasets(specs)
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2'}
   start = time.perf_counter()
-  logs = [tempfile.TemporaryFile('w+') for _ in range(_JOBS.value)]  # A pipe would fill up.
-  workers = [
-      subprocess.Popen([sys.executable, '-m', 'benchmarks.compiled', *sys.argv[1:],
-                        f'--shard={i}/{_JOBS.value}'], stdout=subprocess.PIPE, stderr=log,
-                       text=True, env=env) for i, log in enumerate(logs)
-  ]
-  records, failed_workers = [], []
-
-  def collect(worker):  # Each record as it comes.
-    for line in worker.stdout:
-      if line.startswith('{'):
-        records.append(json.loads(line))
-        print(json.dumps({k: v for k, v in records[-1].items() if k != 'programs'}), flush=True)
-
-  readers = [threading.Thread(target=collect, args=(w,)) for w in workers]
-  for reader in readers:
-    reader.start()
-  for w, reader, log in zip(workers, readers, logs):
-    reader.join()
-    if w.wait():
-      log.seek(0)
-      failed_workers.append(log.read()[-3000:])
+  records, failed_workers = _run_workers(items)
   _with_cost_from(records)
   order = {item: i for i, item in enumerate(items)}
   records.sort(key=lambda r: order[(r['config'], r['target'], r['dtype'])])
@@ -210,8 +231,10 @@ def main(argv: Sequence[str]) -> None:
         f"workers: {sum(r['status'] == 'ok' for r in records)} ok, {len(bad)} failed, "
         f"{sum(r['status'] == 'skipped' for r in records)} skipped")
   if bad or failed_workers or len(records) != len(items):
-    sys.exit('\n'.join(['failed:', *(f"{r['config']} {r['target']} {r['dtype']}: {r['why']}"
-                                     for r in bad), *failed_workers]))
+    sys.exit('\n'.join([
+        'failed:', *(f"{r['config']} {r['target']} {r['dtype']}: {r['why']}" for r in bad),
+        *failed_workers
+    ]))
 
 
 if __name__ == '__main__':

@@ -25,7 +25,6 @@ import ml_collections
 
 from configs import common
 
-
 # Every variant get_config takes ('' is the config as it is).
 VARIANTS = ('', 'cats_vs_dogs', 'tiny')
 

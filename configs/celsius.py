@@ -16,7 +16,6 @@ import ml_collections
 
 from configs import common
 
-
 # Every variant get_config takes ('' is the config as it is).
 VARIANTS = ('', 'converged', 'three_layer', 'tiny')
 

@@ -15,7 +15,6 @@ import ml_collections
 
 from configs import common
 
-
 # Every variant get_config takes ('' is the config as it is).
 VARIANTS = ('', 'tiny')
 

@@ -36,7 +36,6 @@ MODELS = {
     }),
 }
 
-
 # Every variant get_config takes ('' is the config as it is).
 VARIANTS = ('', *MODELS, 'seasonal', 'relu_study', 'tiny')
 

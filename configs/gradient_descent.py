@@ -8,7 +8,6 @@ Hardware and time: 2-core CPU, a few seconds. No download.
 """
 import ml_collections
 
-
 # Every variant get_config takes ('' is the config as it is).
 VARIANTS = ('', 'tiny')
 

@@ -26,7 +26,6 @@ MODELS = {
     'gru': ('rnn', {'cell': 'gru', 'units': (6,), 'bidirectional': True, 'readout': 'flatten'}),
 }
 
-
 # Every variant get_config takes ('' is the config as it is).
 VARIANTS = ('', *MODELS, 'tiny')
 

@@ -10,7 +10,6 @@ Smoke test: --config=configs/tensors.py:tiny (the same).
 """
 import ml_collections
 
-
 # Every variant get_config takes ('' is the config as it is).
 VARIANTS = ('', 'tiny')
 

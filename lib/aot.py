@@ -82,8 +82,8 @@ TARGETS = {
              _CLOUD_TPU.format('v3') + ', halved: 2 devices a chip'),
         _tpu('v4-8', 'TPU v4, 4 chips (megacore: a device a chip)', 'v4:2x2x1', 32, 275, 1200,
              _CLOUD_TPU.format('v4'), chip_config_name='megacore'),
-        _tpu('v5e-8', 'TPU v5e, 8 chips, 1 host', 'v5e:2x4', 16, 197, 819,
-             _CLOUD_TPU.format('v5e'), chips_per_host_bounds=(2, 4, 1)),
+        _tpu('v5e-8', 'TPU v5e, 8 chips, 1 host', 'v5e:2x4', 16, 197, 819, _CLOUD_TPU.format('v5e'),
+             chips_per_host_bounds=(2, 4, 1)),
         _tpu('v5e-16', 'TPU v5e, 16 chips on 4 hosts', 'v5e:4x4', 16, 197, 819,
              _CLOUD_TPU.format('v5e')),
         _tpu('v5e-256', 'TPU v5e pod, 256 chips on 64 hosts', 'v5e:16x16', 16, 197, 819,
@@ -93,13 +93,12 @@ TARGETS = {
              _CLOUD_TPU.format('v6e'), chips_per_host_bounds=(1, 1, 1)),
         _tpu('v6e-8', 'TPU v6e (Trillium), 8 chips, 1 host', 'v6e:2x4', 32, 918, 1640,
              _CLOUD_TPU.format('v6e'), chips_per_host_bounds=(2, 4, 1)),
-        Target('a100', 'NVIDIA A100 SXM4 40GB (Colab)', 'cuda', {'topology': '1x1x1'}, 40 * _GIB,
-               312e12, 156e12, 1555e9, 'NVIDIA A100 datasheet (dense; float32 as TF32)'),
-        Target('h100', 'NVIDIA H100 SXM 80GB', 'cuda', {'topology': '1x1x1'}, 80 * _GIB, 989e12,
-               495e12, 3350e9, 'NVIDIA H100 datasheet (SXM, dense; float32 as TF32)'),
-        Target('h100x8', 'NVIDIA H100 SXM 80GB x 8, 1 host', 'cuda', {'topology': '1x1x8'},
-               80 * _GIB, 989e12, 495e12, 3350e9,
-               'NVIDIA H100 datasheet (SXM, dense; float32 as TF32)'),
+        Target('a100', 'NVIDIA A100 SXM4 40GB (Colab)', 'cuda', {'topology': '1x1x1'}, 40 *
+               _GIB, 312e12, 156e12, 1555e9, 'NVIDIA A100 datasheet (dense; float32 as TF32)'),
+        Target('h100', 'NVIDIA H100 SXM 80GB', 'cuda', {'topology': '1x1x1'}, 80 *
+               _GIB, 989e12, 495e12, 3350e9, 'NVIDIA H100 datasheet (SXM, dense; float32 as TF32)'),
+        Target('h100x8', 'NVIDIA H100 SXM 80GB x 8, 1 host', 'cuda', {'topology': '1x1x8'}, 80 *
+               _GIB, 989e12, 495e12, 3350e9, 'NVIDIA H100 datasheet (SXM, dense; float32 as TF32)'),
     )
 }
 
@@ -404,15 +403,13 @@ def report(t: Target, dtype: str, programs: list[Program]) -> dict[str, Any]:
       'figures_from': t.source,
       'devices': parallel.device_count(),
       'processes': parallel.process_count(),
-      'programs': [{
-          **dataclasses.asdict(p), 'seconds_bound': b
-      } for p, b in zip(programs, bounds)],
+      'programs': [{**dataclasses.asdict(p), 'seconds_bound': b} for p, b in zip(programs, bounds)],
       'max_bytes_per_device': max(p.peak_bytes + p.resident_bytes for p in programs),
       'step_flops': step.flops if step else None,
       'step_seconds_bound': step.seconds(t, dtype) if step else None,
       # Training calls of several steps are counted by their one-step program.
-      'run_seconds_bound': sum(b * p.calls for p, b in zip(programs, bounds)
-                               if p.steps <= 1) if known else None,
+      'run_seconds_bound': sum(
+          b * p.calls for p, b in zip(programs, bounds) if p.steps <= 1) if known else None,
   }
 
 
@@ -447,7 +444,7 @@ def write(workdir: str, result: dict[str, Any]) -> str:
   """Writes the report as workdir/compile_TARGET_DTYPE.json; returns its path."""
   path = os.path.join(workdir, f"compile_{result['target']}_{result['compute_dtype']}.json")
   with open(path + '.tmp', 'w') as f:
-    json.dump(result, f, indent=1, default=lambda v: None if isinstance(v, float) and
-              math.isnan(v) else str(v))
+    json.dump(result, f, indent=1, default=lambda v: None
+              if isinstance(v, float) and math.isnan(v) else str(v))
   os.replace(path + '.tmp', path)
   return path

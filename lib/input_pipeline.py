@@ -682,8 +682,8 @@ def _shapes_only(config: ml_collections.ConfigDict, info: ImageInfo,
   for field, split in fields.items():
     n = builder.info.splits[split].num_examples
     arrays[field] = {
-        'x': jax.ShapeDtypeStruct((n, *info.image_shape), dtype),
-        'y': jax.ShapeDtypeStruct((n,), np.int32)
+        'x': jax.ShapeDtypeStruct((n, *info.image_shape), dtype), 'y': jax.ShapeDtypeStruct(
+            (n,), np.int32)
     }
   return _on_devices(config, info, arrays)
 

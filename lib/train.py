@@ -228,8 +228,9 @@ def create_train_state(
 
   n = config.get('num_seeds', 1)
   if parallel.is_target():  # lib.aot: the state's shapes on the target's devices, no values.
-    shapes = jax.eval_shape(init if n == 1 else jax.vmap(init), jnp.int32(config.seed) if n == 1
-                            else config.seed + jnp.arange(n, dtype=jnp.int32))
+    shapes = jax.eval_shape(
+        init if n == 1 else jax.vmap(init),
+        jnp.int32(config.seed) if n == 1 else config.seed + jnp.arange(n, dtype=jnp.int32))
     return jax.tree.map(lambda a: aot.abstract(a, sharding), shapes)
   if n == 1:
     return jax.jit(init, static_argnums=0, out_shardings=sharding)(config.seed)
@@ -885,8 +886,9 @@ def _compile(config: ml_collections.ConfigDict, engine: _Engine, train: input_pi
   for which in range(augmentations):
     fn, shape = engine.train_steps.jitted(which), ''
     if augmentations > 1:
-      shape = ', x ' + 'x'.join(map(str, input_pipeline.model_spec(
-          train, engine.augmentation.train[which])['x'].shape))
+      shape = ', x ' + 'x'.join(
+          map(str,
+              input_pipeline.model_spec(train, engine.augmentation.train[which])['x'].shape))
     per_call = engine.per_call
     steps = engine.total_steps // augmentations
     aot.compile(f'train: {per_call} step{"s" * (per_call > 1)} a call{shape}', fn, engine.state,
@@ -899,8 +901,10 @@ def _compile(config: ml_collections.ConfigDict, engine: _Engine, train: input_pi
   # Evaluation: every `eval_every_epochs` on val (params, and their average with ema_decay),
   # once on test; each batch gathered and prepared by one program, evaluated by another.
   epochs = config.num_epochs
-  passes = {id(val): (epochs // config.eval_every_epochs + (epochs % config.eval_every_epochs > 0))
-                     * (1 + bool(config.ema_decay))}
+  passes = {
+      id(val): (epochs // config.eval_every_epochs + (epochs % config.eval_every_epochs > 0)) *
+               (1 + bool(config.ema_decay))
+  }
   if test is not None:
     passes[id(test)] = passes.get(id(test), 0) + 1 + bool(config.ema_decay)
   for key, count in passes.items():

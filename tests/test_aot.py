@@ -10,14 +10,13 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
 from lib import aot
+from lib import models
 from lib import parallel
 from lib.cpu import conv as cpu_conv
 from lib.cpu import conv_kernel
@@ -84,18 +83,9 @@ def test_a_mistyped_target_is_one_line_listing_the_targets(tmp_path):
   assert "--compile_for=v5e8 is unknown; choose one of ['v5e-1'" in error and 'h100' in error
 
 
-class _Net(nn.Module):
-  """A first block that lib.cpu.conv computes in one custom call on CPU, then a dense layer."""
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.avg_pool(nn.relu(nn.Conv(8, (3, 3))(x)), (2, 2), (2, 2))
-    return nn.Dense(10)(x.reshape(x.shape[0], -1))
-
-
-def _step_text(mesh_devices=None) -> str:
-  """The lowered train step of _Net through lib.cpu.conv.specialize, as the engine builds it."""
-  model = _Net()
+def _step_text() -> str:
+  """The lowered train step of the MNIST CNN through lib.cpu.conv.specialize, as the engine has it."""
+  model = models.create('cnn', outputs=10, features=(32, 64), dense=256, pool='avg')
   apply = cpu_conv.specialize(model.apply)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((16, 28, 28, 1)))
   tx = optax.sgd(0.1)
@@ -109,7 +99,8 @@ def _step_text(mesh_devices=None) -> str:
   rep = parallel.replicated(mesh)
   place = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep)
   args = (jax.tree.map(place, params), jax.tree.map(place, jax.eval_shape(tx.init, params)),
-          jax.ShapeDtypeStruct((16, 28, 28, 1), jnp.float32, sharding=parallel.batch_sharding(mesh)))
+          jax.ShapeDtypeStruct((16, 28, 28, 1), jnp.float32,
+                               sharding=parallel.batch_sharding(mesh)))
   return jax.jit(step).lower(*args).as_text()
 
 
@@ -149,8 +140,10 @@ def test_every_config_and_variant_compiles_for_v5e_1_and_v5e_8_in_float32_and_bf
   records, stdout = _compiled('--targets=v5e-1,v5e-8', '--dtypes=float32,bfloat16',
                               f'--data={SHARED_DATA}', f'--data_dir={mnist_data_dir}', '--jobs=2')
   configs = {r['config'] for r in records}
-  assert {'mnist_cnn', 'mnist_cnn:tiny', 'vae:latent20', 'forecast:relu_study', 'celsius',
-          'gradient_descent', 'tensors', 'mnist1d:gru', 'autoencoder:sweep'} <= configs
+  assert {
+      'mnist_cnn', 'mnist_cnn:tiny', 'vae:latent20', 'forecast:relu_study', 'celsius',
+      'gradient_descent', 'tensors', 'mnist1d:gru', 'autoencoder:sweep'
+  } <= configs
   skipped = {r['config'] for r in records if r['status'] == 'skipped'}
   # cats_vs_dogs's photos are not among the shared data; the rest compile.
   assert skipped == {'any_size_cnn:cats_vs_dogs'}, skipped
