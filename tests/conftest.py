@@ -1,6 +1,7 @@
 """Shared test helpers: tiny configs on mock data, and the real MNIST files when present."""
 import atexit
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -149,3 +150,33 @@ def mnist_data_dir(mnist_run):
   """A TFDS data_dir with MNIST built from the original files, checksums verified."""
   assert mnist_run['out'].returncode == 0, mnist_run['out'].stderr[-3000:]
   return mnist_run['data_dir']
+
+
+# The compile of every config for TPUs (tests/test_aot.py) takes minutes of CPU: it starts
+# when collection ends, at low priority, so that it uses what the other tests leave idle, and
+# it is checked last.
+EVERY_CONFIG_COMPILES = ('tests/test_aot.py::'
+                         'test_every_config_and_variant_compiles_for_v5e_1_and_v5e_8_in_float32_'
+                         'and_bfloat16')
+EVERY_CONFIG_ARGS = ('--targets=v5e-1,v5e-8', '--dtypes=float32,bfloat16', f'--data={SHARED_DATA}',
+                     '--jobs=2')
+background_compiles: dict[str, subprocess.Popen] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: item.nodeid == EVERY_CONFIG_COMPILES)  # Stable: the rest in order.
+
+
+def pytest_collection_finish(session):
+  if (not any(item.nodeid == EVERY_CONFIG_COMPILES for item in session.items) or
+      len(session.items) == 1 or importlib.util.find_spec('libtpu') is None or
+      not os.path.isdir(os.path.join(SHARED_DATA, 'fashion_mnist'))):
+    return
+  out = tempfile.NamedTemporaryFile('w+', prefix='jaxnotes_compiled_', suffix='.log')
+  background_compiles['log'] = out
+  background_compiles['process'] = subprocess.Popen([
+      sys.executable, '-m', 'benchmarks.compiled', *EVERY_CONFIG_ARGS,
+      f"--data_dir={_session_dir('jaxnotes_tests_compiled_tfds_')}"
+  ], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: os.nice(15))
+  atexit.register(background_compiles['process'].kill)  # A session cut short stops it too.
