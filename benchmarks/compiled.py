@@ -11,9 +11,9 @@ datasets are built from `--data` (a folder per TFDS dataset: ../shared/data/mnis
 `--data` is reported as skipped. Prints a JSON line per compile, then a Markdown table per
 target: a row per config with its largest per-device need against the HBM, the FLOPs of a
 training step and the roofline bounds on a step and on the whole run's programs. Where the
-target's compiler gives no cost analysis (NVIDIA GPUs, this JAX), the FLOPs and bytes are those
-of the same program compiled for one TPU v5e chip (`--cost_from`), at the GPU's peaks: the
-model's arithmetic does not depend on the chip, its memory traffic does a little.
+target's compiler gives no cost analysis (NVIDIA GPUs, this JAX), the FLOPs are those of the
+same program compiled for one TPU v5e chip (`--cost_from`), at the GPU's peak: the model's
+arithmetic does not depend on the chip.
 Exits non-zero if any compile failed. Needs requirements-compile.txt.
 """
 from collections.abc import Sequence
@@ -103,10 +103,8 @@ def _compile_one(spec: str, target: str, dtype: str, root: str) -> dict:
           'run_seconds_bound', 'devices', 'processes')
   return {
       **record, 'status': 'ok', 'seconds': round(time.perf_counter() - start, 2),
-      **{k: report[k] for k in keep}, 'programs': [{
-          k: p[k] for k in ('name', 'peak_bytes', 'resident_bytes', 'flops', 'bytes_accessed',
-                           'calls', 'steps')
-      } for p in report['programs']]
+      **{k: report[k] for k in keep}, 'programs':
+          [{k: v for k, v in p.items() if k != 'seconds_bound'} for p in report['programs']]
   }
 
 
@@ -158,7 +156,7 @@ def _run_workers(items: list[tuple[str, str, str]]) -> tuple[list[dict], list[st
 
 
 def _with_cost_from(records: list[dict]) -> None:
-  """Roofline bounds, from a stand-in's cost, for records whose target gave no cost analysis."""
+  """Roofline bounds from a stand-in's FLOPs, for records whose target gave no cost analysis."""
   from lib import aot  # pylint: disable=g-import-not-at-top
   stand_in = {(r['config'], r['dtype']): r
               for r in records
@@ -171,8 +169,7 @@ def _with_cost_from(records: list[dict]) -> None:
     t, scale = aot.TARGETS[r['target']], source['devices'] / r['devices']
     total = 0.0
     for p, q in zip(r['programs'], source['programs']):
-      program = aot.Program(p['name'], 0, 0, 0, 0, q['flops'] * scale, q['bytes_accessed'] * scale,
-                            p['calls'], p['steps'])
+      program = aot.Program(**{**p, 'flops': q['flops'] * scale})
       bound = program.seconds(t, r['dtype'])
       total += bound * p['calls'] if p['steps'] <= 1 else 0.0
       if p['steps'] == 1:

@@ -165,7 +165,8 @@ def _compile_size_tests(config: ml_collections.ConfigDict, state: train.TrainSta
   for size in config.eval_sizes:
     get, args, batch = input_pipeline.eval_batch_program(test, config.eval_batch_size,
                                                          canvas_at(size, config.max_digit))
-    aot.compile(f'test at {size}x{size}: batch prepared', get, *args, calls=batches)
+    aot.compile(f'test at {size}x{size}: batch prepared', get, *args, calls=batches,
+                data_bytes=aot.nbytes(args[0]))
     aot.compile(f'test at {size}x{size}: evaluation step', eval_step, state, batch, calls=batches)
 
 

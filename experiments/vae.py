@@ -137,7 +137,8 @@ def _compile_iwae(bound, state: Any, test: input_pipeline.Split, batch_size: int
   """lib.aot: the IWAE bound's programs (its batches, the bound) for the trained state."""
   get, args, batch = input_pipeline.eval_batch_program(test, batch_size, binarize)
   batches = input_pipeline.num_eval_batches(test, batch_size)
-  aot.compile(f'IWAE: batch of {batch_size} prepared', get, *args, calls=batches)
+  aot.compile(f'IWAE: batch of {batch_size} prepared', get, *args, calls=batches,
+              data_bytes=aot.nbytes(args[0]))
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=parallel.replicated(parallel.make_mesh()))
   first = train.member(state, 0) if train.members(state) else state  # Seed config.seed's model.
   aot.compile('IWAE: the bound', bound, first.params, batch['x'], key, calls=batches)

@@ -14,9 +14,10 @@ datasets beyond their sizes, and no step runs: the workdir gets
 For each program it reports XLA's per-device memory (arguments, outputs, peak)
 against the chip's HBM, its FLOPs and bytes accessed (XLA's cost analysis;
 none on GPU, where this JAX's plugin gives none), and a roofline lower bound
-on its time: max(FLOPs / peak FLOP/s, bytes / HBM bandwidth), from the
-published figures in TARGETS. A bound, not a prediction: it ignores latency,
-launch overheads, collectives and the host. What does not fit is one line
+on its time: max(FLOPs / peak FLOP/s, bytes it must move / HBM bandwidth),
+from the published figures in TARGETS. A bound, not a prediction: it ignores
+latency, launch overheads, collectives, the host and the memory traffic of
+intermediates. What does not fit is one line
 naming the program, its bytes and the HBM.
 """
 from collections.abc import Callable, Iterator
@@ -136,6 +137,9 @@ def _gpu_target_config(name: str) -> str:
   cuda_compute_capability {{ major: {spec['cc'][0]} minor: {spec['cc'][1]} }}
   registers_per_core_limit: 65536
   registers_per_block_limit: 65536
+  thread_dim_limit_x: 1024
+  thread_dim_limit_y: 1024
+  thread_dim_limit_z: 64
 }}
 platform_name: "CUDA"
 dnn_version_info {{ major: 9 minor: 8 }}
@@ -209,9 +213,13 @@ class Program:
     resident_bytes: what else the run keeps on each device meanwhile (the
       splits this program does not take), counted against the HBM beside peak.
     flops, bytes_accessed: XLA's cost analysis of one call (a scan's body
-      counted once), or None where the compiler gives none.
+      counted once), or None where the compiler gives none. XLA counts a
+      gather's whole operand, so a step that gathers its batch from a split
+      on the device "accesses" the split: not a bound.
     calls: how many times a whole run calls it.
     steps: the training steps in one call (0: not a training program).
+    data_bytes: of argument_bytes, the splits kept on the device that the
+      program reads only a batch of.
   """
   name: str
   argument_bytes: int
@@ -223,13 +231,20 @@ class Program:
   calls: int = 1
   steps: int = 0
   compile_seconds: float = 0.0
+  data_bytes: int = 0
 
   def seconds(self, t: Target, dtype: str) -> float | None:
-    """The roofline bound on one call: max(compute, memory traffic) at the chip's peaks."""
+    """A lower bound on one call: max(its FLOPs, the bytes it must move) at the chip's peaks.
+
+    The bytes: its arguments, less the splits it gathers a batch from, read once,
+    and its outputs written once (params and optimizer state in and out, for a
+    training step); every execution moves at least these.
+    """
     if self.flops is None:
       return None
     flops = t.peak_flops if dtype == 'bfloat16' else t.f32_flops
-    return max(self.flops / flops, (self.bytes_accessed or 0) / t.hbm_bandwidth)
+    moved = self.argument_bytes - self.data_bytes + self.output_bytes
+    return max(self.flops / flops, moved / t.hbm_bandwidth)
 
 
 @dataclasses.dataclass
@@ -304,13 +319,18 @@ def trained(state: Any) -> None:
   raise Compiled()
 
 
+def nbytes(tree: Any) -> int:
+  """Bytes of a tree of arrays or ShapeDtypeStructs (per device, where they are replicated)."""
+  return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
 def abstract(x: Any, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
   """An array's shape and dtype on `sharding`, with no data."""
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
-def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int = 1,
-            steps: int = 0) -> Program:  # pylint: disable=redefined-builtin
+def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int = 1, steps: int = 0,
+            data_bytes: int = 0) -> Program:  # pylint: disable=redefined-builtin
   """Lowers the jitted `fn` on abstract `args` and compiles it for the session's target.
 
   Args:
@@ -320,6 +340,7 @@ def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int 
     resident_bytes: per device, what the run keeps on the devices beside this program's arguments.
     calls: calls in a whole run.
     steps: training steps per call.
+    data_bytes: per device, the splits among `args` that it gathers batches from.
 
   Returns:
     The Program, also recorded in the session.
@@ -344,7 +365,12 @@ def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int 
       raise UserError(f'--compile_for={t.name}: {name} does not fit: {message[:300]}; lower '
                       'config.batch_size or config.eval_batch_size, or config.device_data_mb '
                       'to stream the splits') from None
-    raise
+    # What a run on the target would meet too: the target's compiler refuses the program.
+    hint = ''
+    if "Couldn't find output tile sizes" in message:  # XLA's Triton GEMM tiling (this jaxlib).
+      hint = '; XLA_FLAGS=--xla_gpu_enable_triton_gemm=false compiles it'
+    raise UserError(f'--compile_for={t.name}: {name} does not compile for {t.description} '
+                    f'({type(e).__name__}: {message[:300]}){hint}') from None
   stats = compiled.memory_analysis()
   arguments = int(stats.argument_size_in_bytes)
   outputs = int(stats.output_size_in_bytes)
@@ -357,7 +383,7 @@ def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int 
   program = Program(name, arguments, outputs, peak, resident_bytes,
                     float(cost['flops']) if cost and 'flops' in cost else None,
                     float(cost.get('bytes accessed', 0)) if cost else None, calls, steps,
-                    round(time.perf_counter() - start, 2))
+                    round(time.perf_counter() - start, 2), data_bytes)
   if peak + resident_bytes > t.hbm:
     raise UserError(
         f'--compile_for={t.name}: {name} needs {_mib(peak + resident_bytes)} per device '

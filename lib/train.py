@@ -859,10 +859,6 @@ class _Loop:
       self.saved_step = step
 
 
-def _bytes(tree: Any) -> int:
-  return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
-
-
 def _compile(config: ml_collections.ConfigDict, engine: _Engine, train: input_pipeline.Split,
              val: input_pipeline.Split, test: input_pipeline.Split | None) -> None:
   """lib.aot: compiles every program `fit` would run, on abstract inputs; raises aot.Compiled.
@@ -874,7 +870,7 @@ def _compile(config: ml_collections.ConfigDict, engine: _Engine, train: input_pi
   if any(s.stream is not None for s in splits.values()):
     raise UserError('--compile_for builds runs whose splits live on the devices; this one '
                     'streams a split through tf.data, which it does not compile yet')
-  held = {k: _bytes(input_pipeline.on_devices(s)) for k, s in splits.items()}
+  held = {k: aot.nbytes(input_pipeline.on_devices(s)) for k, s in splits.items()}
   others = lambda split: sum(held.values()) - held[id(split)]
 
   # Training: each augmentation's call, and one step alone for the per-step figures.
@@ -893,10 +889,10 @@ def _compile(config: ml_collections.ConfigDict, engine: _Engine, train: input_pi
     steps = engine.total_steps // augmentations
     aot.compile(f'train: {per_call} step{"s" * (per_call > 1)} a call{shape}', fn, engine.state,
                 feed.data, inputs, per_call, resident_bytes=others(train),
-                calls=-(-steps // per_call), steps=per_call)
+                calls=-(-steps // per_call), steps=per_call, data_bytes=held[id(train)])
     if per_call > 1:  # XLA counts a scan's body once: one step's FLOPs come from one step.
       aot.compile(f'train: 1 step (its cost){shape}', fn, engine.state, feed.data, inputs, 1,
-                  resident_bytes=others(train), calls=steps, steps=1)
+                  resident_bytes=others(train), calls=steps, steps=1, data_bytes=held[id(train)])
 
   # Evaluation: every `eval_every_epochs` on val (params, and their average with ema_decay),
   # once on test; each batch gathered and prepared by one program, evaluated by another.
@@ -917,7 +913,7 @@ def _compile(config: ml_collections.ConfigDict, engine: _Engine, train: input_pi
                                                          engine.augmentation.eval)
     calls = count * batches
     aot.compile(f'{name}: batch of {config.eval_batch_size} prepared', get, *args,
-                resident_bytes=others(split), calls=calls)
+                resident_bytes=others(split), calls=calls, data_bytes=held[key])
     aot.compile(f'{name}: evaluation step', engine.eval_step, engine.state, batch,
                 resident_bytes=sum(held.values()), calls=calls)
   aot.trained(engine.state)
