@@ -49,7 +49,9 @@ def iwae_nll(model: models.VAE, params: Any, x: jax.Array, key: jax.Array, k: in
   mean, logvar = model.apply(variables, x, method=models.VAE.encode)
   std = jnp.exp(0.5 * logvar)
   z = mean + std * jax.random.normal(key, (k, *mean.shape))
-  logits = model.apply(variables, z.reshape(-1, z.shape[-1]), method=models.VAE.decode)
+  # Sample by sample (vmapped), not as one (k * batch) batch: merged, the batch axis split over
+  # the devices is lost and every device decodes every example.
+  logits = jax.vmap(lambda z: model.apply(variables, z, method=models.VAE.decode))(z)
   logits = logits.reshape(k, x.shape[0], -1)
   log_px_z = -tasks.bernoulli_nll(logits, x.reshape(1, x.shape[0], -1)).sum(-1)
   log_pz = jax.scipy.stats.norm.logpdf(z).sum(-1)
