@@ -166,15 +166,13 @@ def _with_cost_from(records: list[dict]) -> None:
     if (r['status'] != 'ok' or source is None or
         any(p['flops'] is not None for p in r['programs'])):
       continue
-    t, scale = aot.TARGETS[r['target']], source['devices'] / r['devices']
-    total = 0.0
-    for p, q in zip(r['programs'], source['programs']):
-      program = aot.Program(**{**p, 'flops': q['flops'] * scale})
-      bound = program.seconds(t, r['dtype'])
-      total += bound * p['calls'] if p['steps'] <= 1 else 0.0
-      if p['steps'] == 1:
-        r['step_flops'], r['step_seconds_bound'] = program.flops, bound
-    r['run_seconds_bound'], r['cost_from'] = total, _COST_FROM.value
+    scale = source['devices'] / r['devices']
+    programs = [
+        aot.Program(**{**p, 'flops': q['flops'] * scale})
+        for p, q in zip(r['programs'], source['programs'])
+    ]
+    r.update(aot.bounds_of_run(aot.TARGETS[r['target']], r['dtype'], programs),
+             cost_from=_COST_FROM.value)
 
 
 def _seconds(s: float | None) -> str:

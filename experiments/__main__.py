@@ -72,6 +72,24 @@ def experiment_module(config: ml_collections.ConfigDict) -> Any:
   return importlib.import_module(f'experiments.{config.experiment}')
 
 
+def checked_experiment(config: ml_collections.ConfigDict) -> Any:
+  """The config's experiment module, after the checks every run makes before any work.
+
+  Raises:
+    UserError: an unknown experiment, a bad engine field, or several seeds for an
+      experiment that trains one.
+  """
+  from lib import train  # pylint: disable=g-import-not-at-top
+  module = experiment_module(config)
+  if 'optimizer' in config:  # Configs built on configs.common.training() train through lib.train.
+    train.check_config(config)
+  if config.get('num_seeds', 1) > 1 and not getattr(module, 'SEEDS_IN_ONE_RUN', False):
+    raise UserError(f'config.num_seeds={config.num_seeds}: experiment {config.experiment!r} '
+                    "computes its results from one model's weights, so it trains one seed per "
+                    'run; for several seeds, python -m experiments.sweep --grid=seed=0,1,2')
+  return module
+
+
 def run(config: ml_collections.ConfigDict, workdir: str,
         compile_for: str | None = None) -> dict[str, Any]:
   """Runs the config's experiment in `workdir`, with the bookends every run shares.
@@ -91,17 +109,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   if compile_for:
     return compile_only(config, workdir, compile_for)
   from lib import compilation_cache  # pylint: disable=g-import-not-at-top
-  from lib import train  # pylint: disable=g-import-not-at-top
   from lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   start = time.time()
   compilation_cache.enable()  # Before anything compiles: a rerun loads its programs.
-  module = experiment_module(config)
-  if 'optimizer' in config:  # Configs built on configs.common.training() train through lib.train.
-    train.check_config(config)
-  if config.get('num_seeds', 1) > 1 and not getattr(module, 'SEEDS_IN_ONE_RUN', False):
-    raise UserError(f'config.num_seeds={config.num_seeds}: experiment {config.experiment!r} '
-                    "computes its results from one model's weights, so it trains one seed per "
-                    'run; for several seeds, python -m experiments.sweep --grid=seed=0,1,2')
+  module = checked_experiment(config)
   with workdir_lib.lock(workdir) as path:
     workdir_lib.check_config(path, config)
     results = module.train_and_evaluate(config, path)
@@ -126,12 +137,9 @@ def compile_only(config: ml_collections.ConfigDict, workdir: str, target: str) -
     UserError: an unknown target, a bad config, or a program that does not fit.
   """
   from lib import aot  # pylint: disable=g-import-not-at-top
-  from lib import train  # pylint: disable=g-import-not-at-top
   from lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   chip = aot.target(target)
-  module = experiment_module(config)
-  if 'optimizer' in config:
-    train.check_config(config)
+  module = checked_experiment(config)
   dtype = config.get('compute_dtype', 'float32')
   with workdir_lib.lock(workdir) as path, aot.compiling_for(chip, dtype) as programs:
     try:

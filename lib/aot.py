@@ -417,8 +417,6 @@ def report(t: Target, dtype: str, programs: list[Program]) -> dict[str, Any]:
     memory need, the roofline bound of a training step and of the whole run.
   """
   bounds = [p.seconds(t, dtype) for p in programs]
-  known = all(b is not None for b in bounds)
-  step = next((p for p in programs if p.steps == 1), None)
   return {
       'target': t.name,
       'description': t.description,
@@ -431,11 +429,24 @@ def report(t: Target, dtype: str, programs: list[Program]) -> dict[str, Any]:
       'processes': parallel.process_count(),
       'programs': [{**dataclasses.asdict(p), 'seconds_bound': b} for p, b in zip(programs, bounds)],
       'max_bytes_per_device': max(p.peak_bytes + p.resident_bytes for p in programs),
+      **bounds_of_run(t, dtype, programs),
+  }
+
+
+def bounds_of_run(t: Target, dtype: str, programs: list[Program]) -> dict[str, float | None]:
+  """A training step's FLOPs and roofline bound, and the bound on all the run's calls.
+
+  Returns:
+    {'step_flops', 'step_seconds_bound', 'run_seconds_bound'}: None where unknown.
+  """
+  bounds = [p.seconds(t, dtype) for p in programs]
+  step = next((p for p in programs if p.steps == 1), None)
+  return {
       'step_flops': step.flops if step else None,
       'step_seconds_bound': step.seconds(t, dtype) if step else None,
       # Training calls of several steps are counted by their one-step program.
-      'run_seconds_bound': sum(
-          b * p.calls for p, b in zip(programs, bounds) if p.steps <= 1) if known else None,
+      'run_seconds_bound': sum(b * p.calls for p, b in zip(programs, bounds) if p.steps <= 1)
+                           if all(b is not None for b in bounds) else None,
   }
 
 

@@ -646,9 +646,7 @@ def image_classification(config: ml_collections.ConfigDict,
   from lib import streaming, tfds_builders  # pylint: disable=g-import-not-at-top
   builder = tfds_builders.builder(config)
   tfds_builders.prepare(builder, config)
-  budget = config.device_data_mb * 2**20
-  sizes = [streaming.split_bytes(builder, s, f) for s, f in splits.items()]
-  if to_cache is None and budget > 0 and all(n is not None and n <= budget for n in sizes):
+  if to_cache is None and _fit_devices(config, builder):
     full_info = tfds_builders.image_info(builder)
     for split, field in splits.items():
       if arrays[split] is None:
@@ -659,6 +657,14 @@ def image_classification(config: ml_collections.ConfigDict,
   return _streamed(config, info, builder, to_cache)
 
 
+def _fit_devices(config: ml_collections.ConfigDict, builder: Any) -> bool:
+  """Whether every split of the config fits config.device_data_mb (0: none goes on the devices)."""
+  from lib import streaming  # pylint: disable=g-import-not-at-top
+  budget = config.device_data_mb * 2**20
+  sizes = [streaming.split_bytes(builder, s, f) for f, s in _split_fields(config).items()]
+  return budget > 0 and all(n is not None and n <= budget for n in sizes)
+
+
 def _shapes_only(config: ml_collections.ConfigDict, info: ImageInfo,
                  to_cache: Callable[[Any], Any] | None) -> ImageData:
   """The splits as ShapeDtypeStructs of their sizes, for lib.aot: no example is read.
@@ -666,20 +672,17 @@ def _shapes_only(config: ml_collections.ConfigDict, info: ImageInfo,
   The dataset is built first where it is not yet (as a run's first use does);
   then only TFDS's metadata is read.
   """
-  from lib import streaming, tfds_builders  # pylint: disable=g-import-not-at-top
+  from lib import tfds_builders  # pylint: disable=g-import-not-at-top
   builder = tfds_builders.builder(config)
   tfds_builders.prepare(builder, config)
-  fields = _split_fields(config)
-  sizes = [streaming.split_bytes(builder, s, f) for f, s in fields.items()]
-  budget = config.device_data_mb * 2**20
-  if to_cache is not None or budget <= 0 or any(n is None or n > budget for n in sizes):
+  if to_cache is not None or not _fit_devices(config, builder):
     raise UserError('--compile_for builds runs whose splits live on the devices; this one '
                     'streams them through tf.data (config.device_data_mb='
                     f'{config.device_data_mb}, or images of several sizes), which it does not '
                     'compile yet')
   dtype = tfds_builders.image_info(builder)['image_dtype']
   arrays = {}
-  for field, split in fields.items():
+  for field, split in _split_fields(config).items():
     n = builder.info.splits[split].num_examples
     arrays[field] = {
         'x': jax.ShapeDtypeStruct((n, *info.image_shape), dtype), 'y': jax.ShapeDtypeStruct(

@@ -77,6 +77,15 @@ def test_a_run_too_large_for_the_chip_is_one_line_naming_the_hbm(mnist_data_dir,
   assert 'larger than the 60000 training examples' in error, error
 
 
+def test_compiling_makes_the_checks_a_run_makes(tmp_path):
+  out = run_cli('--config=configs/autoencoder.py:tiny', f'--workdir={tmp_path}',
+                '--compile_for=v5e-1', '--config.num_seeds=2')
+  assert out.returncode == 1
+  [error] = _errors(out.stderr)
+  assert "config.num_seeds=2: experiment 'autoencoder' computes its results" in error, error
+  assert not os.listdir(tmp_path)  # Refused before the workdir is touched.
+
+
 def test_a_mistyped_target_is_one_line_listing_the_targets(tmp_path):
   out = run_cli('--config=configs/celsius.py', f'--workdir={tmp_path}', '--compile_for=v5e8')
   assert out.returncode == 1
