@@ -66,6 +66,9 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   # see the same global batches on 1 or N processes (N dividing it). 0: one
   # shard per process.
   c.data_shards = 0
+  # Permute the training split anew each pass; False reads it in its stored order every
+  # pass (the MNIST-1D paper's loop), for splits kept on the devices.
+  c.shuffle = True
 
   # Loop.
   c.log_every_steps = 100  # Training metrics to TensorBoard every this many steps.

@@ -4,8 +4,11 @@ Greydanus (2020) built MNIST-1D so that model families separate: ten 1-D
 digit templates padded, translated, scaled, sheared and noised into sequences
 of length 40. A CNN's translation-invariant filters and a GRU's recurrence
 both exploit the sequence structure that logistic regression and an MLP
-cannot. The data is generated locally (the mnist1d package), then trained
-through the one engine and pipeline.
+cannot. The shuffled variants permute the 40 positions (one permutation for
+every sequence), which takes that structure away: where the CNN's lead over the
+GRU comes from its prior, it should vanish there. The data is generated
+locally (the mnist1d package), then trained through the one engine and
+pipeline.
 """
 import os
 from typing import Any
@@ -26,15 +29,23 @@ SEEDS_IN_ONE_RUN = True
 
 
 def make_dataset(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """MNIST-1D from the mnist1d package's generator: x (n, 40) float32, y (n,) int32."""
+  """MNIST-1D from the mnist1d package's generator: x (n, 40) float32, y (n,) int32.
+
+  With config.shuffle_positions, every sequence's positions are permuted alike
+  (the paper's shuffled MNIST-1D).
+  """
   from mnist1d.data import get_dataset_args, make_dataset as generate  # pylint: disable=g-import-not-at-top
   args = get_dataset_args()
   args.num_samples, args.train_split, args.seed = (config.num_samples, config.train_fraction,
                                                    config.data_seed)
   data = generate(args)
+  positions = np.arange(data['x'].shape[1])
+  if config.shuffle_positions:
+    positions = np.random.default_rng(config.data_seed).permutation(positions)
   return {
-      'x': data['x'].astype(np.float32), 'y': data['y'].astype(np.int32),
-      'x_test': data['x_test'].astype(np.float32), 'y_test': data['y_test'].astype(np.int32)
+      'x': data['x'][:, positions].astype(np.float32), 'y': data['y'].astype(np.int32),
+      'x_test': data['x_test'][:, positions].astype(np.float32),
+      'y_test': data['y_test'].astype(np.int32)
   }
 
 

@@ -15,7 +15,6 @@ over the field with ± std error bars (`WORKDIR/plots/`).
 import ast
 import copy
 import itertools
-import json
 import os
 import sys
 from typing import Any
@@ -27,6 +26,7 @@ import ml_collections
 import numpy as np
 
 import experiments.__main__ as launcher  # Flags --config, --workdir and the CPU settings.
+from lib import records
 from lib.errors import NonFiniteLossError, UserError
 
 _GRID = flags.DEFINE_multi_string(
@@ -79,6 +79,23 @@ def point_name(point: dict[str, Any]) -> str:
   return ','.join(f'{k}={v}' for k, v in sorted(point.items()))
 
 
+def _finished(sub: str) -> dict[str, Any] | None:
+  """The results of the point run in `sub`, or None if it has yet to finish.
+
+  A damaged results.json is set aside as results.json.damaged, so that the
+  point runs again: it resumes from its last checkpoint and writes them anew.
+  """
+  path = os.path.join(sub, 'results.json')
+  try:
+    return records.read_json(path)
+  except FileNotFoundError:
+    return None
+  except records.DamagedRecord as e:
+    logging.warning('%s; running %s again', e, os.path.basename(sub))
+    os.replace(path, path + '.damaged')
+    return None
+
+
 def _scalars(results: dict[str, Any]) -> dict[str, float]:
   return {
       k: float(v)
@@ -121,7 +138,8 @@ def main(argv: list[str]) -> None:
     rows, failed = [], []
     for point in points(grid):
       sub = os.path.join(workdir, point_name(point))
-      if os.path.exists(os.path.join(sub, 'results.json')):
+      results = _finished(sub)
+      if results is not None:
         logging.info('%s: done before, skipped', point_name(point))
       else:
         logging.info('%s: running', point_name(point))
@@ -133,15 +151,15 @@ def main(argv: list[str]) -> None:
           logging.warning('%s: %s', point_name(point), e)
           failed.append({'point': point, 'name': point_name(point), 'error': str(e)})
           continue
-      with open(os.path.join(sub, 'results.json')) as f:
-        rows.append({'point': point, 'name': point_name(point), 'metrics': _scalars(json.load(f))})
+        results = records.read_json(os.path.join(sub, 'results.json'))
+      rows.append({'point': point, 'name': point_name(point), 'metrics': _scalars(results)})
   except UserError as e:
     sys.exit(f'error: {e}')
 
   table = summarize(rows)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump({'grid': grid, 'points': rows, 'failed': failed, 'summary': table}, f, indent=2)
+  records.write_json(os.path.join(workdir, 'summary.json'),
+                     {'grid': grid, 'points': rows, 'failed': failed, 'summary': table})
   metrics = sorted({m for e in table for m in e if isinstance(e[m], dict) and m != 'point'})
   shown = [m for m in metrics if m.startswith(('test_', 'val_'))] or metrics
   for entry in table:

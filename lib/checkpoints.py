@@ -18,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from lib import records
 from lib.errors import DiskFull, UserError
 
 
@@ -90,9 +91,12 @@ class Checkpoints:
     self._check_free_space(step, state)
     # The JSON is written in the background while the loop goes on appending to `meta`: save
     # a snapshot, or a resumed run could find an epoch in its history that it has yet to train.
-    self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-            copy.deepcopy(meta))), metrics={'best_step': best_step})
+    # The meta carries its checksum: `restore` refuses a meta that reads back otherwise.
+    meta = records.to_json(copy.deepcopy(meta))
+    meta[records.CHECKSUM_KEY] = records.checksum(meta)
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     meta=ocp.args.JsonSave(meta)),
+                       metrics={'best_step': best_step})
 
   def _check_free_space(self, step: int, state: Any) -> None:
     """Raises DiskFull before a save that would fill the disk.
@@ -128,7 +132,12 @@ class Checkpoints:
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state),
                                       meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    meta = dict(restored.meta)
+    checksum = meta.pop(records.CHECKSUM_KEY, None)
+    if checksum is not None and checksum != records.checksum(meta):
+      raise records.DamagedRecord(os.path.join(self.directory, str(step), 'meta'),
+                                  'its content does not match the checksum written with it')
+    return restored.state, meta
 
   def _state_metadata(self, step: int) -> Any:
     """The saved state's tree of array metadata (shapes, dtypes), read without the arrays."""

@@ -26,13 +26,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import dataclasses
 import functools
 import hashlib
-import json
 import math
 import os
 import re
 import shutil
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.extend.random import threefry2x32_p
@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from lib import parallel
+from lib import records
 from lib.errors import UserError
 
 NORMALIZATIONS = ('none', 'unit', 'standardize')
@@ -212,6 +213,8 @@ class TrainFeed:
     members: models trained together (config.num_seeds); above 1, member k
       draws the order of seed + k, and each step's indices get a member axis
       (after the step axis).
+    shuffle: permute each shard anew each pass; False reads every pass in the
+      stored order (a split on the devices only).
 
   For a split on the devices, `next` hands over the indices of a block of
   steps at once (BLOCK_STEPS, rounded to whole calls): one transfer serves
@@ -220,14 +223,17 @@ class TrainFeed:
   its time.
   """
   def __init__(self, split: Split, batch_size: int, *, seed: int, shuffle_buffer: int,
-               start_step: int = 0, stack: int = 0, members: int = 1):
-    self.split, self._stack = split, stack
+               start_step: int = 0, stack: int = 0, members: int = 1, shuffle: bool = True):
+    self.split, self._stack, self._shuffle = split, stack, shuffle
     self._seeds = [seed + k for k in range(members)] if members > 1 else None
     self._seed = seed
     self._step = start_step
     if split.stream is not None and members > 1:
       raise UserError(f'config.num_seeds={members} trains on a split kept on the devices; '
                       'this one streams (over config.device_data_mb, or of several shapes)')
+    if split.stream is not None and not shuffle:
+      raise UserError('config.shuffle=False reads a split kept on the devices in order; this one '
+                      'streams (over config.device_data_mb, or of several shapes)')
     if split.stream is not None:
       self.data = {}
       self._stream = None
@@ -258,8 +264,8 @@ class TrainFeed:
       if len(self._perms) > 4 * self.split.num_shards * len(self._seeds or [seed]):
         self._perms.clear()
       rng = np.random.default_rng([seed % 2**32, shard, pass_index])
-      self._perms[key] = (rng.permutation(self._shard_size) + shard * self._shard_size).astype(
-          np.int32)
+      order = rng.permutation(self._shard_size) if self._shuffle else np.arange(self._shard_size)
+      self._perms[key] = (order + shard * self._shard_size).astype(np.int32)
     return self._perms[key]
 
   def indices(self, step: int, seed: int | None = None) -> np.ndarray:
@@ -545,21 +551,42 @@ def _split_dir(config: ml_collections.ConfigDict, split: str) -> str:
 
 
 def _cached_info(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  path = os.path.join(_cache_dir(config), 'info.json')
   try:
-    with open(os.path.join(_cache_dir(config), 'info.json')) as f:
-      return json.load(f)
-  except (OSError, ValueError):
+    return records.read_json(path)
+  except FileNotFoundError:
+    return None
+  except records.DamagedRecord as e:
+    logging.warning('%s; reading the dataset\'s info from TFDS and caching it again', e)
     return None
 
 
 def _is_cached(config: ml_collections.ConfigDict, split: str) -> bool:
-  return os.path.isfile(os.path.join(_split_dir(config, split), 'done'))
+  return os.path.isfile(os.path.join(_split_dir(config, split), records.MANIFEST))
 
 
 def _load_cached(config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray] | None:
-  if not _is_cached(config, split):
+  """The cached arrays of `split`, checked against their manifest; None if absent or damaged
+  (then removed, so that the split is read from TFDS and cached anew)."""
+  path = _split_dir(config, split)
+  try:
+    return records.load_arrays(path)
+  except FileNotFoundError:
     return None
-  return {k: np.load(os.path.join(_split_dir(config, split), f'{k}.npy')) for k in ('x', 'y')}
+  except records.DamagedRecord as e:
+    logging.warning('the array cache of %s %r is damaged: %s; rebuilding it from TFDS',
+                    config.dataset, split, e)
+    if jax.process_index() == 0:
+      shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _save_info(config: ml_collections.ConfigDict, info: dict[str, Any]) -> None:
+  try:
+    records.write_json(os.path.join(_cache_dir(config), 'info.json'), info)
+  except OSError as e:  # A read-only data_dir: the next run reads TFDS's info again.
+    logging.warning('could not cache the info of %s in %s: %s', config.dataset,
+                    _cache_dir(config), e)
 
 
 def _save_cached(config: ml_collections.ConfigDict, split: str, arrays: dict[str, np.ndarray],
@@ -571,20 +598,16 @@ def _save_cached(config: ml_collections.ConfigDict, split: str, arrays: dict[str
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     os.makedirs(tmp, exist_ok=True)
-    for k, v in arrays.items():
-      np.save(os.path.join(tmp, f'{k}.npy'), v)
-    open(os.path.join(tmp, 'done'), 'w').close()
-    if os.path.exists(path):  # Another run cached it meanwhile.
+    records.save_arrays(tmp, arrays)
+    if _is_cached(config, split):  # Another run cached it meanwhile.
       shutil.rmtree(tmp)
     else:
+      shutil.rmtree(path, ignore_errors=True)  # A cache from before manifests.
       os.replace(tmp, path)
-    info_tmp = os.path.join(_cache_dir(config), f'info.json.tmp{os.getpid()}')
-    with open(info_tmp, 'w') as f:
-      json.dump(info, f)
-    os.replace(info_tmp, os.path.join(_cache_dir(config), 'info.json'))
   except OSError as e:  # A read-only data_dir: the run goes on, the next one reads TFDS again.
-    from absl import logging  # pylint: disable=g-import-not-at-top
     logging.warning('could not cache the arrays of %s in %s: %s', config.dataset, path, e)
+    return
+  _save_info(config, info)
 
 
 def _split_fields(config: ml_collections.ConfigDict) -> dict[str, str]:
@@ -613,6 +636,8 @@ def image_info(config: ml_collections.ConfigDict) -> ImageInfo:
     tfds_builders.check_image_classification(builder)
     tfds_builders.check(builder, config)
     info = tfds_builders.image_info(builder)
+    if jax.process_index() == 0 and all(_is_cached(config, s) for s in _split_fields(config).values()):
+      _save_info(config, info)  # The splits are cached, their info was lost.
   return ImageInfo(info['num_classes'], info['class_names'], tuple(info['image_shape']))
 
 

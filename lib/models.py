@@ -1,6 +1,7 @@
 """Flax Linen models. Each is a pure function of its variables: `model.apply(variables, x, train=...)`."""
 from collections.abc import Callable, Sequence
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -24,6 +25,23 @@ READOUTS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
+
+# How the weights start: 'flax' is Flax's defaults (LeCun-normal kernels, zero
+# biases; a GRU's recurrent kernels orthogonal); 'torch' is PyTorch's (every
+# kernel and bias uniform in ±1/sqrt(fan_in); a recurrent layer's fan_in is its
+# units), so that a model ported from PyTorch starts where its paper's did.
+INITS = ('flax', 'torch')
+
+
+def _uniform(bound: float) -> nn.initializers.Initializer:
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _inits(init: str, fan_in: int) -> dict[str, nn.initializers.Initializer]:
+  """The kernel_init and bias_init of a layer with this fan_in ({} keeps Flax's)."""
+  if init == 'flax':
+    return {}
+  return {'kernel_init': _uniform(fan_in**-0.5), 'bias_init': _uniform(fan_in**-0.5)}
 
 
 def _pick(table: dict[str, Any], name: str, what: str) -> Any:
@@ -53,26 +71,36 @@ class MLP(nn.Module):
       Szegedy 2015. Batch statistics in training, running averages (in the
       'batch_stats' collection) in evaluation.
     init_std: standard deviation of a Gaussian initialization of every kernel;
-      None is Flax's default (LeCun normal, std 1/sqrt(fan_in)).
+      None keeps `initializer`'s.
+    initializer: a key of INITS: Flax's or PyTorch's default initialization.
+    residual: add a hidden layer's input to its output where their widths
+      match (the MNIST-1D paper's MLP: h = h + relu(W h)).
   """
   hidden: Sequence[int] = (128,)
   outputs: int = 10
   activation: str = 'relu'
   batch_norm: bool = False
   init_std: float | None = None
+  initializer: str = 'flax'
+  residual: bool = False
+
+  @nn.nowrap
+  def _dense(self, units: int, fan_in: int, **kwargs: Any) -> nn.Dense:
+    inits = _inits(self.initializer, fan_in)
+    if self.init_std:
+      inits['kernel_init'] = nn.initializers.normal(self.init_std)
+    return nn.Dense(units, **inits, **kwargs)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     act = _activation(self.activation)
-    init = (nn.initializers.normal(self.init_std)
-            if self.init_std else nn.linear.default_kernel_init)
     x = x.reshape((x.shape[0], -1))
     for units in self.hidden:
-      x = nn.Dense(units, use_bias=not self.batch_norm, kernel_init=init)(x)
+      h = self._dense(units, x.shape[-1], use_bias=not self.batch_norm)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
-      x = act(x)
-    return nn.Dense(self.outputs, kernel_init=init)(x)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+      x = x + act(h) if self.residual and x.shape[-1] == units else act(h)
+    return self._dense(self.outputs, x.shape[-1])(x)
 
 
 class CNN(nn.Module):
@@ -137,7 +165,32 @@ class AnySizeCNN(nn.Module):
     return jnp.max(x, axis=(1, 2)) if self.pool == 'max' else jnp.mean(x, axis=(1, 2))
 
 
-CELLS = {'simple': nn.SimpleCell, 'lstm': nn.LSTMCell, 'gru': nn.GRUCell}
+class TorchGRUCell(nn.GRUCell):
+  """nn.GRUCell with PyTorch's parameters: the reset and update gates' hidden
+  projections carry biases too (6 bias vectors, not 4).
+
+  It computes the same function (b_ir + b_hr acts as one bias), but PyTorch's
+  initialization draws both and Adam steps each on its own, so a GRU ported
+  from PyTorch trains as it did there only with this layout.
+  """
+
+  @nn.compact
+  def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h = carry
+    dense = functools.partial(nn.Dense, h.shape[-1], dtype=self.dtype,
+                              param_dtype=self.param_dtype, bias_init=self.bias_init)
+    i = lambda name: dense(name=name, kernel_init=self.kernel_init)(inputs)
+    r_h = lambda name: dense(name=name, kernel_init=self.recurrent_kernel_init)(h)
+    r = self.gate_fn(i('ir') + r_h('hr'))
+    z = self.gate_fn(i('iz') + r_h('hz'))
+    n = self.activation_fn(i('in') + r * r_h('hn'))
+    h = (1.0 - z) * n + z * h
+    return h, h
+
+
+CELLS = {
+    'simple': nn.SimpleCell, 'lstm': nn.LSTMCell, 'gru': nn.GRUCell, 'torch_gru': TorchGRUCell
+}
 
 
 class RNN(nn.Module):
@@ -149,7 +202,8 @@ class RNN(nn.Module):
   as MNIST-1D's GRU does). A 2-D input (batch, time) gets a feature axis of 1.
 
   Attributes:
-    cell: 'simple' (Keras' SimpleRNN), 'lstm' or 'gru'.
+    cell: 'simple' (Keras' SimpleRNN), 'lstm', 'gru' (Flax's) or 'torch_gru'
+      (PyTorch's parameter layout, TorchGRUCell).
     units: units of each recurrent layer.
     activation: the simple cell's nonlinearity (a key of ACTIVATIONS); LSTM and
       GRU keep tanh.
@@ -158,6 +212,7 @@ class RNN(nn.Module):
       filters first (the course's Conv1D + LSTM).
     readout: a key of READOUTS: 'last' or 'flatten'.
     outputs: units of the Dense head.
+    initializer: a key of INITS: Flax's or PyTorch's default initialization.
   """
   cell: str = 'simple'
   units: Sequence[int] = (40, 40)
@@ -166,6 +221,7 @@ class RNN(nn.Module):
   conv_features: int = 0
   readout: str = 'last'
   outputs: int = 1
+  initializer: str = 'flax'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -175,12 +231,16 @@ class RNN(nn.Module):
       x = nn.relu(nn.Conv(self.conv_features, (5,), padding='CAUSAL')(x))
     cell = _pick(CELLS, self.cell, 'cell')
     for units in self.units:
-      make = lambda: nn.RNN(
-          cell(units, activation_fn=_activation(self.activation))
-          if self.cell == 'simple' else cell(units))
+      kwargs = {} if self.initializer == 'flax' else {
+          'kernel_init': _uniform(units**-0.5), 'recurrent_kernel_init': _uniform(units**-0.5),
+          'bias_init': _uniform(units**-0.5)
+      }
+      if self.cell == 'simple':
+        kwargs['activation_fn'] = _activation(self.activation)
+      make = lambda: nn.RNN(cell(units, **kwargs))  # pylint: disable=cell-var-from-loop
       x = nn.Bidirectional(make(), make())(x) if self.bidirectional else make()(x)
     x = _pick(READOUTS, self.readout, 'readout')(x)
-    return nn.Dense(self.outputs)(x)
+    return nn.Dense(self.outputs, **_inits(self.initializer, x.shape[-1]))(x)
 
 
 class Conv1D(nn.Module):
@@ -194,6 +254,7 @@ class Conv1D(nn.Module):
     causal: pad on the left only, so step t sees nothing after t.
     readout: a key of READOUTS: 'last' (for forecasting) or 'flatten'.
     outputs: units of the Dense head.
+    initializer: a key of INITS: Flax's or PyTorch's default initialization.
   """
   features: Sequence[int] = (25, 25, 25)
   kernel: Sequence[int] = (5, 3, 3)
@@ -202,6 +263,7 @@ class Conv1D(nn.Module):
   causal: bool = False
   readout: str = 'flatten'
   outputs: int = 10
+  initializer: str = 'flax'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -209,9 +271,11 @@ class Conv1D(nn.Module):
     x = _with_feature_axis(x)
     for f, k, s, d in zip(self.features, self.kernel, self.strides, self.dilations, strict=True):
       padding = 'CAUSAL' if self.causal else [(1, 1)]
-      x = nn.relu(nn.Conv(f, (k,), strides=(s,), kernel_dilation=(d,), padding=padding)(x))
+      conv = nn.Conv(f, (k,), strides=(s,), kernel_dilation=(d,), padding=padding,
+                     **_inits(self.initializer, k * x.shape[-1]))
+      x = nn.relu(conv(x))
     x = _pick(READOUTS, self.readout, 'readout')(x)
-    return nn.Dense(self.outputs)(x)
+    return nn.Dense(self.outputs, **_inits(self.initializer, x.shape[-1]))(x)
 
 
 class VAE(nn.Module):
@@ -366,6 +430,8 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     _pick(CELLS, model.cell, 'cell')
   if 'readout' in fields:
     _pick(READOUTS, model.readout, 'readout')
+  if 'initializer' in fields and model.initializer not in INITS:
+    raise UserError(f'initializer={model.initializer!r} is unknown; choose one of {list(INITS)}')
   if hasattr(model, 'check'):
     model.check()
   return model

@@ -7,7 +7,6 @@ the end; experiments only train and evaluate.
 import contextlib
 import datetime
 import fcntl
-import json
 import os
 import socket
 import time
@@ -16,8 +15,8 @@ from typing import Any, Iterator
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
+from lib import records
 from lib.errors import UserError
 
 # Fields that only extend or observe a run: a rerun may change them and still resume.
@@ -106,12 +105,23 @@ def _has_resume_point(workdir: str) -> bool:
 
 
 def _recorded_config(workdir: str) -> dict[str, Any] | None:
+  """The config the workdir's run started with: config.json's, else results.json's."""
+  damaged = None
   for name, key in ((CONFIG_FILE, None), ('results.json', 'config')):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      with open(path) as f:
-        record = json.load(f)
-      return record[key] if key else record
+    try:
+      record = records.read_json(os.path.join(workdir, name))
+    except FileNotFoundError:
+      continue
+    except records.DamagedRecord as e:
+      damaged = damaged or e
+      continue
+    if damaged:
+      logging.warning('%s; using the config recorded in %s', damaged, name)
+    return record[key] if key else record
+  if damaged:
+    raise UserError(
+        f'{damaged}, and no other record says which config this run started with: restore '
+        f'the file, delete it to resume under this config, or pass another --workdir')
   return None
 
 
@@ -129,7 +139,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   Raises:
     UserError: a field outside RESUMABLE_FIELDS changed; one line per field, old → new.
   """
-  new = _flat(_to_json(config.to_dict()))
+  new = _flat(records.to_json(config.to_dict()))
   old = _recorded_config(workdir) if _has_resume_point(workdir) else None
   if old is not None:
     old = _flat(old)
@@ -154,28 +164,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
       logging.warning('fields added to the configs since this run started, taken as given: %s',
                       ', '.join(f'{k}={new[k]!r}' for k in added))
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-
-
-def _write_json(path: str, payload: Any) -> None:
-  """Writes `payload` beside `path` and renames it into place: never half a file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(_to_json(payload), f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
-
-
-def _to_json(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {str(k): _to_json(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_to_json(v) for v in value]
-  if isinstance(value, (np.ndarray, jax.Array)):
-    return _to_json(np.asarray(value).tolist())
-  if isinstance(value, (np.floating, np.integer, np.bool_)):
-    return value.item()
-  return value
+    records.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
 
 
 def write_results(workdir: str, results: dict[str, Any], config: ml_collections.ConfigDict,
@@ -201,5 +190,5 @@ def write_results(workdir: str, results: dict[str, Any], config: ml_collections.
   payload['wall_seconds'] = round(time.time() - start_time, 2)
   payload['devices'] = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   payload['config'] = config.to_dict()
-  _write_json(path, payload)
+  records.write_json(path, payload)
   return path

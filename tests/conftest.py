@@ -2,7 +2,6 @@
 import atexit
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ os.environ['TFDS_DATA_DIR'] = _session_dir('jaxnotes_tests_tfds_')
 # they start) and never read from a developer's own cache.
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _session_dir('jaxnotes_tests_xla_')
 from lib import compilation_cache  # pylint: disable=g-import-not-at-top
+from lib import records  # pylint: disable=g-import-not-at-top
 
 compilation_cache.enable()
 
@@ -60,8 +60,7 @@ def tiny(config_module, **overrides):
 
 
 def read_results(workdir: str) -> dict:
-  with open(os.path.join(workdir, 'results.json')) as f:
-    return json.load(f)
+  return records.read_json(os.path.join(workdir, 'results.json'))
 
 
 # `python -m experiments`, printing at exit whether TensorFlow was ever imported.

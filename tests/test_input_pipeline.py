@@ -1,4 +1,6 @@
 """The input pipeline on mock TFDS data: shapes, normalization, padding, resumable order, both sources, errors."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -71,11 +73,27 @@ def test_eval_covers_every_example_once_with_padding_masked_from_either_source()
   np.testing.assert_array_equal(on_devices, streamed)  # The same examples, in the same order.
 
 
-def _feed(n=40, shards=None, seed=0, start_step=0, batch_size=8):
+def _feed(n=40, shards=None, seed=0, start_step=0, batch_size=8, shuffle=True):
   split = input_pipeline.from_arrays({'x': np.arange(n, dtype=np.float32), 'y': np.zeros(n)},
                                      num_shards=shards)
   return input_pipeline.TrainFeed(split, batch_size, seed=seed, shuffle_buffer=0,
-                                  start_step=start_step)
+                                  start_step=start_step, shuffle=shuffle)
+
+
+def test_unshuffled_order_reads_the_split_as_stored_pass_after_pass():
+  feed = _feed(shuffle=False, seed=3, shards=2)
+  # Two shards of 20, each batch a slice of 4 from each, pass after pass (5 batches a pass).
+  expected = [np.r_[4 * (s % 5):4 * (s % 5) + 4, 20 + 4 * (s % 5):20 + 4 * (s % 5) + 4]
+              for s in range(12)]
+  np.testing.assert_array_equal([feed.indices(s) for s in range(12)], expected)
+  unsharded = _feed(shuffle=False)
+  np.testing.assert_array_equal(unsharded.indices(6), np.arange(8, 16))
+
+
+def test_unshuffled_order_refuses_a_streamed_split():
+  split = dataclasses.replace(_feed().split, stream=object())  # Streams: never read here.
+  with pytest.raises(UserError, match='config.shuffle=False .* streams'):
+    input_pipeline.TrainFeed(split, 8, seed=0, shuffle_buffer=0, shuffle=False)
 
 
 def test_training_order_is_seeded_reshuffled_each_pass_and_resumable():

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from lib import checkpoints
 from tests.conftest import REPO, read_results, run_cli, tree_digest
 
@@ -125,22 +127,23 @@ _BAD_INPUTS = [
 ]
 
 
-def test_every_bad_input_is_one_error_line_and_leaves_checkpoints_alone(mnist_run, tmp_path):
-  assert len(_BAD_INPUTS) >= 20
+@pytest.mark.parametrize('args,culprit,workdir', _BAD_INPUTS,
+                         ids=[culprit[:48] for _, culprit, _ in _BAD_INPUTS])
+def test_a_bad_input_is_one_error_line_and_leaves_checkpoints_alone(mnist_run, tmp_path, args,
+                                                                    culprit, workdir):
   resumable = mnist_run['workdir']
   before = tree_digest(os.path.join(resumable, 'checkpoints'))
   empty = tmp_path / 'empty'
   empty.mkdir()
-  for i, (args, culprit, workdir) in enumerate(_BAD_INPUTS):
-    args = [a.format(empty=empty) for a in args]
-    if '--config.data_dir' not in ' '.join(args) and 'celsius' not in args[0]:
-      args.append(f'--config.data_dir={mnist_run["data_dir"]}')
-    if workdir:
-      args.append(f'--workdir={resumable if workdir == "resumable" else tmp_path / f"fresh{i}"}')
-    out = run_cli(*args, timeout=300)
-    line = _error_line(out)
-    assert culprit in line, (args, out.stderr[-2000:])
-    if workdir == 'fresh':  # Nothing was trained.
-      assert not glob.glob(str(tmp_path / f'fresh{i}' / 'checkpoints' / '[0-9]*')), args
+  args = [a.format(empty=empty) for a in args]
+  if '--config.data_dir' not in ' '.join(args) and 'celsius' not in args[0]:
+    args.append(f'--config.data_dir={mnist_run["data_dir"]}')
+  if workdir:
+    args.append(f'--workdir={resumable if workdir == "resumable" else tmp_path / "fresh"}')
+  out = run_cli(*args, timeout=300)
+  line = _error_line(out)
+  assert culprit in line, (args, out.stderr[-2000:])
+  if workdir == 'fresh':  # Nothing was trained.
+    assert not glob.glob(str(tmp_path / 'fresh' / 'checkpoints' / '[0-9]*')), args
   assert tree_digest(os.path.join(resumable, 'checkpoints')) == before
   assert not os.path.exists(os.path.join(resumable, 'checkpoints_unreadable'))

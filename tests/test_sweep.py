@@ -46,6 +46,20 @@ def test_a_sweep_of_3_seeds_by_2_rates_summarizes_and_reruns_without_training(tm
   assert again.stderr.count('done before, skipped') == 6 and ': running' not in again.stderr
   assert [r.stat().st_mtime_ns for r in results] == stamps  # Nothing trained or rewritten.
 
+  # A damaged results.json (here cut short) is set aside and its point runs again: it resumes
+  # from its final checkpoint and reports what it reported before.
+  damaged = results[2]
+  damaged.write_bytes(damaged.read_bytes()[:200])
+  third = _sweep(*args)
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert third.stderr.count('done before, skipped') == 5, third.stderr[-3000:]
+  assert f'{damaged} is damaged (not JSON' in third.stderr and 'Traceback' not in third.stderr
+  with open(tmp_path / 'summary.json') as f:
+    rerun = json.load(f)['summary']
+  scores = lambda table: [{k: v for k, v in e.items() if k.startswith(('val_', 'test_'))}
+                          for e in table]
+  assert scores(rerun) == scores(summary['summary']) and scores(rerun)[0]
+
 
 @pytest.mark.parametrize('grid,message', [
     ('learning_rate', 'write FIELD=V1,V2'),
