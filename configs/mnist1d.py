@@ -14,7 +14,8 @@ Commands:
 Expected (the paper's table): logistic 32%, MLP 68%, CNN 94%, GRU 91% test
 accuracy; shuffled: CNN 56%, GRU 57%. Measured values beside a PyTorch rewrite
 of the protocol (python -m benchmarks.mnist1d): README results table.
-Hardware and time: any CPU; about 10 s (CNN) and 25 s (GRU) a seed on 2 cores.
+Hardware and time: any CPU; a whole run of one seed takes about 13 s (CNN) and 25 s (GRU)
+on 2 cores.
 Smoke test: --config=configs/mnist1d.py:tiny.
 """
 import ml_collections

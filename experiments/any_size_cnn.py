@@ -196,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = models.create(config.model, outputs=num_classes, **config.model_kwargs)
   if config.bucket_sides:
     return _train_at_native_sizes(config, workdir, model, shape[-1])
-  data = input_pipeline.image_classification(config)
+  data = input_pipeline.image_classification(config, info=info)
   aot.after_training(lambda state: _compile_size_tests(config, state, data.test))
   state, summary = train.fit(
       config, workdir, model=model, task=tasks.classification, train=data.train, val=data.val,

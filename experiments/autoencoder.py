@@ -178,11 +178,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The results (the launcher writes them to results.json).
   """
-  shape = input_pipeline.image_info(config).image_shape  # Checked before any work.
+  info = input_pipeline.image_info(config)  # Checked before any work.
+  shape = info.image_shape
   check(config, shape)
   for n in config.latent_sweep or (config.model_kwargs.latents,):
     models.create(config.model, shape=shape, **{**config.model_kwargs, 'latents': n})
-  data = input_pipeline.image_classification(config)
+  data = input_pipeline.image_classification(config, info=info)
   augment = corruption(config)
   if not config.latent_sweep:
     return _train_one(config, workdir, data, augment)[0]

@@ -69,9 +69,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The results (the launcher writes them to results.json).
   """
   _check(config)
-  input_pipeline.image_info(config)  # Checked before any work.
+  info = input_pipeline.image_info(config)  # Checked before any work.
   models.create(config.model, batch_norm=True, **config.model_kwargs)
-  data = input_pipeline.image_classification(config)
+  data = input_pipeline.image_classification(config, info=info)
 
   if aot.active():  # --compile_for: both models; the sensitivity grid runs the same programs.
     for name, batch_norm in VARIANTS:

@@ -56,7 +56,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   info = input_pipeline.image_info(config)  # Checked before any work.
   model = models.create(config.model, outputs=info.num_classes, **config.model_kwargs)
-  data = input_pipeline.image_classification(config)
+  data = input_pipeline.image_classification(config, info=info)
   # One compiled program for the figure's probabilities: op by op, a CNN's forward pass is
   # many times slower.
   predict = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)))

@@ -44,8 +44,8 @@ def make_dataset(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     positions = np.random.default_rng(config.data_seed).permutation(positions)
   return {
       'x': data['x'][:, positions].astype(np.float32), 'y': data['y'].astype(np.int32),
-      'x_test': data['x_test'][:, positions].astype(np.float32),
-      'y_test': data['y_test'].astype(np.int32)
+      'x_test': data['x_test']
+                [:, positions].astype(np.float32), 'y_test': data['y_test'].astype(np.int32)
   }
 
 

@@ -167,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   info = input_pipeline.image_info(config)  # Checked before any work.
   model = models.create(config.model, outputs=int(np.prod(info.image_shape)), **config.model_kwargs)
-  data = input_pipeline.image_classification(config)
+  data = input_pipeline.image_classification(config, info=info)
   # The IWAE bound over every (fixed-binarized) test example, after training.
   bound = jax.jit(lambda params, x, key: iwae_nll(model, params, x, key, config.iwae_samples))
   # 100 examples per device: k samples of 784 logits each stay small in memory.

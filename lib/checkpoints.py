@@ -94,9 +94,10 @@ class Checkpoints:
     # The meta carries its checksum: `restore` refuses a meta that reads back otherwise.
     meta = records.to_json(copy.deepcopy(meta))
     meta[records.CHECKSUM_KEY] = records.checksum(meta)
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     meta=ocp.args.JsonSave(meta)),
-                       metrics={'best_step': best_step})
+    self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)),
+        metrics={'best_step': best_step})
 
   def _check_free_space(self, step: int, state: Any) -> None:
     """Raises DiskFull before a save that would fill the disk.

@@ -585,8 +585,8 @@ def _save_info(config: ml_collections.ConfigDict, info: dict[str, Any]) -> None:
   try:
     records.write_json(os.path.join(_cache_dir(config), 'info.json'), info)
   except OSError as e:  # A read-only data_dir: the next run reads TFDS's info again.
-    logging.warning('could not cache the info of %s in %s: %s', config.dataset,
-                    _cache_dir(config), e)
+    logging.warning('could not cache the info of %s in %s: %s', config.dataset, _cache_dir(config),
+                    e)
 
 
 def _save_cached(config: ml_collections.ConfigDict, split: str, arrays: dict[str, np.ndarray],
@@ -636,13 +636,14 @@ def image_info(config: ml_collections.ConfigDict) -> ImageInfo:
     tfds_builders.check_image_classification(builder)
     tfds_builders.check(builder, config)
     info = tfds_builders.image_info(builder)
-    if jax.process_index() == 0 and all(_is_cached(config, s) for s in _split_fields(config).values()):
+    if jax.process_index() == 0 and all(
+        _is_cached(config, s) for s in _split_fields(config).values()):
       _save_info(config, info)  # The splits are cached, their info was lost.
   return ImageInfo(info['num_classes'], info['class_names'], tuple(info['image_shape']))
 
 
-def image_classification(config: ml_collections.ConfigDict,
-                         to_cache: Callable[[Any], Any] | None = None) -> ImageData:
+def image_classification(config: ml_collections.ConfigDict, to_cache: Callable[[Any], Any] |
+                         None = None, info: ImageInfo | None = None) -> ImageData:
   """Train, validation and test splits of a TFDS image classification dataset.
 
   Splits that fit config.device_data_mb go on the devices, read from the
@@ -655,11 +656,12 @@ def image_classification(config: ml_collections.ConfigDict,
     config: the run's config (dataset fields, normalization, device_data_mb).
     to_cache: a TensorFlow function that maps each decoded image to the 'x'
       that is streamed instead (e.g. resized, still uint8); its splits stream.
+    info: `image_info(config)`, where the caller has read it already.
 
   Returns:
     The ImageData.
   """
-  info = image_info(config)
+  info = info or image_info(config)
   if parallel.is_target():  # --compile_for: the splits' shapes, not their examples.
     return _shapes_only(config, info, to_cache)
   fields = _split_fields(config)

@@ -173,12 +173,11 @@ class TorchGRUCell(nn.GRUCell):
   initialization draws both and Adam steps each on its own, so a GRU ported
   from PyTorch trains as it did there only with this layout.
   """
-
   @nn.compact
   def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     h = carry
-    dense = functools.partial(nn.Dense, h.shape[-1], dtype=self.dtype,
-                              param_dtype=self.param_dtype, bias_init=self.bias_init)
+    dense = functools.partial(nn.Dense, h.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
+                              bias_init=self.bias_init)
     i = lambda name: dense(name=name, kernel_init=self.kernel_init)(inputs)
     r_h = lambda name: dense(name=name, kernel_init=self.recurrent_kernel_init)(h)
     r = self.gate_fn(i('ir') + r_h('hr'))
@@ -188,9 +187,7 @@ class TorchGRUCell(nn.GRUCell):
     return h, h
 
 
-CELLS = {
-    'simple': nn.SimpleCell, 'lstm': nn.LSTMCell, 'gru': nn.GRUCell, 'torch_gru': TorchGRUCell
-}
+CELLS = {'simple': nn.SimpleCell, 'lstm': nn.LSTMCell, 'gru': nn.GRUCell, 'torch_gru': TorchGRUCell}
 
 
 class RNN(nn.Module):

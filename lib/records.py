@@ -25,7 +25,6 @@ MANIFEST = 'manifest.json'
 
 class DamagedRecord(Exception):
   """A file the codebase wrote reads back other than it was written: `path` and `why`."""
-
   def __init__(self, path: str, why: str):
     super().__init__(f'{path} is damaged ({why})')
     self.path, self.why = path, why
@@ -55,7 +54,7 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
   payload = to_json(payload)
   payload.pop(CHECKSUM_KEY, None)
   record = {**payload, CHECKSUM_KEY: checksum(payload)}
-  tmp = f'{path}.tmp{os.getpid()}'
+  tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(record, f, indent=2, sort_keys=True)
     f.write('\n')
@@ -122,7 +121,8 @@ def load_arrays(directory: str) -> dict[str, np.ndarray]:
       raise DamagedRecord(path, 'its bytes do not match the checksum written with them')
     array = np.load(io.BytesIO(data))
     if list(array.shape) != entry['shape'] or str(array.dtype) != entry['dtype']:
-      raise DamagedRecord(path, f'{array.dtype}{list(array.shape)}, '
-                          f'{entry["dtype"]}{entry["shape"]} written')
+      raise DamagedRecord(
+          path, f'{array.dtype}{list(array.shape)}, '
+          f'{entry["dtype"]}{entry["shape"]} written')
     arrays[name] = array
   return arrays

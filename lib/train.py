@@ -759,8 +759,8 @@ class _Loop:
     step = current_step(state)
     feed = input_pipeline.TrainFeed(
         train, config.batch_size, seed=config.seed, shuffle_buffer=config.get('shuffle_buffer', 0),
-        start_step=step, stack=engine.per_call if engine.per_call > 1 else 0,
-        members=config.get('num_seeds', 1), shuffle=config.get('shuffle', True))
+        start_step=step, stack=engine.per_call if engine.per_call > 1 else 0, members=config.get(
+            'num_seeds', 1), shuffle=config.get('shuffle', True))
     self.started, self.start_step = time.time(), step
     profiler = _Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
     # The previous call's metrics: read one call late, so that the host never waits on

@@ -83,8 +83,9 @@ def _feed(n=40, shards=None, seed=0, start_step=0, batch_size=8, shuffle=True):
 def test_unshuffled_order_reads_the_split_as_stored_pass_after_pass():
   feed = _feed(shuffle=False, seed=3, shards=2)
   # Two shards of 20, each batch a slice of 4 from each, pass after pass (5 batches a pass).
-  expected = [np.r_[4 * (s % 5):4 * (s % 5) + 4, 20 + 4 * (s % 5):20 + 4 * (s % 5) + 4]
-              for s in range(12)]
+  expected = [
+      np.r_[4 * (s % 5):4 * (s % 5) + 4, 20 + 4 * (s % 5):20 + 4 * (s % 5) + 4] for s in range(12)
+  ]
   np.testing.assert_array_equal([feed.indices(s) for s in range(12)], expected)
   unsharded = _feed(shuffle=False)
   np.testing.assert_array_equal(unsharded.indices(6), np.arange(8, 16))

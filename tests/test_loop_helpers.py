@@ -9,13 +9,15 @@ from clu import metrics as clu_metrics
 from lib import train
 
 
-@pytest.mark.parametrize('first,last,period,total,due', [
-    (0, 10, 10, 100, True),  # Reached a multiple.
-    (5, 25, 10, 100, True),  # Crossed two: still one event.
-    (10, 19, 10, 100, False),  # Inside a period.
-    (90, 95, 10, 95, True),  # The run's end, off the period.
-    (0, 1, 1, 100, True),
-])
+@pytest.mark.parametrize(
+    'first,last,period,total,due',
+    [
+        (0, 10, 10, 100, True),  # Reached a multiple.
+        (5, 25, 10, 100, True),  # Crossed two: still one event.
+        (10, 19, 10, 100, False),  # Inside a period.
+        (90, 95, 10, 95, True),  # The run's end, off the period.
+        (0, 1, 1, 100, True),
+    ])
 def test_due_fires_once_a_call_crosses_a_period_or_ends_the_run(first, last, period, total, due):
   assert train._due(first, last, period, total) is due  # pylint: disable=protected-access
 
@@ -55,17 +57,22 @@ def test_progress_names_the_first_non_finite_loss_with_its_step_and_member():
 
 
 def _config(mode, patience):
-  return ml_collections.ConfigDict({'best_mode': mode, 'early_stopping_patience': patience,
-                                    'best_metric': 'val_loss'})
+  return ml_collections.ConfigDict({
+      'best_mode': mode, 'early_stopping_patience': patience, 'best_metric': 'val_loss'
+  })
 
 
-@pytest.mark.parametrize('mode,values,best_epoch', [
-    ('min', [3.0, 2.0, 2.0, 2.5], 2),  # A tie is no improvement: the first best stays.
-    ('max', [0.5, 0.7, 0.6, 0.7], 2),
-])
+@pytest.mark.parametrize(
+    'mode,values,best_epoch',
+    [
+        ('min', [3.0, 2.0, 2.0, 2.5], 2),  # A tie is no improvement: the first best stays.
+        ('max', [0.5, 0.7, 0.6, 0.7], 2),
+    ])
 def test_best_tracking_keeps_the_first_best_and_stops_after_patience(mode, values, best_epoch):
-  meta = {'best_value': None, 'best_step': None, 'best_epoch': None, 'epochs_since_best': 0,
-          'stopped_early': False}
+  meta = {
+      'best_value': None, 'best_step': None, 'best_epoch': None, 'epochs_since_best': 0,
+      'stopped_early': False
+  }
   improved = [
       train._track_best(meta, _config(mode, 2), v, 10 * e, e)  # pylint: disable=protected-access
       for e, v in enumerate(values, start=1)

@@ -26,7 +26,9 @@ def test_shuffled_variant_permutes_every_sequences_positions_alike():
   plain = m1d_experiment.make_dataset(m1d_config.get_config('cnn'))
   shuffled = m1d_experiment.make_dataset(m1d_config.get_config('cnn_shuffled'))
   # Recover the permutation from one column each: the same for every sequence, train and test.
-  perm = [int(np.flatnonzero((plain['x'] == shuffled['x'][:, [j]]).all(axis=0))[0]) for j in range(40)]
+  perm = [
+      int(np.flatnonzero((plain['x'] == shuffled['x'][:, [j]]).all(axis=0))[0]) for j in range(40)
+  ]
   assert sorted(perm) == list(range(40)) and perm != list(range(40))
   np.testing.assert_array_equal(shuffled['x'], plain['x'][:, perm])
   np.testing.assert_array_equal(shuffled['x_test'], plain['x_test'][:, perm])

@@ -57,7 +57,8 @@ def test_torch_gru_cell_is_flax_gru_with_pytorchs_bias_layout():
       **{k: {'kernel': p[k]['kernel'], 'bias': p[k]['bias']} for k in ('in', 'hn')},
       'ir': {'kernel': p['ir']['kernel'], 'bias': p['ir']['bias'] + p['hr']['bias']},
       'iz': {'kernel': p['iz']['kernel'], 'bias': p['iz']['bias'] + p['hz']['bias']},
-      'hr': {'kernel': p['hr']['kernel']}, 'hz': {'kernel': p['hz']['kernel']},
+      'hr': {'kernel': p['hr']['kernel']},
+      'hz': {'kernel': p['hz']['kernel']},
   }
   ours, _ = torch_cell.apply({'params': p}, h, x)
   theirs, _ = models.CELLS['gru'](6).apply({'params': flax_params}, h, x)
@@ -94,7 +95,8 @@ def test_residual_mlp_adds_each_hidden_layers_input_where_widths_match():
   residual = models.create('mlp', hidden=(100, 100), outputs=10, residual=True)
   x = jax.random.normal(jax.random.key(0), (3, 40))
   variables = plain.init(jax.random.key(1), x)  # The same params serve both.
-  h1 = jax.nn.relu(x @ variables['params']['Dense_0']['kernel'] + variables['params']['Dense_0']['bias'])
+  h1 = jax.nn.relu(x @ variables['params']['Dense_0']['kernel'] +
+                   variables['params']['Dense_0']['bias'])
   h2 = h1 + jax.nn.relu(h1 @ variables['params']['Dense_1']['kernel'] +
                         variables['params']['Dense_1']['bias'])
   expected = h2 @ variables['params']['Dense_2']['kernel'] + variables['params']['Dense_2']['bias']

@@ -46,7 +46,9 @@ def test_a_json_record_reads_back_as_written_and_any_damage_is_named(tmp_path):
     (os.remove, 'missing'),
 ])
 def test_saved_arrays_are_checked_for_size_and_checksum(tmp_path, damage, message):
-  arrays = {'x': np.arange(60_000, dtype=np.uint8).reshape(-1, 6), 'y': np.arange(10, dtype=np.int32)}
+  arrays = {
+      'x': np.arange(60_000, dtype=np.uint8).reshape(-1, 6), 'y': np.arange(10, dtype=np.int32)
+  }
   records.save_arrays(str(tmp_path), arrays)
   loaded = records.load_arrays(str(tmp_path))
   for k, v in arrays.items():
@@ -62,8 +64,10 @@ def test_a_checkpoint_whose_meta_was_changed_is_set_aside_for_the_previous_one(t
   for step in (1, 2):
     ckpt.save(step, {'w': np.full(10, step, np.float32)}, {'history': [{'epoch': step}]})
   ckpt.close()
-  meta_files = [f for f in glob.glob(str(tmp_path / 'checkpoints' / '2' / 'meta' / '*'))
-                if os.path.isfile(f) and '"epoch": 2' in open(f).read()]
+  meta_files = [
+      f for f in glob.glob(str(tmp_path / 'checkpoints' / '2' / 'meta' / '*'))
+      if os.path.isfile(f) and '"epoch": 2' in open(f).read()
+  ]
   assert len(meta_files) == 1, glob.glob(str(tmp_path / 'checkpoints' / '2' / '**'), recursive=True)
   text = open(meta_files[0]).read()
   with open(meta_files[0], 'w') as f:
@@ -94,8 +98,8 @@ def test_a_damaged_config_record_is_one_line_unless_results_json_still_holds_it(
   assert 'delete it to resume under this config, or pass another --workdir' in last
 
 
-def test_a_damaged_array_cache_is_rebuilt_with_one_warning_and_the_same_numbers(mnist_data_dir,
-                                                                                tmp_path):
+def test_a_damaged_array_cache_is_rebuilt_with_one_warning_and_the_same_numbers(
+    mnist_data_dir, tmp_path):
   data_dir = str(tmp_path / 'tfds')
   shutil.copytree(mnist_data_dir, data_dir)
   [x_train] = glob.glob(os.path.join(data_dir, 'jaxnotes_arrays', 'mnist', 'train-*', 'x.npy'))

@@ -56,7 +56,9 @@ def test_a_sweep_of_3_seeds_by_2_rates_summarizes_and_reruns_without_training(tm
   assert f'{damaged} is damaged (not JSON' in third.stderr and 'Traceback' not in third.stderr
   with open(tmp_path / 'summary.json') as f:
     rerun = json.load(f)['summary']
-  scores = lambda table: [{k: v for k, v in e.items() if k.startswith(('val_', 'test_'))}
+  scores = lambda table: [{k: v
+                           for k, v in e.items()
+                           if k.startswith(('val_', 'test_'))}
                           for e in table]
   assert scores(rerun) == scores(summary['summary']) and scores(rerun)[0]
 
