@@ -16,6 +16,7 @@ step alone. Batches leave here raw (as stored); normalization and
 augmentation run in the step, in JAX, as for arrays on the devices.
 """
 from collections.abc import Callable, Iterator, Sequence
+import contextlib
 import dataclasses
 import functools
 import math
@@ -317,13 +318,20 @@ def eval_dataset(split: StreamSplit, batch_size: int,
   return ds.batch(batch_size).take(n).prefetch(AUTOTUNE)
 
 
-def _split_datasets(builder: tfds.core.DatasetBuilder, split: str, field: str,
-                    names: dict[int, str]) -> dict[int, tf.data.Dataset]:
+@contextlib.contextmanager
+def _naming_split(builder: tfds.core.DatasetBuilder, split: str, field: str) -> Iterator[None]:
+  """TFDS's refusals of a split string, as one line naming the config field."""
   try:
-    return {i: builder.as_dataset(split=name, shuffle_files=False) for i, name in names.items()}
+    yield
   except (ValueError, KeyError, AssertionError) as e:
     raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: ' +
                     str(e).strip().splitlines()[0]) from None
+
+
+def _split_datasets(builder: tfds.core.DatasetBuilder, split: str, field: str,
+                    names: dict[int, str]) -> dict[int, tf.data.Dataset]:
+  with _naming_split(builder, split, field):
+    return {i: builder.as_dataset(split=name, shuffle_files=False) for i, name in names.items()}
 
 
 def split_bytes(builder: tfds.core.DatasetBuilder, split: str, field: str) -> int | None:
@@ -333,11 +341,8 @@ def split_bytes(builder: tfds.core.DatasetBuilder, split: str, field: str) -> in
     return None
   if not builder.is_prepared():  # Mocked (tfds.testing.mock_data): no split sizes; small.
     return 0
-  try:
+  with _naming_split(builder, split, field):
     n = builder.info.splits[split].num_examples
-  except (ValueError, KeyError, AssertionError) as e:
-    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: ' +
-                    str(e).strip().splitlines()[0]) from None
   return n * (int(np.prod(info['image_shape'])) * np.dtype(info['image_dtype']).itemsize + 4)
 
 
@@ -372,11 +377,8 @@ def tfds_split(builder: tfds.core.DatasetBuilder, split: str, field: str,
     indices, total = [jax.process_index()], jax.process_count()
   else:
     indices, total = parallel.local_shards(num_shards)
-  try:
+  with _naming_split(builder, split, field):
     names = tfds.even_splits(split, n=total, drop_remainder=num_shards is not None)
-  except (ValueError, KeyError, AssertionError) as e:
-    raise UserError(f'config.{field}={split!r} is not a split of {builder.info.name!r}: ' +
-                    str(e).strip().splitlines()[0]) from None
   shards = _split_datasets(builder, split, field, {i: names[i] for i in indices})
   return from_shards({
       i: ds.map(preprocess, num_parallel_calls=AUTOTUNE) for i, ds in shards.items()
