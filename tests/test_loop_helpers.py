@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from clu import metrics as clu_metrics
 
-from lib import train
+from lib.train import hooks
 
 
 @pytest.mark.parametrize(
@@ -19,7 +19,7 @@ from lib import train
         (0, 1, 1, 100, True),
     ])
 def test_due_fires_once_a_call_crosses_a_period_or_ends_the_run(first, last, period, total, due):
-  assert train._due(first, last, period, total) is due  # pylint: disable=protected-access
+  assert hooks.due(first, last, period, total) is due
 
 
 def _metrics(losses, accuracies):
@@ -34,7 +34,7 @@ def test_progress_cuts_calls_into_epochs_and_windows_whatever_the_call_length():
   steps = np.arange(1, 13, dtype=np.float32)  # Step s has loss s and accuracy s / 100.
   results = []
   for per_call in (1, 4, 5):
-    progress = train._Progress(steps_per_epoch=6, total_steps=12, log_every_steps=4)  # pylint: disable=protected-access
+    progress = hooks.Progress(steps_per_epoch=6, total_steps=12, log_every_steps=4)
     for first in range(0, 12, per_call):
       n = min(per_call, 12 - first)
       chunk = steps[first:first + n]
@@ -49,7 +49,7 @@ def test_progress_cuts_calls_into_epochs_and_windows_whatever_the_call_length():
 
 
 def test_progress_names_the_first_non_finite_loss_with_its_step_and_member():
-  progress = train._Progress(steps_per_epoch=10, total_steps=100, log_every_steps=5)  # pylint: disable=protected-access
+  progress = hooks.Progress(steps_per_epoch=10, total_steps=100, log_every_steps=5)
   # 3 steps of a population of 2: member 1 diverges at the second step of the call.
   losses = np.array([[1.0, 1.0], [1.0, np.inf], [np.nan, np.nan]])
   assert progress.add(20, 3, _metrics(losses, np.zeros_like(losses))) == (22, np.inf, 1)
@@ -74,13 +74,12 @@ def test_best_tracking_keeps_the_first_best_and_stops_after_patience(mode, value
       'stopped_early': False
   }
   improved = [
-      train._track_best(meta, _config(mode, 2), v, 10 * e, e)  # pylint: disable=protected-access
-      for e, v in enumerate(values, start=1)
+      hooks.track_best(meta, _config(mode, 2), v, 10 * e, e) for e, v in enumerate(values, start=1)
   ]
   assert improved == [True, True, False, False]
   assert meta['best_epoch'] == best_epoch and meta['best_step'] == 10 * best_epoch
   assert meta['epochs_since_best'] == 2 and meta['stopped_early']
   unstoppable = dict(meta, stopped_early=False, epochs_since_best=0)
   for e in range(10):
-    train._track_best(unstoppable, _config(mode, 0), values[0], e, e)  # pylint: disable=protected-access
+    hooks.track_best(unstoppable, _config(mode, 0), values[0], e, e)
   assert not unstoppable['stopped_early']

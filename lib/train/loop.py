@@ -1,0 +1,305 @@
+"""`fit`: set up, restore, the loop (step, log, evaluate, checkpoint, stop), finish.
+
+`fit` resumes from the
+workdir's latest checkpoint, evaluates every example of the validation split
+every config.eval_every_epochs, keeps the best checkpoint, stops early on a
+stalled metric, stops on a NaN or inf loss, and saves before it exits on
+SIGINT or SIGTERM. The host reads each call's metrics once, one call late, so
+it never waits on the steps it has just dispatched; a call may span several
+short epochs (config.steps_per_execution), and the terminal gets at most one
+line per epoch and per config.log_every_seconds.
+"""
+from collections.abc import Sequence
+import contextlib
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from lib import aot
+from lib import checkpoints
+from lib import input_pipeline
+from lib import models
+from lib import summary
+from lib.errors import Interrupted, NonFiniteLossError
+from lib.train.engine import Engine, compile_for_target, set_up
+from lib.train.hooks import Profiler, Progress, StopSignals, due, flat_hparams, track_best
+from lib.train.state import TrainState, check_config, current_step, member, members
+from lib.train.steps import Task, mean_over_members
+
+
+class _Loop:
+  """The training loop and the bookkeeping it carries from call to call.
+
+  `meta` (history, best value and step, patience, stopped_early) is saved in
+  every checkpoint beside the state, so a resumed run carries on from it.
+
+  Args:
+    config: the run's config.
+    engine: from `set_up`.
+    ckpt: the run's checkpoints.
+    writer: its TensorBoard events.
+    meta: the bookkeeping, fresh or restored.
+    saved_step: the step of the latest checkpoint, None if there is none.
+    sweep: an LR range test: a non-finite loss ends the run instead of failing it.
+  """
+  def __init__(self, config: ml_collections.ConfigDict, engine: Engine,
+               ckpt: checkpoints.Checkpoints, writer: summary.EventWriter, meta: dict[str, Any],
+               saved_step: int | None, sweep: bool):
+    self.config, self.engine, self.ckpt, self.writer = config, engine, ckpt, writer
+    self.meta, self.saved_step, self.sweep = meta, saved_step, sweep
+    self.progress = Progress(engine.steps_per_epoch, engine.total_steps, config.log_every_steps)
+    self.last_line = 0.0  # When the terminal got its last epoch line.
+    self.started, self.start_step = time.time(), 0  # For the steps/s of those lines.
+
+  def run(self, state: TrainState, train: input_pipeline.Split,
+          val: input_pipeline.Split) -> TrainState:
+    """Trains from state.step to the end (or an early stop); returns the last state."""
+    config, engine = self.config, self.engine
+    every_eval = config.eval_every_epochs * engine.steps_per_epoch
+    every_save = config.checkpoint_every_epochs * engine.steps_per_epoch
+    step = current_step(state)
+    feed = input_pipeline.TrainFeed(
+        train, config.batch_size, seed=config.seed, shuffle_buffer=config.get('shuffle_buffer', 0),
+        start_step=step, stack=engine.per_call if engine.per_call > 1 else 0, members=config.get(
+            'num_seeds', 1), shuffle=config.get('shuffle', True))
+    self.started, self.start_step = time.time(), step
+    profiler = Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
+    # The previous call's metrics: read one call late, so that the host never waits on
+    # the steps it has just dispatched.
+    pending = None
+    with StopSignals() as signals, contextlib.closing(profiler):
+      while step < engine.total_steps and not self.meta['stopped_early']:
+        # Step: dispatch the next call.
+        first, count = step, min(engine.per_call, engine.total_steps - step)
+        inputs = feed.next(count, engine.train_sharding)
+        state, metrics = engine.train_steps(state, feed.data, inputs,
+                                            engine.augmentation.index(step), count)
+        step += count
+        profiler.after_call(step, state)
+        if pending and not self.absorb(*pending):
+          break
+        pending = (first, count, metrics)
+        evaluate_now = due(first, step, every_eval, engine.total_steps)
+        save_now = due(first, step, every_save, engine.total_steps)
+        if not (evaluate_now or save_now or signals.received):
+          continue
+        # Log: this call's metrics, now that the evaluation or checkpoint needs them.
+        if not self.absorb(*pending):
+          break
+        pending = None
+        # Evaluate.
+        if evaluate_now:
+          save_now = self.evaluate(state, step, val) or save_now
+        # Checkpoint.
+        if save_now or signals.received:
+          self.save(state, step)
+        # Stop on a signal, saved.
+        if signals.received:
+          raise Interrupted(f'{signals.received} at step {step}: checkpoint saved in '
+                            f'{self.ckpt.directory}; run the same command again to resume')
+      if pending:
+        self.absorb(*pending)
+    return state
+
+  def absorb(self, first: int, steps: int, metrics: Any) -> bool:
+    """The host's share of a finished call: NaN check, TensorBoard, history.
+
+    Returns:
+      False where a non-finite loss ends an LR range test.
+
+    Raises:
+      NonFiniteLossError: a non-finite loss in a training run.
+    """
+    bad = self.progress.add(first, steps, metrics)
+    if bad and self.sweep:
+      self.meta['stopped_early'] = True
+      logging.info('LR range test: loss is %s at step %d; the sweep ends there', bad[1], bad[0])
+      return False
+    if bad:
+      kept = (f'the last good checkpoint (step {self.saved_step}) is kept in '
+              f'{self.ckpt.directory}'
+              if self.saved_step is not None else 'no checkpoint was saved yet')
+      which = (f' (the model of seed {self.config.seed + bad[2]})' if self.config.get(
+          'num_seeds', 1) > 1 else '')
+      raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}{which}; training stopped, '
+                               f'{kept}. Lower config.learning_rate or check the inputs')
+    for at, means in self.progress.windows:
+      self.writer.write_scalars(
+          at, {
+              'learning_rate': float(self.engine.schedule(at - 1)),
+              **{f'train_{k}': v for k, v in means.items()}
+          })
+    self.progress.windows.clear()
+    self.meta['history'].extend(self.progress.epochs)
+    self.progress.epochs.clear()
+    return True
+
+  def evaluate(self, state: TrainState, step: int, val: input_pipeline.Split) -> bool:
+    """Evaluates `val` into the epoch's record; returns whether it is a new best (to save)."""
+    config = self.config
+    per_model = self.engine.evaluate(state, val, prefix='val_', max_batches=config.validation_steps)
+    val_metrics = mean_over_members(per_model)  # A population is logged and ranked by its mean.
+    if config.get('num_seeds', 1) > 1:
+      self.meta['val_per_seed'] = {k: v.tolist() for k, v in per_model.items()}
+    self.writer.write_scalars(step, val_metrics)
+    record = self.meta['history'][-1]
+    record.update(val_metrics)
+    improved = bool(config.best_metric) and track_best(
+        self.meta, config, val_metrics[config.best_metric], step, record['epoch'])
+    if time.time() - self.last_line >= config.log_every_seconds or step == self.engine.total_steps:
+      self.last_line = time.time()
+      rate = (step - self.start_step) / (self.last_line - self.started)
+      logging.info(
+          'epoch %d (step %d, %.0f steps/s): %s', record['epoch'], step, rate,
+          ', '.join(f'{k}={v:.5g}' for k, v in record.items() if k not in ('epoch', 'step')))
+    return improved or self.meta['stopped_early']
+
+  def save(self, state: TrainState, step: int) -> None:
+    if self.saved_step != step:
+      self.ckpt.save(step, state, self.meta, best_step=self.meta['best_step'])
+      self.saved_step = step
+
+
+def _finish(config: ml_collections.ConfigDict, engine: Engine, ckpt: checkpoints.Checkpoints,
+            meta: dict[str, Any], state: TrainState, val: input_pipeline.Split,
+            test: input_pipeline.Split | None) -> tuple[TrainState, dict[str, float]]:
+  """The best weights if config.restore_best asks, and the final val_* and test_* metrics.
+
+  A population's metrics are arrays of its members' values.
+  """
+  final_step = current_step(state)
+  restore = config.restore_best and meta['best_step'] not in (None, final_step)
+  if restore:
+    state, _ = ckpt.restore(meta['best_step'], state)
+    logging.info('restored the best weights: epoch %d, %s=%.5g', meta['best_epoch'],
+                 config.best_metric, meta['best_value'])
+  final = {}
+  evaluated = [h for h in meta['history'] if any(k.startswith('val_') for k in h)]
+  if 'val_per_seed' in meta:  # A population's last evaluation, model by model.
+    final.update({k: np.asarray(v) for k, v in meta['val_per_seed'].items()})
+  elif evaluated:
+    final.update({k: v for k, v in evaluated[-1].items() if k.startswith('val_')})
+  if restore:
+    final.update(engine.evaluate(state, val, prefix='val_', max_batches=config.validation_steps))
+  if test is not None:
+    final.update(engine.evaluate(state, test, prefix='test_'))
+  return state, final
+
+
+def train_run(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
+              train: input_pipeline.Split, val: input_pipeline.Split, test: input_pipeline.Split |
+              None, rng_streams: Sequence[str], augment: input_pipeline.Augment |
+              input_pipeline.Augmentation | None, schedule: optax.Schedule | None = None,
+              sweep: bool = False) -> tuple[TrainState, dict[str, Any]]:
+  """`fit`'s engine; `schedule` replaces the config's, `sweep` makes a NaN end the run."""
+  # Set up: steps, the state at step 0, the compiled steps.
+  check_config(config)
+  engine = set_up(config, model, task, train, rng_streams, input_pipeline.augmentation(augment),
+                  schedule)
+  if aot.active():  # --compile_for: the run's programs compiled for the target; none runs.
+    compile_for_target(config, engine, train, val, test)
+
+  # Restore the latest checkpoint, if any.
+  ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
+  meta = {
+      'history': [], 'best_value': None, 'best_step': None, 'best_epoch': None,
+      'epochs_since_best': 0, 'stopped_early': False
+  }
+  state, saved_step = engine.state, None
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    saved_step, state, meta = restored
+    logging.info('resumed from %s at step %d', ckpt.directory, saved_step)
+  writer = summary.EventWriter(workdir, enabled=jax.process_index() == 0)
+  if saved_step is None:
+    writer.write_hparams(flat_hparams(config))
+
+  try:
+    # The loop: step, log, evaluate, checkpoint, stop.
+    loop = _Loop(config, engine, ckpt, writer, meta, saved_step, sweep)
+    state = loop.run(state, train, val)
+    final_step = current_step(state)
+    # Finish: the best weights if asked, the final metrics.
+    state, per_model = _finish(config, engine, ckpt, meta, state, val, test)
+    final = mean_over_members(per_model)
+    writer.write_scalars(final_step, {k: v for k, v in final.items() if k.startswith('test_')})
+  finally:
+    ckpt.close()
+    writer.close()
+
+  population = members(state)
+  if population:  # The experiment carries on with the first model (config.seed)'s weights.
+    state = member(state, 0)
+  results = {
+      'steps': final_step,
+      'steps_per_epoch': engine.steps_per_epoch,
+      'epochs': len(meta['history']),
+      'params': models.count_params(state.params),
+      'history': meta['history'],
+      # Compilations of the train step in this process: one per distinct batch shape.
+      'train_step_compiles': engine.train_steps.compiles(),
+      'stopped_early': meta['stopped_early'],
+      'best_epoch': meta['best_epoch'],
+      'restored_best': bool(config.restore_best and meta['best_step'] is not None),
+      **final,
+  }
+  if config.best_metric:
+    results[f'best_{config.best_metric}'] = meta['best_value']
+  if population:  # The metrics above are the means over the models; here each and the spread.
+    results['seeds'] = {
+        'seed': list(range(config.seed, config.seed + population)),
+        **{k: np.asarray(v).tolist() for k, v in per_model.items()}
+    }
+    results['std'] = {k: float(np.std(v, ddof=1)) for k, v in per_model.items()}
+  return state, results
+
+
+def fit(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    model: nn.Module,
+    task: Task,
+    train: input_pipeline.Split,
+    val: input_pipeline.Split,
+    test: input_pipeline.Split | None = None,
+    rng_streams: Sequence[str] = (),
+    augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
+  """Trains `model` on `train`, evaluating on `val` every config.eval_every_epochs and on `test` at the end.
+
+  With config.lr_finder, runs `lr_range_test` instead.
+
+  Args:
+    config: the run's config (the engine fields of configs/common.py).
+    workdir: where TensorBoard events and checkpoints go; a run resumes from it.
+    model: the Flax module; called as model.apply(variables, x, train=..., rngs=...).
+    task: per-example loss and metrics, e.g. lib.tasks.classification.
+    train: the training split.
+    val: evaluated as 'val_*'.
+    test: evaluated once at the end, as 'test_*'; None to skip.
+    rng_streams: random streams the model uses besides 'params'.
+    augment: random augmentation in the step (input_pipeline.Augment, used for
+      training and, with a fixed key per example, for evaluation; or an
+      input_pipeline.Augmentation). It may change the shape of 'x' (e.g.
+      canvases of a few sizes); the train step compiles once per shape.
+
+  Returns:
+    The final state (the best one with config.restore_best) and a summary:
+    steps, epochs, history (per-epoch train metrics, and val metrics where
+    evaluated), best epoch and value, whether it stopped early, and the final
+    val_* and test_* metrics.
+  """
+  if config.lr_finder:
+    from lib.train import lr_finder  # pylint: disable=g-import-not-at-top  # It calls train_run.
+    return lr_finder.lr_range_test(config, workdir, model=model, task=task, train=train, val=val,
+                                   test=test, rng_streams=rng_streams, augment=augment)
+  return train_run(config, workdir, model=model, task=task, train=train, val=val, test=test,
+                   rng_streams=rng_streams, augment=augment)
