@@ -9,7 +9,7 @@ import pytest
 
 from configs import mnist1d
 import experiments.__main__ as launcher
-from lib import checkpoints, train
+from lib import checkpoints, models, train
 from lib.errors import UserError
 from tests.conftest import tiny
 
@@ -99,7 +99,7 @@ def test_ema_is_evaluated_and_checkpointed_beside_the_params(tmp_path):
   # One step's update, by hand: ema <- decay * ema + (1 - decay) * params.
   step = train.make_train_step(lambda out, b: {'loss': jnp.sum(out**2, -1)},
                                train.metrics_collection(['loss']), ema_decay=0.5)
-  model = train.models.create('mlp', hidden=(), outputs=1)
+  model = models.create('mlp', hidden=(), outputs=1)
   config = tiny(mnist1d, ema_decay=0.5, optimizer='sgd', momentum=0.0, learning_rate=0.1)
   tx = train.create_optimizer(config, optax.constant_schedule(0.1))
   before = train.create_train_state(config, model, (3,), jnp.float32, tx,

@@ -4,6 +4,7 @@
                 (one model, or a population of `config.num_seeds`)
   steps.py      the compiled programs: the train step (one, or a scan of several a call),
                 the eval step, evaluation over a padded, masked split
+  population.py config.num_seeds models as one program: init, members, their mean and results
   engine.py     what a run sets up once, and its compile for an accelerator (lib.aot)
   hooks.py      what the loop calls between steps: when it is time, epoch and window means,
                 the best epoch and early stopping, signals, the profiler
@@ -13,6 +14,8 @@
 from lib.train.loop import fit
 from lib.train.lr_finder import lr_range_test
 from lib.train.lr_finder import lr_sweep_schedule
+from lib.train.population import member
+from lib.train.population import members
 from lib.train.state import check_config
 from lib.train.state import COMPUTE_DTYPES
 from lib.train.state import create_optimizer
@@ -20,8 +23,6 @@ from lib.train.state import create_train_state
 from lib.train.state import current_step
 from lib.train.state import epochs_to_steps
 from lib.train.state import learning_rate_schedule
-from lib.train.state import member
-from lib.train.state import members
 from lib.train.state import OPTIMIZERS
 from lib.train.state import SCHEDULES
 from lib.train.state import steps_per_call

@@ -16,7 +16,8 @@ from lib import input_pipeline
 from lib import models
 from lib import parallel
 from lib.errors import UserError
-from lib.train.state import COMPUTE_DTYPES, TrainState, create_optimizer, create_train_state, epochs_to_steps, learning_rate_schedule, member, members, steps_per_call
+from lib.train import population
+from lib.train.state import COMPUTE_DTYPES, TrainState, create_optimizer, create_train_state, epochs_to_steps, learning_rate_schedule, steps_per_call
 from lib.train.steps import Task, TrainSteps, evaluate, jit_eval_step, metrics_collection, model_rngs, with_ema
 
 
@@ -58,12 +59,12 @@ def set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
   state = create_train_state(config, model, example['x'].shape, example['x'].dtype,
                              create_optimizer(config, by_update), parallel.replicated(mesh),
                              rng_streams)
-  population = members(state)
-  one = member(state, 0) if population else state
+  seeds = population.members(state)
+  one = population.member(state, 0) if seeds else state
   logging.info(
       'model: %s params%s; %d steps per epoch, %d steps, %d per call; %d devices, %d '
       'processes; training data %s\n%s', f'{models.count_params(one.params):,}',
-      f' x {population} seeds' if population else '', steps_per_epoch, total_steps, per_call,
+      f' x {seeds} seeds' if seeds else '', steps_per_epoch, total_steps, per_call,
       parallel.device_count(), parallel.process_count(),
       'on the devices' if train.stream is None else 'streamed through tf.data',
       parameter_overview.get_parameter_overview(one.params, include_stats=False))
@@ -81,8 +82,8 @@ def set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
                     f'choose one of {measured}')
   dtype = COMPUTE_DTYPES[config.compute_dtype]
   train_steps = TrainSteps(task, metrics_collection(names), mesh, rng_streams, train.preprocess,
-                           augmentation, per_call, dtype, config.ema_decay, population)
-  eval_step = jit_eval_step(task, names, mesh, rng_streams, dtype, population)
+                           augmentation, per_call, dtype, config.ema_decay, seeds)
+  eval_step = jit_eval_step(task, names, mesh, rng_streams, dtype, seeds)
   run_eval = functools.partial(evaluate, eval_step, batch_size=config.eval_batch_size,
                                augment=augmentation.eval)
   if config.ema_decay:  # The average's metrics beside the params': val_ema_*, test_ema_*.

@@ -30,8 +30,9 @@ from lib import summary
 from lib.errors import Interrupted, NonFiniteLossError
 from lib.train.engine import Engine, compile_for_target, set_up
 from lib.train.hooks import Profiler, Progress, StopSignals, due, flat_hparams, track_best
-from lib.train.state import TrainState, check_config, current_step, member, members
-from lib.train.steps import Task, mean_over_members
+from lib.train import population
+from lib.train.state import TrainState, check_config, current_step
+from lib.train.steps import Task
 
 
 class _Loop:
@@ -47,13 +48,13 @@ class _Loop:
     writer: its TensorBoard events.
     meta: the bookkeeping, fresh or restored.
     saved_step: the step of the latest checkpoint, None if there is none.
-    sweep: an LR range test: a non-finite loss ends the run instead of failing it.
+    end_on_nonfinite: a non-finite loss ends the run instead of failing it (the LR range test).
   """
   def __init__(self, config: ml_collections.ConfigDict, engine: Engine,
                ckpt: checkpoints.Checkpoints, writer: summary.EventWriter, meta: dict[str, Any],
-               saved_step: int | None, sweep: bool):
+               saved_step: int | None, end_on_nonfinite: bool):
     self.config, self.engine, self.ckpt, self.writer = config, engine, ckpt, writer
-    self.meta, self.saved_step, self.sweep = meta, saved_step, sweep
+    self.meta, self.saved_step, self.end_on_nonfinite = meta, saved_step, end_on_nonfinite
     self.progress = Progress(engine.steps_per_epoch, engine.total_steps, config.log_every_steps)
     self.last_line = 0.0  # When the terminal got its last epoch line.
     self.started, self.start_step = time.time(), 0  # For the steps/s of those lines.
@@ -83,7 +84,7 @@ class _Loop:
                                             engine.augmentation.index(step), count)
         step += count
         profiler.after_call(step, state)
-        if pending and not self.absorb(*pending):
+        if pending and not self.record_call(*pending):
           break
         pending = (first, count, metrics)
         evaluate_now = due(first, step, every_eval, engine.total_steps)
@@ -91,7 +92,7 @@ class _Loop:
         if not (evaluate_now or save_now or signals.received):
           continue
         # Log: this call's metrics, now that the evaluation or checkpoint needs them.
-        if not self.absorb(*pending):
+        if not self.record_call(*pending):
           break
         pending = None
         # Evaluate.
@@ -105,10 +106,10 @@ class _Loop:
           raise Interrupted(f'{signals.received} at step {step}: checkpoint saved in '
                             f'{self.ckpt.directory}; run the same command again to resume')
       if pending:
-        self.absorb(*pending)
+        self.record_call(*pending)
     return state
 
-  def absorb(self, first: int, steps: int, metrics: Any) -> bool:
+  def record_call(self, first: int, steps: int, metrics: Any) -> bool:
     """The host's share of a finished call: NaN check, TensorBoard, history.
 
     Returns:
@@ -118,7 +119,7 @@ class _Loop:
       NonFiniteLossError: a non-finite loss in a training run.
     """
     bad = self.progress.add(first, steps, metrics)
-    if bad and self.sweep:
+    if bad and self.end_on_nonfinite:
       self.meta['stopped_early'] = True
       logging.info('LR range test: loss is %s at step %d; the sweep ends there', bad[1], bad[0])
       return False
@@ -126,9 +127,9 @@ class _Loop:
       kept = (f'the last good checkpoint (step {self.saved_step}) is kept in '
               f'{self.ckpt.directory}'
               if self.saved_step is not None else 'no checkpoint was saved yet')
-      which = (f' (the model of seed {self.config.seed + bad[2]})' if self.config.get(
+      seed = (f' (the model of seed {self.config.seed + bad[2]})' if self.config.get(
           'num_seeds', 1) > 1 else '')
-      raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}{which}; training stopped, '
+      raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}{seed}; training stopped, '
                                f'{kept}. Lower config.learning_rate or check the inputs')
     for at, means in self.progress.windows:
       self.writer.write_scalars(
@@ -145,7 +146,7 @@ class _Loop:
     """Evaluates `val` into the epoch's record; returns whether it is a new best (to save)."""
     config = self.config
     per_model = self.engine.evaluate(state, val, prefix='val_', max_batches=config.validation_steps)
-    val_metrics = mean_over_members(per_model)  # A population is logged and ranked by its mean.
+    val_metrics = population.mean(per_model)  # A population is logged and ranked by its mean.
     if config.get('num_seeds', 1) > 1:
       self.meta['val_per_seed'] = {k: v.tolist() for k, v in per_model.items()}
     self.writer.write_scalars(step, val_metrics)
@@ -193,12 +194,52 @@ def _finish(config: ml_collections.ConfigDict, engine: Engine, ckpt: checkpoints
   return state, final
 
 
-def train_run(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module, task: Task,
-              train: input_pipeline.Split, val: input_pipeline.Split, test: input_pipeline.Split |
-              None, rng_streams: Sequence[str], augment: input_pipeline.Augment |
-              input_pipeline.Augmentation | None, schedule: optax.Schedule | None = None,
-              sweep: bool = False) -> tuple[TrainState, dict[str, Any]]:
-  """`fit`'s engine; `schedule` replaces the config's, `sweep` makes a NaN end the run."""
+def fit(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    model: nn.Module,
+    task: Task,
+    train: input_pipeline.Split,
+    val: input_pipeline.Split,
+    test: input_pipeline.Split | None = None,
+    rng_streams: Sequence[str] = (),
+    augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
+    schedule: optax.Schedule | None = None,
+    end_on_nonfinite: bool = False,
+) -> tuple[TrainState, dict[str, Any]]:
+  """Trains `model` on `train`, evaluating on `val` every config.eval_every_epochs and on `test` at the end.
+
+  With config.lr_finder, runs the LR range test (lr_finder.py), which calls `fit` with its
+  schedule.
+
+  Args:
+    config: the run's config (the engine fields of configs/common.py).
+    workdir: where TensorBoard events and checkpoints go; a run resumes from it.
+    model: the Flax module; called as model.apply(variables, x, train=..., rngs=...).
+    task: per-example loss and metrics, e.g. lib.tasks.classification.
+    train: the training split.
+    val: evaluated as 'val_*'.
+    test: evaluated once at the end, as 'test_*'; None to skip.
+    rng_streams: random streams the model uses besides 'params'.
+    augment: random augmentation in the step (input_pipeline.Augment, used for
+      training and, with a fixed key per example, for evaluation; or an
+      input_pipeline.Augmentation). It may change the shape of 'x' (e.g.
+      canvases of a few sizes); the train step compiles once per shape.
+    schedule: replaces the config's learning-rate schedule.
+    end_on_nonfinite: a non-finite loss ends the run (its results are those of the
+      steps before) instead of failing it.
+
+  Returns:
+    The final state (the best one with config.restore_best) and a summary:
+    steps, epochs, history (per-epoch train metrics, and val metrics where
+    evaluated), best epoch and value, whether it stopped early, and the final
+    val_* and test_* metrics.
+  """
+  if config.lr_finder and schedule is None:
+    from lib.train import lr_finder  # pylint: disable=g-import-not-at-top  # It calls fit.
+    return lr_finder.lr_range_test(config, workdir, model=model, task=task, train=train, val=val,
+                                   test=test, rng_streams=rng_streams, augment=augment)
   # Set up: steps, the state at step 0, the compiled steps.
   check_config(config)
   engine = set_up(config, model, task, train, rng_streams, input_pipeline.augmentation(augment),
@@ -223,20 +264,19 @@ def train_run(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Modu
 
   try:
     # The loop: step, log, evaluate, checkpoint, stop.
-    loop = _Loop(config, engine, ckpt, writer, meta, saved_step, sweep)
+    loop = _Loop(config, engine, ckpt, writer, meta, saved_step, end_on_nonfinite)
     state = loop.run(state, train, val)
     final_step = current_step(state)
     # Finish: the best weights if asked, the final metrics.
     state, per_model = _finish(config, engine, ckpt, meta, state, val, test)
-    final = mean_over_members(per_model)
+    final = population.mean(per_model)
     writer.write_scalars(final_step, {k: v for k, v in final.items() if k.startswith('test_')})
   finally:
     ckpt.close()
     writer.close()
 
-  population = members(state)
-  if population:  # The experiment carries on with the first model (config.seed)'s weights.
-    state = member(state, 0)
+  if population.members(state):  # The experiment carries on with model 0 (config.seed).
+    state = population.member(state, 0)
   results = {
       'steps': final_step,
       'steps_per_epoch': engine.steps_per_epoch,
@@ -252,54 +292,6 @@ def train_run(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Modu
   }
   if config.best_metric:
     results[f'best_{config.best_metric}'] = meta['best_value']
-  if population:  # The metrics above are the means over the models; here each and the spread.
-    results['seeds'] = {
-        'seed': list(range(config.seed, config.seed + population)),
-        **{k: np.asarray(v).tolist() for k, v in per_model.items()}
-    }
-    results['std'] = {k: float(np.std(v, ddof=1)) for k, v in per_model.items()}
+  if population.members(engine.state):  # The means above; here each member and the spread.
+    results.update(population.results(config, per_model))
   return state, results
-
-
-def fit(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    model: nn.Module,
-    task: Task,
-    train: input_pipeline.Split,
-    val: input_pipeline.Split,
-    test: input_pipeline.Split | None = None,
-    rng_streams: Sequence[str] = (),
-    augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
-) -> tuple[TrainState, dict[str, Any]]:
-  """Trains `model` on `train`, evaluating on `val` every config.eval_every_epochs and on `test` at the end.
-
-  With config.lr_finder, runs `lr_range_test` instead.
-
-  Args:
-    config: the run's config (the engine fields of configs/common.py).
-    workdir: where TensorBoard events and checkpoints go; a run resumes from it.
-    model: the Flax module; called as model.apply(variables, x, train=..., rngs=...).
-    task: per-example loss and metrics, e.g. lib.tasks.classification.
-    train: the training split.
-    val: evaluated as 'val_*'.
-    test: evaluated once at the end, as 'test_*'; None to skip.
-    rng_streams: random streams the model uses besides 'params'.
-    augment: random augmentation in the step (input_pipeline.Augment, used for
-      training and, with a fixed key per example, for evaluation; or an
-      input_pipeline.Augmentation). It may change the shape of 'x' (e.g.
-      canvases of a few sizes); the train step compiles once per shape.
-
-  Returns:
-    The final state (the best one with config.restore_best) and a summary:
-    steps, epochs, history (per-epoch train metrics, and val metrics where
-    evaluated), best epoch and value, whether it stopped early, and the final
-    val_* and test_* metrics.
-  """
-  if config.lr_finder:
-    from lib.train import lr_finder  # pylint: disable=g-import-not-at-top  # It calls train_run.
-    return lr_finder.lr_range_test(config, workdir, model=model, task=task, train=train, val=val,
-                                   test=test, rng_streams=rng_streams, augment=augment)
-  return train_run(config, workdir, model=model, task=task, train=train, val=val, test=test,
-                   rng_streams=rng_streams, augment=augment)

@@ -12,7 +12,7 @@ import optax
 
 from lib import input_pipeline
 from lib import plots
-from lib.train.loop import train_run
+from lib.train.loop import fit
 from lib.train.state import TrainState, epochs_to_steps
 from lib.train.steps import Task
 
@@ -74,10 +74,10 @@ def lr_range_test(
   """
   steps_per_epoch, _ = epochs_to_steps(config, train.num_examples)
   schedule = lr_sweep_schedule(config, steps_per_epoch)
-  sweep = copy.deepcopy(config)
-  sweep.update(early_stopping_patience=0, restore_best=False, best_metric='')
-  state, results = train_run(sweep, workdir, model=model, task=task, train=train, val=val,
-                             test=test, rng_streams=rng_streams, augment=augment, schedule=schedule,
-                             sweep=True)
+  without_selection = copy.deepcopy(config)
+  without_selection.update(early_stopping_patience=0, restore_best=False, best_metric='')
+  state, results = fit(without_selection, workdir, model=model, task=task, train=train, val=val,
+                       test=test, rng_streams=rng_streams, augment=augment, schedule=schedule,
+                       end_on_nonfinite=True)
   results.update(_lr_range_result(results['history'], schedule, steps_per_epoch, workdir))
   return state, results

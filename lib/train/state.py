@@ -14,6 +14,7 @@ from lib import aot
 from lib import parallel
 from lib.cpu import conv as cpu_conv
 from lib.errors import UserError
+from lib.train import population
 
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
@@ -204,25 +205,7 @@ def create_train_state(
     return jax.tree.map(lambda a: aot.abstract(a, sharding), shapes)
   if n == 1:
     return jax.jit(init, static_argnums=0, out_shardings=sharding)(config.seed)
-  # Member by member, then stacked; not vmapped: a vmapped init batches the orthogonal
-  # initializers' QR (LSTM, GRU cells), and jaxlib's batched LAPACK calls wait on XLA:CPU's
-  # thread pool from inside it, so two at once deadlock a machine with 2 cores.
-  init_member = jax.jit(init, out_shardings=sharding)
-  population = [init_member(jnp.int32(config.seed + k)) for k in range(n)]
-  return jax.jit(lambda *m: jax.tree.map(lambda *leaves: jnp.stack(leaves), *m),
-                 out_shardings=sharding)(*population)
-
-
-def members(state: TrainState) -> int:
-  """Models in `state`: 0 for a single model, N for a population of N (config.num_seeds)."""
-  return 0 if jnp.ndim(state.step) == 0 else state.step.shape[0]
-
-
-def member(state: TrainState, k: int) -> TrainState:
-  """Model `k` of a population (seed config.seed + k), as a single model's state."""
-  return jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=a.sharding)
-      if isinstance(a, jax.ShapeDtypeStruct) else a[k], state)
+  return population.init(init, config.seed, n, sharding)
 
 
 def current_step(state: TrainState) -> int:

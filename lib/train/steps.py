@@ -197,11 +197,6 @@ def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipe
   return {prefix + k: float(v) if v.ndim == 0 else v for k, v in values.items()}
 
 
-def mean_over_members(metrics: dict[str, Any]) -> dict[str, float]:
-  """A population's metrics as the mean over its members; a single model's as they are."""
-  return {k: float(np.mean(v)) for k, v in metrics.items()}
-
-
 def with_ema(run_eval: Callable[..., dict[str, float]], state: TrainState,
              split: input_pipeline.Split, prefix: str, **kwargs: Any) -> dict[str, float]:
   """`run_eval` of the params, then of their moving average under prefix + 'ema_'."""
