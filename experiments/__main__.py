@@ -56,7 +56,7 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes, for --d
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, for --distributed.')
 _COMPILE_FOR = flags.DEFINE_string(
     'compile_for', None, 'Compile the run for an accelerator that need not be here (v5e-8, '
-    'h100, ...: lib/aot.py TARGETS) instead of running it: per-device memory against the HBM, '
+    'h100, ...: lib/aot/targets.py TARGETS) instead of running it: per-device memory against the HBM, '
     'FLOPs and a roofline bound per program; the workdir gets the report, no checkpoint. Needs '
     'requirements-compile.txt.')
 

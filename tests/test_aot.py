@@ -1,4 +1,4 @@
-"""--compile_for: runs compiled for TPUs and GPUs that are not here (lib/aot.py, requirements-compile.txt).
+"""--compile_for: runs compiled for TPUs and GPUs that are not here (lib/aot/, requirements-compile.txt).
 
 The TPU topologies come from libtpu, the GPU's from JAX's CUDA plugin; both
 describe chips without them, so these tests run on any CPU where the compilers

@@ -27,7 +27,7 @@ def test_colab_notebook_runs_and_shows_results_and_plots(tmp_path):
   outputs = [o for c in notebook.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
   text = ''.join(o.get('text', '') for o in outputs if o.output_type == 'stream')
   assert 'devices of kind' in text and '"test_accuracy":' in text, text[-2000:]
-  if importlib.util.find_spec('libtpu'):  # The compiled report before training (lib/aot.py).
+  if importlib.util.find_spec('libtpu'):  # The compiled report before training (lib/aot/).
     assert 'compiled for v5e-1' in text and 'HBM' in text, text[-3000:]
   images = [o for o in outputs if o.output_type == 'display_data' and 'image/png' in o.data]
   assert len(images) >= 2  # curves.png and the experiment's own plots.
