@@ -75,7 +75,7 @@ def _prepare_datasets(specs: Sequence[str]) -> None:
       continue
     seen.add(config.dataset)
     config.update(manual_dir=manual_dir, data_dir=_DATA_DIR.value, download=False)
-    tfds_builders.prepare(tfds_builders.builder(config), config)
+    tfds_builders.build(tfds_builders.builder(config), config)
 
 
 def _compile_one(spec: str, target: str, dtype: str, root: str) -> dict:

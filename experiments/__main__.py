@@ -5,7 +5,7 @@ what every run shares: it checks the command line and the config before any
 work, holds the workdir's lock, checks a rerun's config against the one the
 run started with, times the run, writes results.json and prints the headline.
 An experiment module's `train_and_evaluate(config, workdir)` is its science;
-its `headline(results)` says in one line what it found; `SEEDS_IN_ONE_RUN = True`
+its `headline(results)` says in one line what it found; `REPORTS_EACH_SEED = True`
 says that its results are lib.train.fit's metrics, so config.num_seeds > 1 reports
 each seed's (other experiments refuse it).
 """
@@ -83,7 +83,7 @@ def checked_experiment(config: ml_collections.ConfigDict) -> Any:
   module = experiment_module(config)
   if 'optimizer' in config:  # Configs built on configs.common.training() train through lib.train.
     train.check_config(config)
-  if config.get('num_seeds', 1) > 1 and not getattr(module, 'SEEDS_IN_ONE_RUN', False):
+  if config.get('num_seeds', 1) > 1 and not getattr(module, 'REPORTS_EACH_SEED', False):
     raise UserError(f'config.num_seeds={config.num_seeds}: experiment {config.experiment!r} '
                     "computes its results from one model's weights, so it trains one seed per "
                     'run; for several seeds, python -m experiments.sweep --grid=seed=0,1,2')

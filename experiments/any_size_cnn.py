@@ -132,7 +132,7 @@ def snap_to_buckets(sides: tuple[int, ...], max_side: int) -> Callable[[Any], An
 def _native_size_data(config: ml_collections.ConfigDict, channels: int) -> input_pipeline.ImageData:
   """The splits with a bucket per (height, width) of config.bucket_sides; 'x' cached as uint8."""
   data = input_pipeline.image_classification(
-      config, to_cache=snap_to_buckets(tuple(config.bucket_sides), config.max_side))
+      config, streamed_x=snap_to_buckets(tuple(config.bucket_sides), config.max_side))
   shapes = [(h, w, channels) for h in config.bucket_sides for w in config.bucket_sides]
   val = input_pipeline.by_shape(data.val, shapes)
   return dataclasses.replace(

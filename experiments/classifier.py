@@ -23,7 +23,7 @@ from lib import tasks
 from lib import train
 
 # The results are fit's metrics: config.num_seeds > 1 reports each seed's.
-SEEDS_IN_ONE_RUN = True
+REPORTS_EACH_SEED = True
 
 
 def headline(results: dict[str, Any]) -> str:

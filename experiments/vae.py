@@ -30,7 +30,7 @@ from lib import tasks
 from lib import train
 
 # The results are fit's metrics; the IWAE bound is the first model's (the headline says so).
-SEEDS_IN_ONE_RUN = True
+REPORTS_EACH_SEED = True
 
 
 def binarize(example: input_pipeline.Example, key: jax.Array) -> input_pipeline.Example:

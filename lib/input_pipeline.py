@@ -342,8 +342,8 @@ def batch_of(data: dict[str, jax.Array], inputs: dict[str, Any], sharding: jax.s
   return batch
 
 
-def prepare(batch: Example, preprocess: Preprocess, augment: Augment | None,
-            key: jax.Array | None) -> Example:
+def model_inputs(batch: Example, preprocess: Preprocess, augment: Augment | None,
+                 key: jax.Array | None) -> Example:
   """Traced: preprocessing, then `augment` on each example with its own key.
 
   Args:
@@ -378,7 +378,7 @@ def model_spec(split: Split, augment: Augment | None) -> dict[str, jax.ShapeDtyp
       if k not in _BOOKKEEPING
   }
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  out = jax.eval_shape(lambda b, k: prepare(b, split.preprocess, augment, k), batch, key)
+  out = jax.eval_shape(lambda b, k: model_inputs(b, split.preprocess, augment, k), batch, key)
   return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in out.items()}
 
 
@@ -456,8 +456,8 @@ def eval_batch_program(split: Split, batch_size: int, augment: Augment | None = 
 def _eval_getter(preprocess: Preprocess, augment: Augment | None,
                  sharding: jax.sharding.Sharding) -> Callable[..., Example]:
   """Compiled once per (preprocess, augment): every evaluation of a run reuses it."""
-  return jax.jit(
-      lambda data, inputs: prepare(batch_of(data, inputs, sharding), preprocess, augment, None))
+  return jax.jit(lambda data, inputs: model_inputs(batch_of(data, inputs, sharding), preprocess,
+                                                   augment, None))
 
 
 def first_examples(split: Split, n: int, augment: Augment | None = None) -> dict[str, np.ndarray]:
@@ -642,7 +642,7 @@ def image_info(config: ml_collections.ConfigDict) -> ImageInfo:
   return ImageInfo(info['num_classes'], info['class_names'], tuple(info['image_shape']))
 
 
-def image_classification(config: ml_collections.ConfigDict, to_cache: Callable[[Any], Any] |
+def image_classification(config: ml_collections.ConfigDict, streamed_x: Callable[[Any], Any] |
                          None = None, info: ImageInfo | None = None) -> ImageData:
   """Train, validation and test splits of a TFDS image classification dataset.
 
@@ -654,7 +654,7 @@ def image_classification(config: ml_collections.ConfigDict, to_cache: Callable[[
 
   Args:
     config: the run's config (dataset fields, normalization, device_data_mb).
-    to_cache: a TensorFlow function that maps each decoded image to the 'x'
+    streamed_x: a TensorFlow function that maps each decoded image to the 'x'
       that is streamed instead (e.g. resized, still uint8); its splits stream.
     info: `image_info(config)`, where the caller has read it already.
 
@@ -663,17 +663,17 @@ def image_classification(config: ml_collections.ConfigDict, to_cache: Callable[[
   """
   info = info or image_info(config)
   if parallel.is_target():  # --compile_for: the splits' shapes, not their examples.
-    return _shapes_only(config, info, to_cache)
+    return _shapes_only(config, info, streamed_x)
   fields = _split_fields(config)
   splits = {s: f for f, s in fields.items()}  # Each split once, named by a field that asks for it.
-  arrays = {s: _load_cached(config, s) for s in splits} if to_cache is None else {}
-  if to_cache is None and all(a is not None for a in arrays.values()):
+  arrays = {s: _load_cached(config, s) for s in splits} if streamed_x is None else {}
+  if streamed_x is None and all(a is not None for a in arrays.values()):
     return _on_devices(config, info, {f: arrays[s] for f, s in fields.items()})
 
   from lib import streaming, tfds_builders  # pylint: disable=g-import-not-at-top
   builder = tfds_builders.builder(config)
-  tfds_builders.prepare(builder, config)
-  if to_cache is None and _fit_devices(config, builder):
+  tfds_builders.build(builder, config)
+  if streamed_x is None and _fit_devices(config, builder):
     full_info = tfds_builders.image_info(builder)
     for split, field in splits.items():
       if arrays[split] is None:
@@ -681,7 +681,7 @@ def image_classification(config: ml_collections.ConfigDict, to_cache: Callable[[
         if builder.is_prepared():  # Not a mocked dataset.
           _save_cached(config, split, arrays[split], full_info)
     return _on_devices(config, info, {f: arrays[s] for f, s in fields.items()})
-  return _streamed(config, info, builder, to_cache)
+  return _streamed(config, info, builder, streamed_x)
 
 
 def _fit_devices(config: ml_collections.ConfigDict, builder: Any) -> bool:
@@ -693,7 +693,7 @@ def _fit_devices(config: ml_collections.ConfigDict, builder: Any) -> bool:
 
 
 def _shapes_only(config: ml_collections.ConfigDict, info: ImageInfo,
-                 to_cache: Callable[[Any], Any] | None) -> ImageData:
+                 streamed_x: Callable[[Any], Any] | None) -> ImageData:
   """The splits as ShapeDtypeStructs of their sizes, for lib.aot: no example is read.
 
   The dataset is built first where it is not yet (as a run's first use does);
@@ -701,8 +701,8 @@ def _shapes_only(config: ml_collections.ConfigDict, info: ImageInfo,
   """
   from lib import tfds_builders  # pylint: disable=g-import-not-at-top
   builder = tfds_builders.builder(config)
-  tfds_builders.prepare(builder, config)
-  if to_cache is not None or not _fit_devices(config, builder):
+  tfds_builders.build(builder, config)
+  if streamed_x is not None or not _fit_devices(config, builder):
     raise UserError('--compile_for builds runs whose splits live on the devices; this one '
                     'streams them through tf.data (config.device_data_mb='
                     f'{config.device_data_mb}, or images of several sizes), which it does not '
@@ -734,7 +734,7 @@ def _on_devices(config: ml_collections.ConfigDict, info: ImageInfo,
 
 
 def _streamed(config: ml_collections.ConfigDict, info: ImageInfo, builder: Any,
-              to_cache: Callable[[Any], Any] | None) -> ImageData:
+              streamed_x: Callable[[Any], Any] | None) -> ImageData:
   from lib import streaming  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   mean = std = None
@@ -743,7 +743,7 @@ def _streamed(config: ml_collections.ConfigDict, info: ImageInfo, builder: Any,
     images = builder.as_dataset(split=config.train_split).map(lambda ex: ex['image'])
     mean, std = channel_stats(images.batch(4096).as_numpy_iterator())
   preprocess = normalizer(config.normalization, mean, std)
-  keep = to_cache or (lambda image: image)
+  keep = streamed_x or (lambda image: image)
 
   def raw(ex):
     return {'x': keep(ex['image']), 'y': tf.cast(ex['label'], tf.int32)}

@@ -38,7 +38,7 @@ Example = dict[str, tf.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class StreamSplit:
-  """One split's examples held by this process: as stored (or as `to_cache` made them), cached.
+  """One split's examples held by this process: as stored (or as `streamed_x` made them), cached.
 
   Attributes:
     ds: the examples, each a dict with the input 'x' and target 'y'.

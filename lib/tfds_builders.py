@@ -2,7 +2,7 @@
 
 `check` runs before any work: it names an unknown dataset, a dataset that is
 not prepared and may not be downloaded, and a `manual_dir` without the right
-original files (each checked by size and SHA-256), each in one line. `prepare`
+original files (each checked by size and SHA-256), each in one line. `build`
 then builds the dataset; with `download=False` nothing touches the network.
 """
 import difflib
@@ -86,7 +86,7 @@ def check_manual_dir(dataset: tfds.core.DatasetBuilder, manual_dir: str) -> None
         f'{dataset.info.name!r} needs {[i.filename for _, i in infos]})')
 
 
-def prepare(dataset: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
+def build(dataset: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
   """Builds the dataset into data_dir if it is not there yet (this imports TensorFlow).
 
   From `config.manual_dir` (the dataset's original files, whose checksums TFDS

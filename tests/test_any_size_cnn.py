@@ -39,7 +39,7 @@ def _batches(steps):
   for step in range(steps):  # As the train step prepares its batch: the step's key and canvas.
     key = jax.random.fold_in(jax.random.PRNGKey(0), step)
     augment = augmentation.train[augmentation.index(step)]
-    batch = input_pipeline.prepare({'x': x[:16]}, lambda b: b, augment, key)
+    batch = input_pipeline.model_inputs({'x': x[:16]}, lambda b: b, augment, key)
     batches.append((step, jax.device_get(batch)))
   return batches
 

@@ -162,9 +162,9 @@ def test_augmentation_is_keyed_by_step_and_position_in_training_and_by_index_in_
   np.testing.assert_array_equal(np.asarray(one['x']), a[:8])  # Whatever the batch size.
   batch = {'x': np.zeros((4, 3), np.float32)}
   key = np.asarray(jax_key(0))
-  first = input_pipeline.prepare(batch, lambda b: b, noise, key)['x']
-  again = input_pipeline.prepare(batch, lambda b: b, noise, key)['x']
-  other = input_pipeline.prepare(batch, lambda b: b, noise, np.asarray(jax_key(1)))['x']
+  first = input_pipeline.model_inputs(batch, lambda b: b, noise, key)['x']
+  again = input_pipeline.model_inputs(batch, lambda b: b, noise, key)['x']
+  other = input_pipeline.model_inputs(batch, lambda b: b, noise, np.asarray(jax_key(1)))['x']
   np.testing.assert_array_equal(first, again)
   assert not np.array_equal(first, other)
 

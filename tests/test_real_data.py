@@ -37,7 +37,7 @@ def test_mnist_and_fashion_mnist_built_in_one_data_dir_stay_apart(mnist_data_dir
     config = mnist_cnn.get_config()
     config.update(dataset=name, data_dir=mnist_data_dir, manual_dir=manual_dir)
     builder = tfds_builders.builder(config)
-    tfds_builders.prepare(builder, config)
+    tfds_builders.build(builder, config)
     images = builder.as_dataset(split='test').map(lambda ex: ex['image'])
     means[name] = float(input_pipeline.channel_stats(images.batch(4096).as_numpy_iterator())[0][0])
   # Published test-set pixel means: MNIST 33.8, Fashion-MNIST 73.1 (of 255).

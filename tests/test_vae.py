@@ -85,8 +85,8 @@ def test_binarization_is_bernoulli_new_each_pass_and_fixed_in_evaluation():
   split = input_pipeline.from_arrays({'x': x, 'y': np.zeros(64, np.int32)})
   # Training: each step's key (lib.train folds the step into the run's key).
   first, second = (np.asarray(
-      input_pipeline.prepare({'x': x}, lambda b: b, vae_experiment.binarize,
-                             jax.random.PRNGKey(step))['x']) for step in (1, 2))
+      input_pipeline.model_inputs({'x': x}, lambda b: b, vae_experiment.binarize,
+                                  jax.random.PRNGKey(step))['x']) for step in (1, 2))
   assert set(np.unique(first)) == {0.0, 1.0} and abs(first.mean() - 0.3) < 0.01
   assert not np.array_equal(first, second)
   a = np.asarray(next(input_pipeline.eval_batches(split, 64, augment=vae_experiment.binarize))['x'])

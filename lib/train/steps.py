@@ -114,7 +114,8 @@ class TrainSteps:
     def fed_step(state, data, inputs):
       batch = input_pipeline.batch_of(data, inputs, sharding, state.step)
       key = jax.random.fold_in(jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step)
-      return self._one_step(state, input_pipeline.prepare(batch, self._preprocess, augment, key))
+      return self._one_step(state, input_pipeline.model_inputs(batch, self._preprocess, augment,
+                                                               key))
 
     if self._members:  # A population trains on the devices' split: a block of indices.
       fed_step = jax.vmap(fed_step, in_axes=(0, None, {'idx': 1, 'first': None}))
