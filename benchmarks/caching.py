@@ -9,7 +9,7 @@ epoch (which compiles, and fills tf.data's cache); each epoch ends when its
 last step's loss is on the host. The sources:
   - 'tf.data, no cache': TFDS's records read, decoded, shuffled and batched anew each epoch;
   - 'tf.data, .cache()': decoded examples cached in memory after the first epoch
-    (lib.streaming, what a split over config.device_data_mb uses);
+    (lib.input_pipeline.streaming, what a split over config.device_data_mb uses);
   - 'on the devices': the split as uint8 arrays on the devices, each batch
     gathered in the step (lib.input_pipeline, the default).
 Prints one JSON line with each source's epoch seconds and their ratios to the device's.
@@ -29,7 +29,8 @@ import jax
 import numpy as np
 
 from configs import fashion_mlp, mnist_cnn
-from lib import input_pipeline, models, parallel, streaming, tasks, tfds_builders, train
+from lib import input_pipeline, models, parallel, tasks, train
+from lib.input_pipeline import streaming, tfds_builders
 
 CONFIGS = {'mlp': fashion_mlp.get_config, 'cnn': mnist_cnn.get_config}
 _WORKLOAD = flags.DEFINE_enum('workload', 'mlp', list(CONFIGS), 'The config to train.')

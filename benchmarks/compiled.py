@@ -66,7 +66,7 @@ def _config(spec: str):
 
 def _prepare_datasets(specs: Sequence[str]) -> None:
   """Builds each TFDS dataset the configs read, once, before the workers race to."""
-  from lib import tfds_builders  # pylint: disable=g-import-not-at-top
+  from lib.input_pipeline import tfds_builders  # pylint: disable=g-import-not-at-top
   seen = set()
   for spec in specs:
     config = _config(spec)

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from configs import fashion_mlp, mnist_cnn
-from lib import input_pipeline, streaming
+from lib import input_pipeline
+from lib.input_pipeline import streaming
 from lib.errors import UserError
 from tests.conftest import mock_tfds, tiny
 

@@ -6,7 +6,8 @@ import pytest
 
 from configs import mnist_cnn
 from experiments import classifier
-from lib import input_pipeline, streaming, tfds_builders
+from lib import input_pipeline
+from lib.input_pipeline import streaming, tfds_builders
 from lib.errors import UserError
 from tests.conftest import run_cli
 

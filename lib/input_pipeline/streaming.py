@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lib import parallel
-from lib import tfds_builders
+from lib.input_pipeline import tfds_builders
 from lib.errors import UserError
 
 # TF only reads data here: keep it off the accelerators that JAX uses.
