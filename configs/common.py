@@ -25,7 +25,7 @@ def training(experiment: str) -> ml_collections.ConfigDict:
 
   # Model.
   c.model = 'cnn'  # A key of lib.models.MODELS.
-  c.model_kwargs = ml_collections.ConfigDict()  # The model's attributes (lib/models.py).
+  c.model_kwargs = ml_collections.ConfigDict()  # The model's attributes (lib/models/).
 
   # Optimization.
   c.optimizer = 'sgd'  # 'sgd' or 'adam' (optax).
