@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lib import cpu, models
-from lib.cpu import activations, conv, conv_kernel
+from lib.cpu import activations, conv, conv_kernel, convolutions
 
 # (input shape, kernel, strides, padding): the codebase's convolutions, then harder cases.
 CASES = [
@@ -203,11 +203,11 @@ def test_kernel_substitutions_keep_the_models_function(monkeypatch, name, kwargs
 
   def block(x, kernel, bias, pool):
     called['block'] += 1
-    return conv.relu_pool(conv.xla_conv(x, kernel, (1, 1), 'SAME') + bias, pool)
+    return convolutions.relu_pool(convolutions.xla_conv(x, kernel, (1, 1), 'SAME') + bias, pool)
 
   def weight_grad_conv(x, kernel, strides, padding):
     called['conv'] += 1
-    return conv.xla_conv(x, kernel, strides, padding)
+    return convolutions.xla_conv(x, kernel, strides, padding)
 
   monkeypatch.setattr(conv_kernel, 'available', lambda: True)
   monkeypatch.setattr(conv, 'conv_relu_pool', block)

@@ -30,10 +30,8 @@ import collections
 import contextlib
 import contextvars
 import dataclasses
-import functools
 from typing import Any
 
-import flax.linen as nn
 import jax
 from jax import lax
 from jax.extend import core as jax_core
@@ -44,6 +42,7 @@ from lib import cpu
 from lib import parallel
 from lib.cpu import conv_kernel
 from lib.cpu.activations import relu
+from lib.cpu.convolutions import conv_relu_pool, im2col_conv, kernel_conv
 from lib.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
@@ -67,9 +66,6 @@ def implementation(name: str) -> Iterator[None]:
     _CHOICE.reset(token)
 
 
-Padding = str | Sequence[tuple[int, int]]
-
-
 def resolve(impl: str) -> str:
   """The implementation `impl` means here.
 
@@ -88,160 +84,6 @@ def resolve(impl: str) -> str:
   return 'kernel' if parallel.device_count() == 1 and conv_kernel.available() else 'xla'
 
 
-def _explicit(padding: Padding, x_shape: Sequence[int], kernel_size: Sequence[int],
-              strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x_shape[1:3], kernel_size, strides, padding)
-  return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
-def xla_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-             padding: Padding) -> jax.Array:
-  """`lax.conv_general_dilated` in NHWC/HWIO, as nn.Conv calls it."""
-  return lax.conv_general_dilated(x, kernel, strides, padding,
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-def _member_by_member(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-  """`fn` whose vmap calls it once per member (unrolled) and stacks the results.
-
-  A population (config.num_seeds) vmaps the step over its members; XLA:CPU then computes
-  each convolution as one grouped convolution, about half as fast as the members' own
-  convolutions one after another. Unrolled, not a loop: a convolution inside a while loop
-  runs slower still.
-  """
-  fn = jax.custom_batching.custom_vmap(fn)
-
-  @fn.def_vmap
-  def _rule(axis_size, in_batched, *args):
-    members = [fn(*(a[i] if b else a for a, b in zip(args, in_batched))) for i in range(axis_size)]
-    return jnp.stack(members), True
-
-  return fn
-
-
-def _forward(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-             padding: Padding) -> jax.Array:
-  return _member_by_member(lambda x, k: xla_conv(x, k, strides, padding))(x, kernel)
-
-
-def _input_grad(x: jax.Array, kernel: jax.Array, dy: jax.Array, strides: Sequence[int],
-                padding: Padding) -> jax.Array:
-  # XLA's input gradient is at matmul speed; where x needs none (the first layer) XLA drops it.
-  def grad(x, k, dy):
-    return jax.vjp(lambda x: xla_conv(x, k, strides, padding), x)[1](dy)[0]
-
-  return _member_by_member(grad)(x, kernel, dy)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def kernel_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                padding: tuple[tuple[int, int], ...]) -> jax.Array:
-  """XLA's convolution whose kernel gradient is lib.cpu.conv_kernel's (CPU only; see `resolve`).
-
-  Args:
-    x: (batch, height, width, in_channels) float32; in_channels a multiple of 4.
-    kernel: (kh, kw, in_channels, out_channels) float32; out_channels a multiple of 16.
-    strides: (sh, sw).
-    padding: ((top, bottom), (left, right)), explicit.
-
-  Returns:
-    (batch, out_height, out_width, out_channels), as `xla_conv`.
-  """
-  return _forward(x, kernel, strides, padding)
-
-
-def _kernel_conv_fwd(x, kernel, strides, padding):
-  return _forward(x, kernel, strides, padding), (x, kernel)
-
-
-def _kernel_conv_bwd(strides, padding, residuals, dy):
-  x, kernel = residuals
-  dx = _input_grad(x, kernel, dy, strides, padding)
-  return dx, conv_kernel.weight_grad(x, dy, kernel.shape[:2], strides, padding)
-
-
-kernel_conv.defvjp(_kernel_conv_fwd, _kernel_conv_bwd)
-
-
-def _pad_same(x: jax.Array, kernel_size: Sequence[int]) -> jax.Array:
-  pads = _explicit('SAME', x.shape, kernel_size, (1, 1))
-  return jnp.pad(x, ((0, 0), *pads, (0, 0)))
-
-
-_POOLS = {'avg': nn.avg_pool, 'max': nn.max_pool}
-
-
-def relu_pool(y: jax.Array, pool: str) -> jax.Array:
-  """The 2x2 pool ('avg' or 'max', stride 2, 'VALID') of lib.cpu.activations.relu(y)."""
-  return _POOLS[pool](relu(y), (2, 2), strides=(2, 2))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, pool: str) -> jax.Array:
-  """`relu_pool(conv 'SAME' stride 1 + bias, pool)` by lib.cpu.conv_kernel's fused block.
-
-  CPU only, where `conv_kernel.block_supports` (the first layer of an image CNN).
-
-  Args:
-    x: (batch, height, width, channels) float32.
-    kernel: (kh, kw, channels, features) float32.
-    bias: (features,) float32.
-    pool: 'avg' or 'max'.
-
-  Returns:
-    (batch, height // 2, width // 2, features).
-  """
-  return conv_kernel.block_forward(_pad_same(x, kernel.shape[:2]), kernel, bias, pool)
-
-
-def _block_fwd(x, kernel, bias, pool):
-  return conv_relu_pool(x, kernel, bias, pool), (x, kernel, bias)
-
-
-def _block_bwd(pool, residuals, dout):
-  x, kernel, bias = residuals
-  # The input's gradient by XLA; for a network's first layer (the images) XLA drops it unused.
-  plain = lambda x: relu_pool(xla_conv(x, kernel, (1, 1), 'SAME') + bias, pool)
-  dx = jax.vjp(plain, x)[1](dout)[0]
-  padded = _pad_same(x, kernel.shape[:2])
-  return (dx, *conv_kernel.block_backward(padded, kernel, bias, pool, dout))
-
-
-conv_relu_pool.defvjp(_block_fwd, _block_bwd)
-
-
-def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-                padding: Padding) -> jax.Array:
-  """`lax.conv_general_dilated` in NHWC/HWIO (no dilation, one group) as slices and a matmul.
-
-  Args:
-    x: (batch, height, width, in_channels).
-    kernel: (kh, kw, in_channels, out_channels).
-    strides: (sh, sw).
-    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
-
-  Returns:
-    (batch, out_height, out_width, out_channels).
-  """
-  kh, kw, cin, cout = kernel.shape
-  sh, sw = strides
-  padding = _explicit(padding, x.shape, (kh, kw), strides)
-  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  n, height, width, _ = x.shape
-  out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
-  if kh == kw == 1 and sh == sw == 1:
-    patches = x
-  else:  # Column (i, j, c) of the patches meets row (i, j, c) of the reshaped kernel.
-    patches = jnp.concatenate([
-        lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin),
-                  (1, sh, sw, 1)) for i in range(kh) for j in range(kw)
-    ], axis=-1)
-  out = patches.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
-  return out.reshape(n, out_h, out_w, cout)
-
-
-# The dimension numbers of nn.Conv's 2-D convolutions: NHWC inputs, HWIO kernels.
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
