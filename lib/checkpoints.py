@@ -5,7 +5,6 @@ resume) and the best step that the training loop recorded (the note's "save
 your best model"). Saves are asynchronous; writes are atomic, so a crash leaves either the
 previous or the new checkpoint, never half of one.
 """
-import copy
 import dataclasses
 import logging
 import os
@@ -90,9 +89,10 @@ class Checkpoints:
     """
     self._check_free_space(step, state)
     # The JSON is written in the background while the loop goes on appending to `meta`: save
-    # a snapshot, or a resumed run could find an epoch in its history that it has yet to train.
-    # The meta carries its checksum: `restore` refuses a meta that reads back otherwise.
-    meta = records.to_json(copy.deepcopy(meta))
+    # a snapshot (to_json copies), or a resumed run could find an epoch in its history that it
+    # has yet to train. The meta carries its checksum: `restore` refuses one that reads back
+    # otherwise.
+    meta = records.to_json(meta)
     meta[records.CHECKSUM_KEY] = records.checksum(meta)
     self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

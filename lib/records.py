@@ -31,7 +31,9 @@ class DamagedRecord(Exception):
 
 
 def to_json(value: Any) -> Any:
-  """`value` with numpy and JAX scalars and arrays as Python numbers and lists."""
+  """A copy of `value` with numpy and JAX scalars and arrays as Python numbers and lists."""
+  if value is None or isinstance(value, (str, bool, int, float)):
+    return value
   if isinstance(value, dict):
     return {str(k): to_json(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
