@@ -89,11 +89,10 @@ class Checkpoints:
     """
     self._check_free_space(step, state)
     # The JSON is written in the background while the loop goes on appending to `meta`: save
-    # a snapshot (to_json copies), or a resumed run could find an epoch in its history that it
+    # a snapshot (stamp copies), or a resumed run could find an epoch in its history that it
     # has yet to train. The meta carries its checksum: `restore` refuses one that reads back
     # otherwise.
-    meta = records.to_json(meta)
-    meta[records.CHECKSUM_KEY] = records.checksum(meta)
+    meta = records.stamp(meta)
     self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(meta)),
@@ -133,12 +132,8 @@ class Checkpoints:
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state),
                                       meta=ocp.args.JsonRestore()))
-    meta = dict(restored.meta)
-    checksum = meta.pop(records.CHECKSUM_KEY, None)
-    if checksum is not None and checksum != records.checksum(meta):
-      raise records.DamagedRecord(os.path.join(self.directory, str(step), 'meta'),
-                                  'its content does not match the checksum written with it')
-    return restored.state, meta
+    return restored.state, records.verify(restored.meta,
+                                          os.path.join(self.directory, str(step), 'meta'))
 
   def _state_metadata(self, step: int) -> Any:
     """The saved state's tree of array metadata (shapes, dtypes), read without the arrays."""

@@ -13,6 +13,7 @@ A record written before records carried checksums (no CHECKSUM_KEY) is read
 as it parses; the next write adds one.
 """
 import hashlib
+import io
 import json
 import os
 from typing import Any
@@ -38,7 +39,7 @@ def to_json(value: Any) -> Any:
     return {str(k): to_json(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [to_json(v) for v in value]
-  if hasattr(value, '__array__') and not isinstance(value, (str, bytes)):
+  if hasattr(value, '__array__'):
     array = np.asarray(value)
     return array.item() if array.ndim == 0 else to_json(array.tolist())
   return value
@@ -51,20 +52,37 @@ def checksum(payload: dict[str, Any]) -> str:
   return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_json(path: str, payload: dict[str, Any]) -> None:
-  """Writes `payload` (a dict) with its checksum beside `path`, then renames it into place."""
+def stamp(payload: dict[str, Any]) -> dict[str, Any]:
+  """A JSON-ready copy of `payload` that carries its checksum under CHECKSUM_KEY."""
   payload = to_json(payload)
   payload.pop(CHECKSUM_KEY, None)
-  record = {**payload, CHECKSUM_KEY: checksum(payload)}
+  return {**payload, CHECKSUM_KEY: checksum(payload)}
+
+
+def verify(record: dict[str, Any], path: str) -> dict[str, Any]:
+  """`record` without its checksum, once the checksum matches (a record without one passes).
+
+  Raises:
+    DamagedRecord: the content differs from what was stamped; `path` names where it was read.
+  """
+  record = dict(record)
+  written = record.pop(CHECKSUM_KEY, None)
+  if written is not None and written != checksum(record):
+    raise DamagedRecord(path, 'its content does not match the checksum written with it')
+  return record
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+  """Writes `payload` (a dict), stamped, beside `path`, then renames it into place."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(record, f, indent=2, sort_keys=True)
+    json.dump(stamp(payload), f, indent=2, sort_keys=True)
     f.write('\n')
   os.replace(tmp, path)
 
 
 def read_json(path: str) -> dict[str, Any]:
-  """The dict that `write_json` wrote to `path`, without its checksum.
+  """The dict that `write_json` wrote to `path`, verified, without its checksum.
 
   Raises:
     FileNotFoundError: no file at `path`.
@@ -78,20 +96,18 @@ def read_json(path: str) -> dict[str, Any]:
     raise DamagedRecord(path, f'not JSON: {e}') from None
   if not isinstance(record, dict):
     raise DamagedRecord(path, f'a JSON {type(record).__name__}, not an object')
-  written = record.pop(CHECKSUM_KEY, None)
-  if written is not None and written != checksum(record):
-    raise DamagedRecord(path, 'its content does not match the checksum written with it')
-  return record
+  return verify(record, path)
 
 
 def save_arrays(directory: str, arrays: dict[str, np.ndarray]) -> None:
   """Saves each array as NAME.npy in `directory` and, last, the manifest that vouches for them."""
   entries = {}
   for name, array in arrays.items():
-    path = os.path.join(directory, f'{name}.npy')
-    np.save(path, array)
-    with open(path, 'rb') as f:
-      data = f.read()
+    buffer = io.BytesIO()  # Serialized once: the bytes written are the bytes hashed.
+    np.save(buffer, array)
+    data = buffer.getvalue()
+    with open(os.path.join(directory, f'{name}.npy'), 'wb') as f:
+      f.write(data)
     entries[name] = {
         'bytes': len(data), CHECKSUM_KEY: hashlib.sha256(data).hexdigest(),
         'shape': list(array.shape), 'dtype': str(array.dtype)
@@ -106,7 +122,6 @@ def load_arrays(directory: str) -> dict[str, np.ndarray]:
     FileNotFoundError: no manifest (nothing saved, or saving never finished).
     DamagedRecord: the manifest or an array differs from what was saved.
   """
-  import io  # pylint: disable=g-import-not-at-top
   entries = read_json(os.path.join(directory, MANIFEST))['arrays']
   arrays = {}
   for name, entry in entries.items():

@@ -180,14 +180,14 @@ def image_info(config: ml_collections.ConfigDict) -> ImageInfo:
   """
   check_normalization(config.normalization)
   info = _cached_info(config)
-  if info is None or not all(_is_cached(config, s) for s in _split_fields(config).values()):
+  cached = all(_is_cached(config, s) for s in _split_fields(config).values())
+  if info is None or not cached:
     from lib.input_pipeline import tfds_builders  # pylint: disable=g-import-not-at-top
     builder = tfds_builders.builder(config)
     tfds_builders.check_image_classification(builder)
     tfds_builders.check(builder, config)
     info = tfds_builders.image_info(builder)
-    if jax.process_index() == 0 and all(
-        _is_cached(config, s) for s in _split_fields(config).values()):
+    if jax.process_index() == 0 and cached:
       _save_info(config, info)  # The splits are cached, their info was lost.
   return ImageInfo(info['num_classes'], info['class_names'], tuple(info['image_shape']))
 

@@ -77,8 +77,8 @@ class TrainFeed:
     if key not in self._perms:
       if len(self._perms) > 4 * self.split.num_shards * len(self._seeds or [seed]):
         self._perms.clear()
-      rng = np.random.default_rng([seed % 2**32, shard, pass_index])
-      order = rng.permutation(self._shard_size) if self._shuffle else np.arange(self._shard_size)
+      order = (np.random.default_rng([seed % 2**32, shard, pass_index]).permutation(
+          self._shard_size) if self._shuffle else np.arange(self._shard_size))
       self._perms[key] = (order + shard * self._shard_size).astype(np.int32)
     return self._perms[key]
 
