@@ -76,9 +76,8 @@ def main(argv):
                                      parallel.replicated(mesh))
     steps = train.TrainSteps(tasks.classification, train.metrics_collection(['accuracy', 'loss']),
                              mesh, (), preprocess, input_pipeline.augmentation(None), per_call)
-    feed = input_pipeline.TrainFeed(split, config.batch_size, seed=0,
-                                    shuffle_buffer=config.shuffle_buffer,
-                                    stack=per_call if stacked else 0)
+    feed = split.train_feed(config.batch_size, seed=0, shuffle_buffer=config.shuffle_buffer,
+                            stack=per_call if stacked else 0)
     times = []
     for _ in range(2):  # The warm-up epoch, then the timed one.
       start, pending = time.perf_counter(), None

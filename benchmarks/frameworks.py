@@ -68,7 +68,7 @@ def jaxnotes_step(x: np.ndarray, y: np.ndarray, conv: str):
   # The engine's step as lib.train.fit runs it, gathering the batch on the device.
   step = train.TrainSteps(tasks.classification, train.metrics_collection(['accuracy', 'loss']),
                           mesh, (), lambda b: b, input_pipeline.augmentation(None), 1)
-  data = input_pipeline.on_devices(input_pipeline.from_arrays({'x': x, 'y': y}))
+  data = input_pipeline.from_arrays({'x': x, 'y': y}).device_data()
   inputs = {
       'idx': jax.device_put(np.arange(len(x), dtype=np.int32)[None], parallel.replicated(mesh)),
       'first': jax.device_put(np.int32(0), parallel.replicated(mesh))

@@ -162,7 +162,7 @@ def main(argv):
   train_steps = train.TrainSteps(workload.task, train.metrics_collection(names),
                                  mesh, workload.rng_streams, lambda b: b,
                                  input_pipeline.augmentation(None), per_call)
-  data = input_pipeline.on_devices(input_pipeline.from_arrays(local))
+  data = input_pipeline.from_arrays(local).device_data()
   idx = np.arange(config.batch_size, dtype=np.int32)
   # A block of one call's rows: every call gathers the same batches (the row index is clamped).
   batches = {
@@ -227,8 +227,8 @@ def main(argv):
     augment = (workload.augment_of_config(config)
                if workload.augment_of_config else workload.augment)
     steps = train.epochs_to_steps(config, real.train.num_examples)[0]
-    feed = input_pipeline.TrainFeed(real.train, config.batch_size, seed=0,
-                                    shuffle_buffer=config.shuffle_buffer, stack=stack)
+    feed = real.train.train_feed(config.batch_size, seed=0, shuffle_buffer=config.shuffle_buffer,
+                                 stack=stack)
     real_steps = train.TrainSteps(workload.task, train.metrics_collection(names), mesh,
                                   workload.rng_streams, real.train.preprocess,
                                   input_pipeline.augmentation(augment), per_call)

@@ -40,13 +40,14 @@ from lib.errors import is_disk_full, UserError
 # JAX logs each platform it looked for and did not find ("Unable to initialize backend 'tpu'").
 py_logging.getLogger('jax._src.xla_bridge').setLevel(py_logging.WARNING)
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config: configs/NAME.py or configs/NAME.py:VARIANT.',
-    lock_config=True)
+# --config=configs/NAME.py[:VARIANT]: the file is executed once, by `_parse_flags`, which
+# then defines this flag over the config it built, for absl to apply --config.FIELD=VALUE.
+_CONFIG: flags.FlagHolder[ml_collections.ConfigDict] | None = None
+_CONFIG_HELP = 'Experiment config: configs/NAME.py or configs/NAME.py:VARIANT.'
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, TensorBoard events, plots and results.json; '
     'a run resumes from it.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Initialize jax.distributed before anything else: from the flags '
     'below, or, where they are unset, from the environment (TPU pods, SLURM).')
@@ -192,15 +193,30 @@ def _load_config(spec: str) -> ml_collections.ConfigDict:
     raise UserError(f'--config={spec}: {e}') from None
 
 
-def _check_command_line(argv: list[str]) -> ml_collections.ConfigDict | None:
-  """Loads the config and checks that every --config.FIELD names a field, before absl applies them."""
-  specs = [
-      a.split('=', 1)[1] if '=' in a else (argv[i + 1] if i + 1 < len(argv) else '')
-      for i, a in enumerate(argv)
-      if a == '--config' or a.startswith('--config=')
-  ]
+def _check_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict | None, list[str]]:
+  """Loads the config, checks that every --config.FIELD names a field, before absl applies them.
+
+  Returns:
+    The config (None with --help and no --config) and `argv` without --config=PATH.
+
+  Raises:
+    UserError: no --config, a config that does not load, or an unknown field.
+  """
+  specs, rest, i = [], [], 0
+  while i < len(argv):
+    if argv[i] == '--config':  # The path in the next argument.
+      specs.append(argv[i + 1] if i + 1 < len(argv) else '')
+      i += 2
+      continue
+    if argv[i].startswith('--config='):
+      specs.append(argv[i].split('=', 1)[1])
+    else:
+      rest.append(argv[i])
+    i += 1
   if not specs:
-    return None  # absl says that --config is required.
+    if {'--help', '--helpfull', '-h'} & set(argv):
+      return None, rest
+    raise UserError(f'--config is required: {_CONFIG_HELP}')
   config = _load_config(specs[-1])
   fields = _config_fields(config)
   for arg in argv:
@@ -210,15 +226,19 @@ def _check_command_line(argv: list[str]) -> ml_collections.ConfigDict | None:
         close = difflib.get_close_matches(name, fields, n=3)
         raise UserError(f'--config.{name}: the config has no field {name!r}' + (
             f'; did you mean {" or ".join(close)}?' if close else f'; its fields are {fields}'))
-  return config
+  return config, rest
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every mistake reported as one `error:` line and exit status 2."""
+  global _CONFIG
   try:
-    config = _check_command_line(argv[1:])
+    config, rest = _check_command_line(argv[1:])
+    if config is not None and _CONFIG is None:
+      _CONFIG = config_flags.DEFINE_config_dict('config', config, _CONFIG_HELP, lock_config=True,
+                                                sys_argv=argv[:1] + rest)
     try:
-      return flags.FLAGS(argv)
+      return flags.FLAGS(argv[:1] + rest)
     except flags.Error as e:
       message = str(e).splitlines()[0].removeprefix('flag ')
       field = re.match(r'--config\.([\w.]+)=', message)

@@ -129,10 +129,12 @@ def snap_to_buckets(sides: tuple[int, ...], max_side: int) -> Callable[[Any], An
   return snap
 
 
-def _native_size_data(config: ml_collections.ConfigDict, channels: int) -> input_pipeline.ImageData:
+def _native_size_data(config: ml_collections.ConfigDict,
+                      info: input_pipeline.ImageInfo) -> input_pipeline.ImageData:
   """The splits with a bucket per (height, width) of config.bucket_sides; 'x' cached as uint8."""
   data = input_pipeline.image_classification(
-      config, streamed_x=snap_to_buckets(tuple(config.bucket_sides), config.max_side))
+      config, streamed_x=snap_to_buckets(tuple(config.bucket_sides), config.max_side), info=info)
+  channels = info.image_shape[-1]
   shapes = [(h, w, channels) for h in config.bucket_sides for w in config.bucket_sides]
   val = input_pipeline.by_shape(data.val, shapes)
   return dataclasses.replace(
@@ -140,13 +142,13 @@ def _native_size_data(config: ml_collections.ConfigDict, channels: int) -> input
       test=val if data.test is data.val else input_pipeline.by_shape(data.test, shapes))
 
 
-def _shape_name(bucket: input_pipeline.Split) -> str:
+def _shape_name(bucket: input_pipeline.Source) -> str:
   return 'x'.join(map(str, bucket.spec['x'].shape[:2]))
 
 
 def _test_accuracies(
     config: ml_collections.ConfigDict, state: train.TrainState,
-    tests: dict[Any, tuple[input_pipeline.Split, input_pipeline.Augment]]
+    tests: dict[Any, tuple[input_pipeline.Source, input_pipeline.Augment]]
 ) -> tuple[dict[Any, float], int]:
   """Accuracy of `state` on each (split, augment) of `tests`, and the eval step's compilations."""
   eval_step = train.jit_eval_step(tasks.classification, ['accuracy', 'loss'], parallel.make_mesh())
@@ -158,10 +160,10 @@ def _test_accuracies(
 
 
 def _compile_size_tests(config: ml_collections.ConfigDict, state: train.TrainState,
-                        test: input_pipeline.Split) -> None:
+                        test: input_pipeline.Source) -> None:
   """lib.aot: the test at every canvas side of config.eval_sizes (`_test_accuracies`' programs)."""
   eval_step = train.jit_eval_step(tasks.classification, ['accuracy', 'loss'], parallel.make_mesh())
-  batches = input_pipeline.num_eval_batches(test, config.eval_batch_size)
+  batches = test.num_eval_batches(config.eval_batch_size)
   for size in config.eval_sizes:
     get, args, batch = input_pipeline.eval_batch_program(test, config.eval_batch_size,
                                                          canvas_at(size, config.max_digit))
@@ -195,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_classes = info.num_classes
   model = models.create(config.model, outputs=num_classes, **config.model_kwargs)
   if config.bucket_sides:
-    return _train_at_native_sizes(config, workdir, model, shape[-1])
+    return _train_at_native_sizes(config, workdir, model, info)
   data = input_pipeline.image_classification(config, info=info)
   aot.after_training(lambda state: _compile_size_tests(config, state, data.test))
   state, summary = train.fit(
@@ -236,9 +238,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_at_native_sizes(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
-                           channels: int) -> dict[str, Any]:
+                           info: input_pipeline.ImageInfo) -> dict[str, Any]:
   """Trains on bucketed native-size images; tests the weights on each bucket shape."""
-  data = _native_size_data(config, channels)
+  data = _native_size_data(config, info)
   state, summary = train.fit(config, workdir, model=model, task=tasks.classification,
                              train=data.train, val=data.val, test=data.test)
   accuracy, eval_compiles = _test_accuracies(config, state,

@@ -87,7 +87,7 @@ def corruption(config: ml_collections.ConfigDict) -> input_pipeline.Augment:
   return augment
 
 
-def _mean_image(split: input_pipeline.Split) -> jax.Array:
+def _mean_image(split: input_pipeline.Source) -> jax.Array:
   """The mean training image."""
   total, count = 0.0, 0
   for batch in input_pipeline.eval_batches(split, 1000):

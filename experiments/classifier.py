@@ -34,7 +34,7 @@ def headline(results: dict[str, Any]) -> str:
   return line
 
 
-def _compile_predictions(predict, state: train.TrainState, test: input_pipeline.Split) -> None:
+def _compile_predictions(predict, state: train.TrainState, test: input_pipeline.Source) -> None:
   """lib.aot: the predictions figure's forward pass on 1,000 test images, for the trained state."""
   if train.members(state):  # The figure shows seed config.seed's model.
     state = train.member(state, 0)

@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The results (the launcher writes them to results.json).
   """
   _check(config)
-  input_pipeline.image_info(config)  # Checked before any work.
+  info = input_pipeline.image_info(config)  # Checked before any work.
   models.create(config.model, **config.model_kwargs)
   plot_dir = os.path.join(workdir, 'plots')
 
@@ -157,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for mode in config.normalizations:
     sub = copy.deepcopy(config)
     sub.normalization = mode
-    data = input_pipeline.image_classification(sub)
+    data = input_pipeline.image_classification(sub, info=info)
     sweep = []
     for lr in config.sweep_learning_rates:
       run = copy.deepcopy(sub)

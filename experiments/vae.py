@@ -135,10 +135,10 @@ def _plots(model, state, data, config, plot_dir: str) -> None:
       ['input', 'decoded'])
 
 
-def _compile_iwae(bound, state: Any, test: input_pipeline.Split, batch_size: int) -> None:
+def _compile_iwae(bound, state: Any, test: input_pipeline.Source, batch_size: int) -> None:
   """lib.aot: the IWAE bound's programs (its batches, the bound) for the trained state."""
   get, args, batch = input_pipeline.eval_batch_program(test, batch_size, binarize)
-  batches = input_pipeline.num_eval_batches(test, batch_size)
+  batches = test.num_eval_batches(batch_size)
   aot.compile(f'IWAE: batch of {batch_size} prepared', get, *args, calls=batches,
               data_bytes=aot.nbytes(args[0]))
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=parallel.replicated(parallel.make_mesh()))

@@ -1,5 +1,4 @@
 """The input pipeline on mock TFDS data: shapes, normalization, padding, resumable order, both sources, errors."""
-import dataclasses
 
 import jax
 import numpy as np
@@ -30,7 +29,9 @@ def _all(split, augment=None):
 def test_splits_live_on_the_devices_as_stored_and_reach_the_model_as_float():
   data = _data()
   assert (data.train.num_examples, data.test.num_examples) == (50, 50)
-  assert data.train.stream is None and data.num_classes == 10 and data.image_shape == (28, 28, 1)
+  assert isinstance(
+      data.train,
+      input_pipeline.ArraySource) and data.num_classes == 10 and data.image_shape == (28, 28, 1)
   assert data.train.arrays['x'].dtype == np.uint8 and data.train.arrays['x'].shape == (50, 28, 28,
                                                                                        1)
   examples = _all(data.test)
@@ -58,9 +59,9 @@ def test_unknown_normalization_is_a_clear_error():
 def _eval_labels(device_data_mb):
   """Checks that evaluation covers every example once, padding masked; returns the labels."""
   data = _data(num_examples=50, device_data_mb=device_data_mb)
-  assert (data.test.stream is None) == (device_data_mb > 0)
+  assert isinstance(data.test, input_pipeline.ArraySource) == (device_data_mb > 0)
   batches = list(input_pipeline.eval_batches(data.test, 16))
-  assert len(batches) == 4 == input_pipeline.num_eval_batches(data.test, 16)
+  assert len(batches) == 4 == data.test.num_eval_batches(16)
   assert all(b['x'].shape == (16, 28, 28, 1) for b in batches)
   masks = np.concatenate([np.asarray(b['mask']) for b in batches])
   assert masks.sum() == 50 and not masks[50:].any()
@@ -77,8 +78,8 @@ def test_eval_covers_every_example_once_with_padding_masked_from_either_source()
 def _feed(n=40, shards=None, seed=0, start_step=0, batch_size=8, shuffle=True):
   split = input_pipeline.from_arrays({'x': np.arange(n, dtype=np.float32), 'y': np.zeros(n)},
                                      num_shards=shards)
-  return input_pipeline.TrainFeed(split, batch_size, seed=seed, shuffle_buffer=0,
-                                  start_step=start_step, shuffle=shuffle)
+  return split.train_feed(batch_size, seed=seed, shuffle_buffer=0, start_step=start_step,
+                          shuffle=shuffle)
 
 
 def test_unshuffled_order_reads_the_split_as_stored_pass_after_pass():
@@ -92,10 +93,42 @@ def test_unshuffled_order_reads_the_split_as_stored_pass_after_pass():
   np.testing.assert_array_equal(unsharded.indices(6), np.arange(8, 16))
 
 
-def test_unshuffled_order_refuses_a_streamed_split():
-  split = dataclasses.replace(_feed().split, stream=object())  # Streams: never read here.
-  with pytest.raises(UserError, match='config.shuffle=False .* streams'):
-    input_pipeline.TrainFeed(split, 8, seed=0, shuffle_buffer=0, shuffle=False)
+def test_a_streamed_split_refuses_what_needs_arrays_on_the_devices():
+  split = input_pipeline.from_stream(_stream(40))
+  with pytest.raises(UserError, match='config.shuffle=False needs .* streams'):
+    split.train_feed(8, seed=0, shuffle_buffer=0, shuffle=False)
+  with pytest.raises(UserError, match='config.num_seeds=3 needs .* streams'):
+    split.train_feed(8, seed=0, shuffle_buffer=0, members=3)
+  with pytest.raises(UserError, match='--compile_for needs .* streams'):
+    split.require_on_devices('--compile_for')
+
+
+def _stream(n):
+  ds = tf.data.Dataset.from_tensor_slices({'x': np.arange(n, dtype=np.float32), 'y': np.zeros(n)})
+  return streaming.from_dataset(ds)
+
+
+def test_each_source_draws_its_order_from_seed_shard_and_pass():
+  # Arrays: each shard permuted whole by numpy, from order_entropy(seed, shard, pass).
+  feed = _feed(n=40, shards=2, seed=5, batch_size=8)
+  for step, pass_index in ((0, 0), (5, 1)):  # 5 batches a pass.
+    expected = [
+        np.random.default_rng(input_pipeline.order_entropy(5, k, pass_index)).permutation(20)[:4] +
+        20 * k for k in range(2)
+    ]
+    np.testing.assert_array_equal(feed.indices(step), np.concatenate(expected))
+  # A stream: tf.data's shuffle, seeded from the same entropy; the same examples each pass, in
+  # another order than the arrays'.
+  batches = streaming.train_batches(_stream(40), 8, seed=5, shuffle_buffer=40)
+  passes = [np.concatenate([next(batches)['x'] for _ in range(5)]) for _ in range(2)]
+  for seen in passes:
+    np.testing.assert_array_equal(np.sort(seen), np.arange(40))
+  assert not np.array_equal(passes[0], passes[1])
+  resumed = streaming.train_batches(_stream(40), 8, seed=5, shuffle_buffer=40, start_step=7)
+  np.testing.assert_array_equal(next(resumed)['x'], passes[1][16:24])
+  for pass_index, seen in enumerate(passes):
+    shuffled = _stream(40).ds.shuffle(40, seed=streaming.pass_seed(5, 0, pass_index))
+    np.testing.assert_array_equal(seen, [ex['x'] for ex in shuffled.as_numpy_iterator()])
 
 
 def test_training_order_is_seeded_reshuffled_each_pass_and_resumable():
@@ -121,7 +154,7 @@ def test_the_step_gathers_its_batch_on_the_devices():
   np.testing.assert_array_equal(np.asarray(calls['x']),
                                 np.stack([feed.indices(s) for s in (2, 3, 4)]).astype(np.float32))
   # One transfer serves the calls of a whole block, rounded to whole calls; then the next.
-  stacked = input_pipeline.TrainFeed(feed.split, 8, seed=0, shuffle_buffer=0, stack=3)
+  stacked = feed.source.train_feed(8, seed=0, shuffle_buffer=0, stack=3)
   block = stacked.next(3, None)
   rows = 3 * (input_pipeline.BLOCK_STEPS // 3)
   assert block['idx'].shape == (rows, 8)
@@ -133,7 +166,7 @@ def test_the_step_gathers_its_batch_on_the_devices():
 
 def test_data_shards_fix_the_global_batch_whatever_the_processes():
   feed = _feed(shards=2)
-  assert feed.split.num_shards == 2
+  assert feed.source.num_shards == 2
   batches = [feed.indices(s) for s in range(6)]
   for b in batches:  # Half of each batch from each shard, in shard order.
     assert np.all(b[:4] < 20) and np.all(b[4:] >= 20)
@@ -247,7 +280,7 @@ def test_bucket_too_small_for_a_batch_is_evaluated_but_not_trained():
   assert [b['x'].shape[1:3] for b in batches] == [(4, 4), (4, 4), (4, 8), (4, 8), (8, 8)]
   seen = np.concatenate([b['y'][b['mask']] for b in batches])
   np.testing.assert_array_equal(np.sort(seen), np.arange(60))  # Each example once.
-  assert input_pipeline.num_eval_batches(wrapped, 16) == 5
+  assert wrapped.num_eval_batches(16) == 5
 
 
 def test_by_shape_refuses_examples_of_another_shape():

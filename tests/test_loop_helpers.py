@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from clu import metrics as clu_metrics
 
+from lib.train import evaluators
 from lib.train import hooks
 
 
@@ -56,30 +57,46 @@ def test_progress_names_the_first_non_finite_loss_with_its_step_and_member():
   assert not progress.epochs and not progress.windows
 
 
-def _config(mode, patience):
-  return ml_collections.ConfigDict({
-      'best_mode': mode, 'early_stopping_patience': patience, 'best_metric': 'val_loss'
-  })
-
-
 @pytest.mark.parametrize(
     'mode,values,best_epoch',
     [
         ('min', [3.0, 2.0, 2.0, 2.5], 2),  # A tie is no improvement: the first best stays.
         ('max', [0.5, 0.7, 0.6, 0.7], 2),
     ])
-def test_best_tracking_keeps_the_first_best_and_stops_after_patience(mode, values, best_epoch):
+def test_checkpoint_policy_keeps_the_first_best_and_stops_after_patience(mode, values, best_epoch):
   meta = {
       'best_value': None, 'best_step': None, 'best_epoch': None, 'epochs_since_best': 0,
       'stopped_early': False
   }
-  improved = [
-      hooks.track_best(meta, _config(mode, 2), v, 10 * e, e) for e, v in enumerate(values, start=1)
+  policy = evaluators.CheckpointPolicy(100, 'val_loss', mode, patience=2)
+  save = [
+      policy.after_evaluation(meta, {'val_loss': v}, 10 * e, e)
+      for e, v in enumerate(values, start=1)
   ]
-  assert improved == [True, True, False, False]
+  assert save == [True, True, False, True]  # New bests, then the early stop.
   assert meta['best_epoch'] == best_epoch and meta['best_step'] == 10 * best_epoch
   assert meta['epochs_since_best'] == 2 and meta['stopped_early']
   unstoppable = dict(meta, stopped_early=False, epochs_since_best=0)
   for e in range(10):
-    hooks.track_best(unstoppable, _config(mode, 0), values[0], e, e)
+    evaluators.CheckpointPolicy(100, 'val_loss', mode).after_evaluation(
+        unstoppable, {'val_loss': values[0]}, e, e)
   assert not unstoppable['stopped_early']
+  unranked = evaluators.CheckpointPolicy(100)
+  assert not unranked.after_evaluation(meta, {'val_loss': 0.0}, 50, 5)
+  assert policy.due(90, 100, 1000) and policy.due(950, 1000, 1000) and not policy.due(0, 99, 1000)
+
+
+def test_the_config_gives_val_every_period_test_at_the_end_and_ema_beside_each():
+  config = ml_collections.ConfigDict({
+      'ema_decay': 0.99, 'eval_every_epochs': 2, 'validation_steps': 3
+  })
+  val, test = object(), object()
+  found = evaluators.evaluators(config, 10, val, test)
+  assert [e.prefix for e in found] == ['val_', 'val_ema_', 'test_', 'test_ema_']
+  assert [e.split for e in found] == [val, val, test, test]
+  assert [e.every_steps for e in found] == [20, 20, 0, 0]
+  assert found[0].max_batches == 3 and found[2].max_batches is None
+  assert found[0].due(19, 20, 100) and not found[0].due(20, 39, 100) and found[0].due(95, 100, 100)
+  assert not found[2].due(95, 100, 100)  # The test split waits for the end of training.
+  config.ema_decay = 0.0
+  assert [e.prefix for e in evaluators.evaluators(config, 10, val, None)] == ['val_']

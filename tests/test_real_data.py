@@ -70,7 +70,8 @@ def test_arrays_cached_beside_tfds_load_without_tensorflow_and_equal_tfds(mnist_
   config = mnist_cnn.get_config()
   config.update(data_dir=mnist_data_dir)
   data = input_pipeline.image_classification(config)  # Read from TFDS, cached (or loaded).
-  assert data.train.stream is None and data.train.arrays['x'].dtype == np.uint8
+  assert isinstance(data.train,
+                    input_pipeline.ArraySource) and data.train.arrays['x'].dtype == np.uint8
   assert data.train.arrays['x'].shape == (60000, 28, 28, 1)
   builder = tfds_builders.builder(config)
   tfds_test = streaming.read_split(builder, 'test', 'test_split')

@@ -12,10 +12,12 @@ on another number of processes with the same shards, or on other devices, sees
 the same global batches.
 
 Larger splits, and images of several sizes, stream through tf.data
-(streaming.py, imported only then) behind the same functions.
+(streaming.py, imported only then). Both are a `Source` (splits.py):
+`ArraySource` (arrays.py) and `StreamSource` (stream_source.py); nothing
+outside this package asks which one it has.
 
 Either way the step itself turns stored examples into model inputs
-(`Split.preprocess`, e.g. uint8 pixels to floats in [0, 1]) and applies the
+(`Source.preprocess`, e.g. uint8 pixels to floats in [0, 1]) and applies the
 experiment's random augmentation, in JAX: one example at a time (vmapped), with
 a key from the step and the example's position in the global batch in
 training, and from the example's index in evaluation, so that evaluation sees
@@ -29,26 +31,25 @@ from lib.input_pipeline.splits import augmentation
 from lib.input_pipeline.splits import batch_of
 from lib.input_pipeline.splits import eval_batch_program
 from lib.input_pipeline.splits import eval_batches
-from lib.input_pipeline.splits import eval_inputs
 from lib.input_pipeline.splits import EVAL_SEED
 from lib.input_pipeline.splits import Example
 from lib.input_pipeline.splits import first_examples
-from lib.input_pipeline.splits import from_arrays
-from lib.input_pipeline.splits import from_stream
 from lib.input_pipeline.splits import model_inputs
 from lib.input_pipeline.splits import model_spec
 from lib.input_pipeline.splits import NORMALIZATIONS
-from lib.input_pipeline.splits import num_eval_batches
-from lib.input_pipeline.splits import on_devices
+from lib.input_pipeline.splits import Feed
+from lib.input_pipeline.splits import order_entropy
 from lib.input_pipeline.splits import Preprocess
-from lib.input_pipeline.splits import Split
+from lib.input_pipeline.splits import Source
 from lib.input_pipeline.splits import uniform16
-from lib.input_pipeline.feed import BLOCK_STEPS
-from lib.input_pipeline.feed import TrainFeed
+from lib.input_pipeline.arrays import ArraySource
+from lib.input_pipeline.arrays import BLOCK_STEPS
+from lib.input_pipeline.arrays import from_arrays
 from lib.input_pipeline.datasets import by_shape
 from lib.input_pipeline.datasets import channel_stats
 from lib.input_pipeline.datasets import check_normalization
 from lib.input_pipeline.datasets import chunks
+from lib.input_pipeline.datasets import from_stream
 from lib.input_pipeline.datasets import image_classification
 from lib.input_pipeline.datasets import image_info
 from lib.input_pipeline.datasets import ImageData
@@ -56,10 +57,9 @@ from lib.input_pipeline.datasets import ImageInfo
 from lib.input_pipeline.datasets import normalizer
 
 __all__ = [
-    'Augment', 'Augmentation', 'augmentation', 'batch_of', 'BLOCK_STEPS', 'by_shape',
+    'ArraySource', 'Augment', 'Augmentation', 'augmentation', 'batch_of', 'BLOCK_STEPS', 'by_shape',
     'channel_stats', 'check_normalization', 'chunks', 'eval_batch_program', 'eval_batches',
-    'eval_inputs', 'EVAL_SEED', 'Example', 'first_examples', 'from_arrays', 'from_stream',
+    'EVAL_SEED', 'Example', 'Feed', 'first_examples', 'from_arrays', 'from_stream',
     'image_classification', 'image_info', 'ImageData', 'ImageInfo', 'model_inputs', 'model_spec',
-    'NORMALIZATIONS', 'normalizer', 'num_eval_batches', 'on_devices', 'Preprocess', 'Split',
-    'TrainFeed', 'uniform16'
+    'NORMALIZATIONS', 'normalizer', 'order_entropy', 'Preprocess', 'Source', 'uniform16'
 ]

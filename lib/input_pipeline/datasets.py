@@ -16,7 +16,8 @@ import numpy as np
 from lib import parallel
 from lib import records
 from lib.errors import UserError
-from lib.input_pipeline.splits import Example, NORMALIZATIONS, Preprocess, Split, from_arrays, from_stream
+from lib.input_pipeline.arrays import from_arrays
+from lib.input_pipeline.splits import Example, NORMALIZATIONS, Preprocess, Source, identity
 
 # Normalization.
 
@@ -79,9 +80,9 @@ class ImageInfo:
 @dataclasses.dataclass(frozen=True)
 class ImageData:
   """Splits of an image classification dataset and what models need to know of it."""
-  train: Split
-  val: Split
-  test: Split
+  train: Source
+  val: Source
+  test: Source
   num_classes: int
   class_names: list[str]
   image_shape: tuple[int | None, ...]
@@ -268,14 +269,19 @@ def _shapes_only(config: ml_collections.ConfigDict, info: ImageInfo,
   return _on_devices(config, info, arrays)
 
 
+def _preprocess(config: ml_collections.ConfigDict, info: ImageInfo,
+                train_images: Callable[[], Iterable[np.ndarray]]) -> Preprocess:
+  """The splits' normalization; 'standardize' takes the statistics of `train_images()`."""
+  if config.normalization != 'standardize':
+    return normalizer(config.normalization)
+  if parallel.is_target():  # Constants in the program: any do.
+    return normalizer('standardize', *[np.ones(info.image_shape[-1], np.float32)] * 2)
+  return normalizer('standardize', *channel_stats(train_images()))
+
+
 def _on_devices(config: ml_collections.ConfigDict, info: ImageInfo,
                 arrays: dict[str, dict[str, np.ndarray]]) -> ImageData:
-  mean = std = None
-  if config.normalization == 'standardize' and parallel.is_target():
-    mean = std = np.ones(info.image_shape[-1], np.float32)  # Constants in the program: any do.
-  elif config.normalization == 'standardize':
-    mean, std = channel_stats(chunks(arrays['train_split']['x']))
-  preprocess = normalizer(config.normalization, mean, std)
+  preprocess = _preprocess(config, info, lambda: chunks(arrays['train_split']['x']))
   train = from_arrays(arrays['train_split'], config.data_shards, preprocess)
   val = from_arrays(arrays['eval_split'], preprocess=preprocess)
   test = (val if config.test_split == config.eval_split else from_arrays(
@@ -287,12 +293,10 @@ def _streamed(config: ml_collections.ConfigDict, info: ImageInfo, builder: Any,
               streamed_x: Callable[[Any], Any] | None) -> ImageData:
   from lib.input_pipeline import streaming  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  mean = std = None
-  if config.normalization == 'standardize':
-    # The whole training split on every process, so all normalize alike.
-    images = builder.as_dataset(split=config.train_split).map(lambda ex: ex['image'])
-    mean, std = channel_stats(images.batch(4096).as_numpy_iterator())
-  preprocess = normalizer(config.normalization, mean, std)
+  # The whole training split on every process, so all normalize alike.
+  preprocess = _preprocess(
+      config, info, lambda: builder.as_dataset(split=config.train_split).map(lambda ex: ex['image'])
+      .batch(4096).as_numpy_iterator())
   keep = streamed_x or (lambda image: image)
 
   def raw(ex):
@@ -307,7 +311,19 @@ def _streamed(config: ml_collections.ConfigDict, info: ImageInfo, builder: Any,
   return ImageData(train, val, test, info.num_classes, info.class_names, info.image_shape)
 
 
-def by_shape(split: Split, shapes: Sequence[tuple[int, ...]]) -> Split:
-  """A streamed split with a bucket per shape of 'x' in `shapes` (streaming.by_shape)."""
-  from lib.input_pipeline import streaming  # pylint: disable=g-import-not-at-top
-  return from_stream(streaming.by_shape(split.stream, shapes), split.preprocess)
+def from_stream(stream: Any, preprocess: Preprocess = identity) -> Source:
+  """A Source of a streaming.StreamSplit (stream_source.StreamSource; imports TensorFlow)."""
+  from lib.input_pipeline import stream_source  # pylint: disable=g-import-not-at-top
+  return stream_source.StreamSource(stream, preprocess)
+
+
+def by_shape(split: Source, shapes: Sequence[tuple[int, ...]]) -> Source:
+  """A streamed split with a bucket per shape of 'x' in `shapes` (streaming.by_shape).
+
+  Raises:
+    ValueError: a split on the devices, whose examples have one shape.
+  """
+  from lib.input_pipeline import stream_source  # pylint: disable=g-import-not-at-top
+  if not isinstance(split, stream_source.StreamSource):
+    raise ValueError('by_shape buckets a streamed split; arrays have one shape')
+  return stream_source.by_shape(split, shapes)

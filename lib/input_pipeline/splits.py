@@ -1,5 +1,6 @@
-"""Splits and what the step makes of them: stored examples to model inputs, augmentation, evaluation batches."""
+"""The Source interface, and what the step makes of a batch: stored examples to model inputs, augmentation, evaluation batches."""
 from collections.abc import Callable, Iterator, Sequence
+import abc
 import dataclasses
 import functools
 import math
@@ -11,6 +12,7 @@ from jax.extend.random import threefry2x32_p
 import numpy as np
 
 from lib import parallel
+from lib.errors import UserError
 
 NORMALIZATIONS = ('none', 'unit', 'standardize')
 Example = dict[str, jax.Array]
@@ -74,72 +76,117 @@ def augmentation(augment: Augment | Augmentation | None) -> Augmentation:
   return Augmentation((augment,), augment)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Split:
+class Source(abc.ABC):
   """One split of examples, as stored, with what turns them into model inputs.
+
+  Two implementations: `ArraySource` (lib/input_pipeline/arrays.py), the whole
+  split on every device, each batch gathered there by index; and
+  `StreamSource` (stream_source.py), a tf.data stream whose batches are sent to
+  the devices call by call. The loop, the evaluators and lib.aot use only what
+  is here, so none of them asks which one it has.
+
+  Both draw the data order of a training shard in a pass from
+  `order_entropy(seed, shard, pass)` and check shards against the batch with
+  `shard_batch`. They differ where a stream cannot gather by index: arrays are
+  permuted whole (numpy), a stream is shuffled through a buffer (tf.data), so
+  one seed gives each source its own order. Each order is a function of (seed,
+  shard, pass) alone: a resumed run, or one on another number of processes
+  with the same shards, sees the same global batches.
 
   Attributes:
     num_examples: examples in the whole split.
     spec: one stored example's entries (shape without the batch axis, dtype).
     preprocess: stored examples to model inputs, on a batch in JAX.
-    arrays: the whole split on the host (every process holds all of it); it is
-      placed on the devices once, on first use. None for a streamed split.
-    stream: the streamed split (streaming.StreamSplit), or None.
-    num_shards: the data shards of a training split on the devices
-      (config.data_shards resolved); a streamed split's shards are its stream's.
+    buckets: a split of several shapes: one Source per shape (`by_shape`); else ().
+    where: where the examples live, for the run's log.
   """
   num_examples: int
   spec: dict[str, jax.ShapeDtypeStruct]
-  preprocess: Preprocess = identity
-  arrays: dict[str, np.ndarray] | None = None
-  stream: Any = None
-  num_shards: int = 1
-  _placed: dict[str, jax.Array] = dataclasses.field(default_factory=dict, repr=False)
+  preprocess: Preprocess
+  buckets: tuple['Source', ...] = ()
+  where: str = ''
 
-  @property
-  def buckets(self) -> tuple['Split', ...]:
-    """A streamed split of several shapes: one Split per shape (`by_shape`); else ()."""
-    if self.stream is None:
-      return ()
-    return tuple(from_stream(b, self.preprocess) for b in self.stream.buckets)
+  @abc.abstractmethod
+  def device_data(self) -> dict[str, jax.Array]:
+    """What the compiled programs gather batches from ({} where batches come whole)."""
+
+  @abc.abstractmethod
+  def train_feed(self, batch_size: int, *, seed: int, shuffle_buffer: int, start_step: int = 0,
+                 stack: int = 0, members: int = 1, shuffle: bool = True) -> 'Feed':
+    """What the train step reads, call after call, from `start_step` on.
+
+    Args:
+      batch_size: the global batch size.
+      seed: the run's seed.
+      shuffle_buffer: a stream's examples in each shard's shuffle buffer.
+      start_step: steps already trained.
+      stack: if positive, each call runs this many steps (config.steps_per_execution).
+      members: models trained together (config.num_seeds); above 1, member k
+        draws the order of seed + k.
+      shuffle: permute each shard anew each pass; False reads every pass in the
+        stored order.
+    """
+
+  @abc.abstractmethod
+  def num_eval_batches(self, batch_size: int, max_batches: int | None = None) -> int:
+    """Batches of `batch_size` (global) that cover every example (at most `max_batches`)."""
+
+  @abc.abstractmethod
+  def eval_inputs(self, batch_size: int, max_batches: int | None,
+                  sharding: jax.sharding.Sharding) -> Iterator[dict[str, Any]]:
+    """The inputs of each padded evaluation batch, for `batch_of`."""
+
+  def require_on_devices(self, needs: str) -> None:
+    """Raises UserError unless the split is kept whole on the devices, as `needs` requires."""
 
 
-def spec_of(arrays: dict[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:
-  return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in arrays.items()}
+class Feed(abc.ABC):
+  """What the train step reads, call after call (`Source.train_feed`).
 
-
-def from_arrays(arrays: dict[str, np.ndarray], num_shards: int | None = None,
-                preprocess: Preprocess = identity) -> Split:
-  """A Split of whole arrays (equal first dimension), kept on the devices.
-
-  Args:
-    arrays: the examples, as stored.
-    num_shards: for a training split, config.data_shards (0: one per process);
-      None for evaluation.
-    preprocess: stored examples to model inputs, in JAX.
-
-  Returns:
-    The Split.
+  Attributes:
+    data: what the programs gather from (the source's `device_data`).
   """
-  # ShapeDtypeStructs stand for arrays that are not read (lib.aot's --compile_for).
-  arrays = {
-      k: v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(v) for k, v in arrays.items()
-  }
-  sizes = {v.shape[0] for v in arrays.values()}
-  if len(sizes) != 1:
-    raise ValueError(f'arrays of different lengths: { {k: v.shape for k, v in arrays.items()} }')
-  shards = 1 if num_shards is None else parallel.local_shards(num_shards)[1]
-  return Split(sizes.pop(), spec_of(arrays), preprocess, arrays=arrays, num_shards=shards)
+  data: dict[str, jax.Array]
+
+  @abc.abstractmethod
+  def next(self, count: int, sharding: jax.sharding.Sharding) -> dict[str, Any]:
+    """The inputs of the next `count` steps, for `batch_of`."""
 
 
-def from_stream(stream: Any, preprocess: Preprocess = identity) -> Split:
-  """A Split that streams through tf.data: a streaming.StreamSplit."""
-  from lib.input_pipeline import streaming  # pylint: disable=g-import-not-at-top
-  spec = {
-      k: jax.ShapeDtypeStruct(s.shape, s.dtype.as_numpy_dtype)
-      for k, s in streaming.element_spec(stream).items()
-  }
-  return Split(stream.num_examples, spec, preprocess, stream=stream)
+def order_entropy(seed: int, shard: int, pass_index: int, bucket: int = 0) -> list[int]:
+  """The seed of one training shard's order in one pass (and bucket), for numpy's SeedSequence.
+
+  Both sources draw their data order from it, so that the order is a function
+  of (seed, shard, pass) alone.
+  """
+  return [seed % 2**32, shard, pass_index] + ([bucket] if bucket else [])
+
+
+def shard_batch(batch_size: int, shards: int, smallest_shard: int) -> int:
+  """Each shard's share of a batch, checked: the shards split the batch evenly and fill it.
+
+  Raises:
+    UserError: they do not.
+  """
+  if batch_size % shards:
+    raise UserError(f'the training split has {shards} data shards here, which cannot split a '
+                    f'batch of {batch_size} evenly; make config.batch_size a multiple of '
+                    'config.data_shards')
+  if smallest_shard < batch_size // shards:
+    raise UserError(f'a shard of the training split has {smallest_shard} examples, fewer than '
+                    f'its share {batch_size // shards} of a batch; lower config.batch_size (or '
+                    'config.data_shards)')
+  return batch_size // shards
+
+
+def batches_to_cover(examples: int, batch_size: int, max_batches: int | None) -> int:
+  """Batches of `batch_size` that cover `examples`, at most `max_batches` (Keras' validation_steps)."""
+  needed = -(-examples // batch_size)
+  return needed if max_batches is None else min(needed, max_batches)
+
+
+def spec_of(arrays: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+  return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in arrays.items()}
 
 
 def replicated(x: np.ndarray | jax.ShapeDtypeStruct) -> jax.Array | jax.ShapeDtypeStruct:
@@ -152,15 +199,6 @@ def replicated(x: np.ndarray | jax.ShapeDtypeStruct) -> jax.Array | jax.ShapeDty
   if parallel.is_target() or isinstance(x, jax.ShapeDtypeStruct):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
-
-
-def on_devices(split: Split) -> dict[str, jax.Array]:
-  """The split's arrays on every device (replicated), placed on first use."""
-  if split.arrays is None:
-    raise ValueError('a streamed split is not on the devices')
-  if not split._placed:  # pylint: disable=protected-access
-    split._placed.update({k: replicated(v) for k, v in split.arrays.items()})  # pylint: disable=protected-access
-  return split._placed  # pylint: disable=protected-access
 
 
 def batch_of(data: dict[str, jax.Array], inputs: dict[str, Any], sharding: jax.sharding.Sharding |
@@ -218,7 +256,7 @@ def model_inputs(batch: Example, preprocess: Preprocess, augment: Augment | None
   return examples
 
 
-def model_spec(split: Split, augment: Augment | None) -> dict[str, jax.ShapeDtypeStruct]:
+def model_spec(split: Source, augment: Augment | None) -> dict[str, jax.ShapeDtypeStruct]:
   """One example's entries as the model sees them: after preprocessing and `augment`."""
   batch = {
       k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype)
@@ -233,44 +271,7 @@ def model_spec(split: Split, augment: Augment | None) -> dict[str, jax.ShapeDtyp
 # Evaluation.
 
 
-def num_eval_batches(split: Split, batch_size: int, max_batches: int | None = None) -> int:
-  """Batches of `batch_size` (global) that cover every example (at most `max_batches`)."""
-  if split.stream is not None:
-    from lib.input_pipeline import streaming  # pylint: disable=g-import-not-at-top
-    return streaming.num_eval_batches(split.stream,
-                                      parallel.local_batch_size(batch_size, 'eval_batch_size'),
-                                      max_batches)
-  needed = -(-split.num_examples // batch_size)
-  return needed if max_batches is None else min(needed, max_batches)
-
-
-def eval_inputs(split: Split, batch_size: int, max_batches: int | None = None,
-                sharding: jax.sharding.Sharding | None = None) -> Iterator[dict[str, Any]]:
-  """The inputs of each padded evaluation batch: indices and a mask, or streamed batches.
-
-  Args:
-    split: the split.
-    batch_size: the global batch size.
-    max_batches: stop after this many batches (Keras' validation_steps).
-    sharding: where streamed batches go (batch-sharded over the mesh).
-  """
-  n = num_eval_batches(split, batch_size, max_batches)
-  if split.stream is not None:
-    from lib.input_pipeline import streaming  # pylint: disable=g-import-not-at-top
-    sharding = sharding or parallel.batch_sharding(parallel.make_mesh())
-    ds = streaming.eval_dataset(split.stream,
-                                parallel.local_batch_size(batch_size, 'eval_batch_size'),
-                                max_batches)
-    for batch in ds.as_numpy_iterator():
-      yield {'batch': parallel.shard(batch, sharding)}
-    return
-  for b in range(n):
-    idx = np.arange(b * batch_size, (b + 1) * batch_size)
-    mask = idx < split.num_examples
-    yield {'idx': replicated(np.where(mask, idx, 0).astype(np.int32)), 'mask': replicated(mask)}
-
-
-def eval_batches(split: Split, batch_size: int, max_batches: int | None = None,
+def eval_batches(split: Source, batch_size: int, max_batches: int | None = None,
                  augment: Augment | None = None) -> Iterator[Example]:
   """Every example once as model inputs (preprocessed, augmented as evaluation is), padded and masked.
 
@@ -278,13 +279,13 @@ def eval_batches(split: Split, batch_size: int, max_batches: int | None = None,
   is False on padding.
   """
   sharding = parallel.batch_sharding(parallel.make_mesh(), batch_size)
-  data = on_devices(split) if split.stream is None else {}
+  data = split.device_data()
   get = eval_getter(split.preprocess, augment, sharding)
-  for inputs in eval_inputs(split, batch_size, max_batches, sharding):
+  for inputs in split.eval_inputs(batch_size, max_batches, sharding):
     yield get(data, inputs)
 
 
-def eval_batch_program(split: Split, batch_size: int, augment: Augment | None = None
+def eval_batch_program(split: Source, batch_size: int, augment: Augment | None = None
                       ) -> tuple[Callable[..., Example], tuple[Any, Any], Example]:
   """For lib.aot: `eval_batches`' compiled program, its arguments and its output's shapes.
 
@@ -294,7 +295,7 @@ def eval_batch_program(split: Split, batch_size: int, augment: Augment | None = 
   """
   sharding = parallel.batch_sharding(parallel.make_mesh(), batch_size)
   get = eval_getter(split.preprocess, augment, sharding)
-  args = (on_devices(split), next(eval_inputs(split, batch_size, 1, sharding)))
+  args = (split.device_data(), next(split.eval_inputs(batch_size, 1, sharding)))
   batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                        jax.eval_shape(get, *args))
   return get, args, batch
@@ -308,7 +309,7 @@ def eval_getter(preprocess: Preprocess, augment: Augment | None,
                                                    augment, None))
 
 
-def first_examples(split: Split, n: int, augment: Augment | None = None) -> dict[str, np.ndarray]:
+def first_examples(split: Source, n: int, augment: Augment | None = None) -> dict[str, np.ndarray]:
   """The first `n` examples as evaluation sees them, on the host (e.g. for plots)."""
   batch = next(eval_batches(split, n * jax.device_count(), 1, augment))
   batch = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), batch)

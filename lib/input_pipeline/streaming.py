@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import contextlib
 import dataclasses
 import functools
-import math
+import itertools
 
 import jax
 import numpy as np
@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from lib import parallel
 from lib.input_pipeline import tfds_builders
 from lib.errors import UserError
+from lib.input_pipeline.splits import batches_to_cover, order_entropy, shard_batch
 
 # TF only reads data here: keep it off the accelerators that JAX uses.
 tf.config.set_visible_devices([], 'GPU')
@@ -157,10 +158,20 @@ def by_shape(split: StreamSplit, shapes: Sequence[tuple[int, ...]]) -> StreamSpl
           dataclasses.replace(s, buckets=buckets(s, row, False)) for s, row in zip(shards, local)))
 
 
-def _pass_seed(seed: int, pass_index: tf.Tensor, shard: int, bucket: int = 0) -> tf.Tensor:
-  # One seed per (config seed, shard, bucket, pass). Never 0: TF ops take 0 as "unseeded".
-  base = int(np.random.SeedSequence([seed % 2**32, shard, bucket]).generate_state(1)[0])
-  return pass_index * 2**32 + base + 1
+def pass_seed(seed: int, shard: int, pass_index: int, bucket: int = 0) -> int:
+  """tf.data's shuffle seed of one shard (and bucket) in one pass, drawn from `order_entropy`.
+
+  Never 0: TF ops take 0 as "unseeded".
+  """
+  entropy = order_entropy(seed, shard, pass_index, bucket)
+  return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 2) + 1
+
+
+def _pass_seeds(seed: int, shard: int, bucket: int, first_pass: int) -> tf.data.Dataset:
+  """The shuffle seed of each pass from `first_pass` on."""
+  return tf.data.Dataset.from_generator(
+      lambda: (pass_seed(seed, shard, p, bucket) for p in itertools.count(first_pass)),
+      output_signature=tf.TensorSpec([], tf.int64))
 
 
 def element_spec(split: StreamSplit) -> dict[str, tf.TensorSpec]:
@@ -173,11 +184,10 @@ def _batch_stream(split: StreamSplit, batch_size: int, seed: int, shuffle_buffer
   """Endless full batches of `split`, pass after pass, from batch number `start_batch`."""
   first_pass, skip = divmod(start_batch, split.local_examples // batch_size)
 
-  def one_pass(pass_index):
-    pass_seed = _pass_seed(seed, pass_index, split.index, bucket)
+  def one_pass(pass_seed):
     return split.ds.shuffle(shuffle_buffer, seed=pass_seed).batch(batch_size, drop_remainder=True)
 
-  return tf.data.Dataset.range(first_pass, 2**31).flat_map(one_pass).skip(skip)
+  return _pass_seeds(seed, split.index, bucket, first_pass).flat_map(one_pass).skip(skip)
 
 
 _BLOCK = 4096  # Steps whose buckets are drawn at once.
@@ -192,14 +202,14 @@ def _bucket_of_step(seed: int, weights: np.ndarray, start_step: int) -> Iterator
     block, offset = block + 1, 0
 
 
-def _usable_buckets(split: StreamSplit, shard_batch: int) -> list[int]:
+def _usable_buckets(split: StreamSplit, per_shard: int) -> list[int]:
   """The buckets that fill a batch in every shard of every process; the others are only evaluated."""
   shards = split.shards or (split,)
   local = np.array([[b.local_examples for b in s.buckets] for s in shards])
   least = parallel.gather_arrays(local).min((0, 1))
-  usable = [int(k) for k in np.flatnonzero(least >= shard_batch)]
+  usable = [int(k) for k in np.flatnonzero(least >= per_shard)]
   if not usable:
-    raise UserError(f'no image size has {shard_batch} training examples in every data shard; '
+    raise UserError(f'no image size has {per_shard} training examples in every data shard; '
                     'lower config.batch_size or use fewer, wider buckets')
   return usable
 
@@ -244,27 +254,19 @@ def train_batches(split: StreamSplit, batch_size: int, *, seed: int, shuffle_buf
     An iterator of dicts of numpy arrays.
   """
   shards = split.shards or (split,)
-  if batch_size % len(shards):
-    raise UserError(f'this process reads {len(shards)} data shards, which cannot split its '
-                    f'batch of {batch_size} evenly; make config.batch_size a multiple of '
-                    'config.data_shards')
-  shard_batch = batch_size // len(shards)
-  smallest = min(s.local_examples for s in shards)
-  if smallest < shard_batch:
-    raise UserError(f'a shard of the training split has {smallest} examples, fewer than its share '
-                    f'{shard_batch} of a batch; lower config.batch_size (or config.data_shards)')
+  per_shard = shard_batch(batch_size, len(shards), min(s.local_examples for s in shards))
   if split.buckets:
-    usable = _usable_buckets(split, shard_batch)
+    usable = _usable_buckets(split, per_shard)
     weights = np.array([split.buckets[k].num_examples for k in usable], np.float64)
     weights /= weights.sum()
     picks = np.fromiter(_bucket_of_step(seed, weights, 0), np.int64, count=start_step)
     done = np.bincount(picks, minlength=len(usable))
     streams = [
-        _bucketed_batches(s, shard_batch, seed, shuffle_buffer, start_step, usable, weights, done)
+        _bucketed_batches(s, per_shard, seed, shuffle_buffer, start_step, usable, weights, done)
         for s in shards
     ]
   else:
-    streams = [_batch_stream(s, shard_batch, seed, shuffle_buffer, start_step) for s in shards]
+    streams = [_batch_stream(s, per_shard, seed, shuffle_buffer, start_step) for s in shards]
   ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
       lambda *batches: tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *batches))
   if stack:
@@ -276,9 +278,8 @@ def num_eval_batches(split: StreamSplit, batch_size: int, max_batches: int | Non
   """Batches that cover every example of the split (at most `max_batches`)."""
   if split.buckets:
     needed = sum(num_eval_batches(b, batch_size) for b in split.buckets)
-  else:
-    needed = math.ceil(split.max_local_examples / batch_size)
-  return needed if max_batches is None else min(needed, max_batches)
+    return needed if max_batches is None else min(needed, max_batches)
+  return batches_to_cover(split.max_local_examples, batch_size, max_batches)
 
 
 def eval_dataset(split: StreamSplit, batch_size: int,

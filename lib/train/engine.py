@@ -18,7 +18,7 @@ from lib import parallel
 from lib.errors import UserError
 from lib.train import population
 from lib.train.state import COMPUTE_DTYPES, TrainState, create_optimizer, create_train_state, epochs_to_steps, learning_rate_schedule, steps_per_call
-from lib.train.steps import Task, TrainSteps, evaluate, jit_eval_step, metrics_collection, model_rngs, with_ema
+from lib.train.steps import Task, TrainSteps, evaluate, jit_eval_step, metrics_collection, model_rngs
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ class Engine:
 
 
 def set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
-           train: input_pipeline.Split, rng_streams: Sequence[str],
+           train: input_pipeline.Source, rng_streams: Sequence[str],
            augmentation: input_pipeline.Augmentation, schedule: optax.Schedule | None) -> Engine:
   """Steps, schedule, the state at step 0 and the compiled train and eval steps."""
   if (len(augmentation.train) > 1 or train.buckets) and config.steps_per_execution != 1:
@@ -65,8 +65,7 @@ def set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
       'model: %s params%s; %d steps per epoch, %d steps, %d per call; %d devices, %d '
       'processes; training data %s\n%s', f'{models.count_params(one.params):,}',
       f' x {seeds} seeds' if seeds else '', steps_per_epoch, total_steps, per_call,
-      parallel.device_count(), parallel.process_count(),
-      'on the devices' if train.stream is None else 'streamed through tf.data',
+      parallel.device_count(), parallel.process_count(), train.where,
       parameter_overview.get_parameter_overview(one.params, include_stats=False))
   # The task's value names, found by tracing once without computing.
   batch = {k: jax.ShapeDtypeStruct((1, *s.shape), s.dtype) for k, s in example.items()}
@@ -86,8 +85,6 @@ def set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
   eval_step = jit_eval_step(task, names, mesh, rng_streams, dtype, seeds)
   run_eval = functools.partial(evaluate, eval_step, batch_size=config.eval_batch_size,
                                augment=augmentation.eval)
-  if config.ema_decay:  # The average's metrics beside the params': val_ema_*, test_ema_*.
-    run_eval = functools.partial(with_ema, run_eval)
   train_sharding = (parallel.stacked_batch_sharding(mesh)
                     if per_call > 1 else parallel.batch_sharding(mesh))
   return Engine(steps_per_epoch, total_steps, per_call, schedule, state, train_steps, run_eval,
@@ -95,24 +92,23 @@ def set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
 
 
 def compile_for_target(config: ml_collections.ConfigDict, engine: Engine,
-                       train: input_pipeline.Split, val: input_pipeline.Split,
-                       test: input_pipeline.Split | None) -> None:
+                       train: input_pipeline.Source, val: input_pipeline.Source,
+                       test: input_pipeline.Source | None) -> None:
   """lib.aot: compiles every program `fit` would run, on abstract inputs; raises aot.Compiled.
 
   Each split on the devices is held whole by every device while any program
   runs, so each program's need is its peak plus the splits it does not take.
   """
   splits = {id(s): s for s in (train, val, test) if s is not None}
-  if any(s.stream is not None for s in splits.values()):
-    raise UserError('--compile_for builds runs whose splits live on the devices; this one '
-                    'streams a split through tf.data, which it does not compile yet')
-  held = {k: aot.nbytes(input_pipeline.on_devices(s)) for k, s in splits.items()}
+  for split in splits.values():
+    split.require_on_devices('--compile_for')
+  held = {k: aot.nbytes(s.device_data()) for k, s in splits.items()}
   others = lambda split: sum(held.values()) - held[id(split)]
 
   # Training: each augmentation's call, and one step alone for the per-step figures.
-  feed = input_pipeline.TrainFeed(train, config.batch_size, seed=config.seed, shuffle_buffer=0,
-                                  stack=engine.per_call if engine.per_call > 1 else 0,
-                                  members=config.get('num_seeds', 1))
+  feed = train.train_feed(config.batch_size, seed=config.seed, shuffle_buffer=0,
+                          stack=engine.per_call if engine.per_call > 1 else 0, members=config.get(
+                              'num_seeds', 1))
   inputs = feed.next(engine.per_call, engine.train_sharding)
   augmentations = len(engine.augmentation.train)
   for which in range(augmentations):
@@ -143,8 +139,8 @@ def compile_for_target(config: ml_collections.ConfigDict, engine: Engine,
     split = splits[key]
     name = 'val' if split is val else 'test'
     name = 'val and test' if split is val and test is val else name
-    batches = input_pipeline.num_eval_batches(split, config.eval_batch_size,
-                                              config.validation_steps if split is val else None)
+    batches = split.num_eval_batches(config.eval_batch_size,
+                                     config.validation_steps if split is val else None)
     get, args, batch = input_pipeline.eval_batch_program(split, config.eval_batch_size,
                                                          engine.augmentation.eval)
     calls = count * batches

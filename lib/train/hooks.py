@@ -1,4 +1,4 @@
-"""What the loop calls between steps: when it is time, epoch and window means, the best epoch, signals, the profiler."""
+"""What the loop calls between steps: when it is time, epoch and window means, signals, the profiler."""
 import signal
 import threading
 from typing import Any
@@ -48,27 +48,6 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   visit('', config.to_dict())
   return flat
-
-
-def track_best(meta: dict[str, Any], config: ml_collections.ConfigDict, value: float, step: int,
-               epoch: int) -> bool:
-  """Updates the best value and patience count in `meta`; returns whether `value` is a new best.
-
-  Equal values do not count as improvements: the first best epoch is kept, as in Keras.
-  """
-  best = meta['best_value']
-  improved = best is None or (value > best if config.best_mode == 'max' else value < best)
-  if improved:
-    meta.update(best_value=value, best_step=step, best_epoch=epoch, epochs_since_best=0)
-  else:
-    meta['epochs_since_best'] += 1
-  if config.early_stopping_patience and meta['epochs_since_best'] >= config.early_stopping_patience:
-    meta['stopped_early'] = True
-    logging.info(
-        'early stopping at epoch %d: %s has not improved for %d epochs '
-        '(best %.5g at epoch %d)', epoch, config.best_metric, meta['epochs_since_best'],
-        meta['best_value'], meta['best_epoch'])
-  return improved
 
 
 class Progress:

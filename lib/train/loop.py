@@ -29,9 +29,10 @@ from lib import models
 from lib import summary
 from lib.errors import Interrupted, NonFiniteLossError
 from lib.train.engine import Engine, compile_for_target, set_up
-from lib.train.hooks import Profiler, Progress, StopSignals, due, flat_hparams, track_best
+from lib.train.evaluators import CheckpointPolicy, Evaluator, checkpoint_policy, evaluators
+from lib.train.hooks import Profiler, Progress, StopSignals, flat_hparams
 from lib.train import population
-from lib.train.state import TrainState, check_config, current_step
+from lib.train.state import TrainState, current_step
 from lib.train.steps import Task
 
 
@@ -44,6 +45,8 @@ class _Loop:
   Args:
     config: the run's config.
     engine: from `set_up`.
+    evaluations: what the loop evaluates when each is due (`evaluators`).
+    policy: when it saves, what is best, when it stops early.
     ckpt: the run's checkpoints.
     writer: its TensorBoard events.
     meta: the bookkeeping, fresh or restored.
@@ -51,25 +54,23 @@ class _Loop:
     end_on_nonfinite: a non-finite loss ends the run instead of failing it (the LR range test).
   """
   def __init__(self, config: ml_collections.ConfigDict, engine: Engine,
+               evaluations: Sequence[Evaluator], policy: CheckpointPolicy,
                ckpt: checkpoints.Checkpoints, writer: summary.EventWriter, meta: dict[str, Any],
                saved_step: int | None, end_on_nonfinite: bool):
     self.config, self.engine, self.ckpt, self.writer = config, engine, ckpt, writer
+    self.evaluations, self.policy = evaluations, policy
     self.meta, self.saved_step, self.end_on_nonfinite = meta, saved_step, end_on_nonfinite
     self.progress = Progress(engine.steps_per_epoch, engine.total_steps, config.log_every_steps)
     self.last_line = 0.0  # When the terminal got its last epoch line.
     self.started, self.start_step = time.time(), 0  # For the steps/s of those lines.
 
-  def run(self, state: TrainState, train: input_pipeline.Split,
-          val: input_pipeline.Split) -> TrainState:
+  def run(self, state: TrainState, train: input_pipeline.Source) -> TrainState:
     """Trains from state.step to the end (or an early stop); returns the last state."""
     config, engine = self.config, self.engine
-    every_eval = config.eval_every_epochs * engine.steps_per_epoch
-    every_save = config.checkpoint_every_epochs * engine.steps_per_epoch
     step = current_step(state)
-    feed = input_pipeline.TrainFeed(
-        train, config.batch_size, seed=config.seed, shuffle_buffer=config.get('shuffle_buffer', 0),
-        start_step=step, stack=engine.per_call if engine.per_call > 1 else 0, members=config.get(
-            'num_seeds', 1), shuffle=config.get('shuffle', True))
+    feed = train.train_feed(config.batch_size, seed=config.seed, shuffle_buffer=config.get(
+        'shuffle_buffer', 0), start_step=step, stack=engine.per_call if engine.per_call > 1 else 0,
+                            members=config.get('num_seeds', 1), shuffle=config.get('shuffle', True))
     self.started, self.start_step = time.time(), step
     profiler = Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
     # The previous call's metrics: read one call late, so that the host never waits on
@@ -87,8 +88,8 @@ class _Loop:
         if pending and not self.record_call(*pending):
           break
         pending = (first, count, metrics)
-        evaluate_now = due(first, step, every_eval, engine.total_steps)
-        save_now = due(first, step, every_save, engine.total_steps)
+        evaluate_now = [e for e in self.evaluations if e.due(first, step, engine.total_steps)]
+        save_now = self.policy.due(first, step, engine.total_steps)
         if not (evaluate_now or save_now or signals.received):
           continue
         # Log: this call's metrics, now that the evaluation or checkpoint needs them.
@@ -97,7 +98,7 @@ class _Loop:
         pending = None
         # Evaluate.
         if evaluate_now:
-          save_now = self.evaluate(state, step, val) or save_now
+          save_now = self.evaluate(state, step, evaluate_now) or save_now
         # Checkpoint.
         if save_now or signals.received:
           self.save(state, step)
@@ -142,25 +143,24 @@ class _Loop:
     self.progress.epochs.clear()
     return True
 
-  def evaluate(self, state: TrainState, step: int, val: input_pipeline.Split) -> bool:
-    """Evaluates `val` into the epoch's record; returns whether it is a new best (to save)."""
+  def evaluate(self, state: TrainState, step: int, due_now: Sequence[Evaluator]) -> bool:
+    """Runs the evaluations due into the epoch's record; returns whether to save (a new best)."""
     config = self.config
-    per_model = self.engine.evaluate(state, val, prefix='val_', max_batches=config.validation_steps)
+    per_model = {k: v for e in due_now for k, v in e(self.engine.evaluate, state).items()}
     val_metrics = population.mean(per_model)  # A population is logged and ranked by its mean.
     if config.get('num_seeds', 1) > 1:
       self.meta['val_per_seed'] = {k: v.tolist() for k, v in per_model.items()}
     self.writer.write_scalars(step, val_metrics)
     record = self.meta['history'][-1]
     record.update(val_metrics)
-    improved = bool(config.best_metric) and track_best(
-        self.meta, config, val_metrics[config.best_metric], step, record['epoch'])
+    improved = self.policy.after_evaluation(self.meta, val_metrics, step, record['epoch'])
     if time.time() - self.last_line >= config.log_every_seconds or step == self.engine.total_steps:
       self.last_line = time.time()
       rate = (step - self.start_step) / (self.last_line - self.started)
       logging.info(
           'epoch %d (step %d, %.0f steps/s): %s', record['epoch'], step, rate,
           ', '.join(f'{k}={v:.5g}' for k, v in record.items() if k not in ('epoch', 'step')))
-    return improved or self.meta['stopped_early']
+    return improved
 
   def save(self, state: TrainState, step: int) -> None:
     if self.saved_step != step:
@@ -168,29 +168,28 @@ class _Loop:
       self.saved_step = step
 
 
-def _finish(config: ml_collections.ConfigDict, engine: Engine, ckpt: checkpoints.Checkpoints,
-            meta: dict[str, Any], state: TrainState, val: input_pipeline.Split,
-            test: input_pipeline.Split | None) -> tuple[TrainState, dict[str, float]]:
-  """The best weights if config.restore_best asks, and the final val_* and test_* metrics.
+def _finish(engine: Engine, evaluations: Sequence[Evaluator], policy: CheckpointPolicy,
+            ckpt: checkpoints.Checkpoints, meta: dict[str, Any],
+            state: TrainState) -> tuple[TrainState, dict[str, float]]:
+  """The best weights if the policy asks, and the final val_* and test_* metrics.
 
   A population's metrics are arrays of its members' values.
   """
   final_step = current_step(state)
-  restore = config.restore_best and meta['best_step'] not in (None, final_step)
+  restore = policy.restore_best and meta['best_step'] not in (None, final_step)
   if restore:
     state, _ = ckpt.restore(meta['best_step'], state)
     logging.info('restored the best weights: epoch %d, %s=%.5g', meta['best_epoch'],
-                 config.best_metric, meta['best_value'])
+                 policy.best_metric, meta['best_value'])
   final = {}
   evaluated = [h for h in meta['history'] if any(k.startswith('val_') for k in h)]
   if 'val_per_seed' in meta:  # A population's last evaluation, model by model.
     final.update({k: np.asarray(v) for k, v in meta['val_per_seed'].items()})
   elif evaluated:
     final.update({k: v for k, v in evaluated[-1].items() if k.startswith('val_')})
-  if restore:
-    final.update(engine.evaluate(state, val, prefix='val_', max_batches=config.validation_steps))
-  if test is not None:
-    final.update(engine.evaluate(state, test, prefix='test_'))
+  for evaluation in evaluations:  # The periodic ones again on restored weights; the final ones.
+    if restore or not evaluation.every_steps:
+      final.update(evaluation(engine.evaluate, state))
   return state, final
 
 
@@ -200,9 +199,9 @@ def fit(
     *,
     model: nn.Module,
     task: Task,
-    train: input_pipeline.Split,
-    val: input_pipeline.Split,
-    test: input_pipeline.Split | None = None,
+    train: input_pipeline.Source,
+    val: input_pipeline.Source,
+    test: input_pipeline.Source | None = None,
     rng_streams: Sequence[str] = (),
     augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
     schedule: optax.Schedule | None = None,
@@ -214,7 +213,8 @@ def fit(
   schedule.
 
   Args:
-    config: the run's config (the engine fields of configs/common.py).
+    config: the run's config (the engine fields of configs/common.py), as `check_config`
+      passed it: the launcher checks it before any work.
     workdir: where TensorBoard events and checkpoints go; a run resumes from it.
     model: the Flax module; called as model.apply(variables, x, train=..., rngs=...).
     task: per-example loss and metrics, e.g. lib.tasks.classification.
@@ -241,7 +241,6 @@ def fit(
     return lr_finder.lr_range_test(config, workdir, model=model, task=task, train=train, val=val,
                                    test=test, rng_streams=rng_streams, augment=augment)
   # Set up: steps, the state at step 0, the compiled steps.
-  check_config(config)
   engine = set_up(config, model, task, train, rng_streams, input_pipeline.augmentation(augment),
                   schedule)
   if aot.active():  # --compile_for: the run's programs compiled for the target; none runs.
@@ -264,11 +263,14 @@ def fit(
 
   try:
     # The loop: step, log, evaluate, checkpoint, stop.
-    loop = _Loop(config, engine, ckpt, writer, meta, saved_step, end_on_nonfinite)
-    state = loop.run(state, train, val)
+    evaluations = evaluators(config, engine.steps_per_epoch, val, test)
+    policy = checkpoint_policy(config, engine.steps_per_epoch)
+    loop = _Loop(config, engine, evaluations, policy, ckpt, writer, meta, saved_step,
+                 end_on_nonfinite)
+    state = loop.run(state, train)
     final_step = current_step(state)
     # Finish: the best weights if asked, the final metrics.
-    state, per_model = _finish(config, engine, ckpt, meta, state, val, test)
+    state, per_model = _finish(engine, evaluations, policy, ckpt, meta, state)
     final = population.mean(per_model)
     writer.write_scalars(final_step, {k: v for k, v in final.items() if k.startswith('test_')})
   finally:

@@ -59,9 +59,9 @@ def lr_range_test(
     *,
     model: nn.Module,
     task: Task,
-    train: input_pipeline.Split,
-    val: input_pipeline.Split,
-    test: input_pipeline.Split | None = None,
+    train: input_pipeline.Source,
+    val: input_pipeline.Source,
+    test: input_pipeline.Source | None = None,
     rng_streams: Sequence[str] = (),
     augment: input_pipeline.Augment | input_pipeline.Augmentation | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 Every leaf of a population's state has a leading member axis; the train and eval
 steps are vmapped over it (steps.py), each member drawing its own data order
-(lib.input_pipeline.TrainFeed). The loop logs, ranks checkpoints and stops early
+(Source.train_feed). The loop logs, ranks checkpoints and stops early
 on the members' mean; results.json reports each member and the spread.
 """
 from collections.abc import Callable

@@ -91,7 +91,7 @@ class TrainSteps:
 
   `train_steps(state, data, inputs, which, steps)` runs `steps` steps: each
   gathers its batch from `data` (the split on the devices; {} for a streamed
-  split) as `inputs` say (input_pipeline.TrainFeed), preprocesses it, augments
+  split) as `inputs` say (Source.train_feed), preprocesses it, augments
   it with augmentation.train[which] and takes the gradient step. With
   steps_per_execution > 1 the steps run in a `lax.scan` over the call's batches,
   stacked (gathered at once from the devices' split, or streamed), returning
@@ -166,7 +166,7 @@ def jit_eval_step(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
   return jax.jit(step, out_shardings=parallel.replicated(mesh))
 
 
-def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipeline.Split,
+def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipeline.Source,
              batch_size: int, prefix: str, max_batches: int | None = None,
              augment: input_pipeline.Augment | None = None) -> dict[str, Any]:
   """Averages the task's values over every example of `split` (padding masked), on the devices.
@@ -196,13 +196,3 @@ def evaluate(eval_step: Callable[..., Any], state: TrainState, split: input_pipe
       if not k.startswith('_')
   }
   return {prefix + k: float(v) if v.ndim == 0 else v for k, v in values.items()}
-
-
-def with_ema(run_eval: Callable[..., dict[str, float]], state: TrainState,
-             split: input_pipeline.Split, prefix: str, **kwargs: Any) -> dict[str, float]:
-  """`run_eval` of the params, then of their moving average under prefix + 'ema_'."""
-  averaged = state.replace(params=state.ema_params)
-  return {
-      **run_eval(state, split, prefix=prefix, **kwargs),
-      **run_eval(averaged, split, prefix=prefix + 'ema_', **kwargs)
-  }
