@@ -70,7 +70,7 @@ def measure(name: str, tmp: str) -> dict[str, object]:
   metric, n = WORKLOADS[name][2], _SEEDS.value
   workdir = os.path.join(tmp, f'{name}-population')
   population_s, _ = processes.run_process(_command(name, workdir, f'num_seeds={n}'))
-  population = _results(workdir)['seeds'][metric]
+  population = _results(workdir)['members'][metric]
   singles, singles_s = [], []
   # The runs in a row share a compilation cache, as a user's do: the first one compiles.
   cache = os.path.join(tmp, f'{name}-xla')

@@ -22,6 +22,16 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   # the best checkpoint and early stopping follow the mean over the models;
   # results.json reports each seed and the mean and std. 1 is a single run.
   c.num_seeds = 1
+  # A population over hyperparameters, in the same one program: setting i takes the
+  # i-th value of each non-empty list (equal lengths; an empty list takes the field
+  # above), and trains config.num_seeds seeds from its seed. Only hyperparameters the
+  # optimizer carries as state can vary (optax.inject_hyperparams): learning_rate
+  # (it scales lr_schedule's shape), weight_decay and SGD's momentum. Every member
+  # ends as its own single run would, to float rounding; results.json lists each.
+  # experiments.sweep builds these lists from a grid.
+  c.population = ml_collections.ConfigDict({
+      'learning_rate': (), 'weight_decay': (), 'momentum': (), 'seed': ()
+  })
 
   # Model.
   c.model = 'cnn'  # A key of lib.models.MODELS.

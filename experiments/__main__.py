@@ -5,9 +5,9 @@ what every run shares: it checks the command line and the config before any
 work, holds the workdir's lock, checks a rerun's config against the one the
 run started with, times the run, writes results.json and prints the headline.
 An experiment module's `train_and_evaluate(config, workdir)` is its science;
-its `headline(results)` says in one line what it found; `REPORTS_EACH_SEED = True`
-says that its results are lib.train.fit's metrics, so config.num_seeds > 1 reports
-each seed's (other experiments refuse it).
+its `headline(results)` says in one line what it found; `REPORTS_EACH_MEMBER = True`
+says that its results are lib.train.fit's metrics, so a population (config.num_seeds
+> 1, config.population) reports each member's (other experiments refuse one).
 """
 import atexit
 import difflib
@@ -77,17 +77,19 @@ def checked_experiment(config: ml_collections.ConfigDict) -> Any:
   """The config's experiment module, after the checks every run makes before any work.
 
   Raises:
-    UserError: an unknown experiment, a bad engine field, or several seeds for an
-      experiment that trains one.
+    UserError: an unknown experiment, a bad engine field, or a population for an
+      experiment that trains one model.
   """
   from lib import train  # pylint: disable=g-import-not-at-top
   module = experiment_module(config)
   if 'optimizer' in config:  # Configs built on configs.common.training() train through lib.train.
     train.check_config(config)
-  if config.get('num_seeds', 1) > 1 and not getattr(module, 'REPORTS_EACH_SEED', False):
-    raise UserError(f'config.num_seeds={config.num_seeds}: experiment {config.experiment!r} '
-                    "computes its results from one model's weights, so it trains one seed per "
-                    'run; for several seeds, python -m experiments.sweep --grid=seed=0,1,2')
+  if ('optimizer' in config and train.population.size(config) > 1 and
+      not getattr(module, 'REPORTS_EACH_MEMBER', False)):
+    raise UserError(f'config.num_seeds={config.num_seeds} or config.population: experiment '
+                    f"{config.experiment!r} computes its results from one model's weights, so it "
+                    'trains one model per run; for several, python -m experiments.sweep '
+                    '--grid=seed=0,1,2')
   return module
 
 
@@ -118,9 +120,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     workdir_lib.check_config(path, config)
     results = module.train_and_evaluate(config, path)
     results['headline'] = module.headline(results)
-    if 'seeds' in results:
-      results['headline'] += (f"; {len(results['seeds']['seed'])} seeds, their mean (each seed "
-                              'and the std are in results.json)')
+    if 'members' in results:
+      results['headline'] += (f"; {len(results['members']['seed'])} models, their mean (each "
+                              'one is in results.json)')
     workdir_lib.write_results(path, results, config, start)
   return results
 

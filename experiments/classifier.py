@@ -23,7 +23,7 @@ from lib import tasks
 from lib import train
 
 # The results are fit's metrics: config.num_seeds > 1 reports each seed's.
-REPORTS_EACH_SEED = True
+REPORTS_EACH_MEMBER = True
 
 
 def headline(results: dict[str, Any]) -> str:

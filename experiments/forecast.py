@@ -30,7 +30,7 @@ from lib import train
 from lib.errors import NonFiniteLossError, UserError
 
 # The results are fit's metrics (the activation study excepted, which trains one seed per run).
-REPORTS_EACH_SEED = True
+REPORTS_EACH_MEMBER = True
 
 
 def make_series(config: ml_collections.ConfigDict) -> np.ndarray:

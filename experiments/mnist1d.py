@@ -25,7 +25,7 @@ from lib import train
 from lib.errors import UserError
 
 # The results are fit's metrics: config.num_seeds > 1 reports each seed's.
-REPORTS_EACH_SEED = True
+REPORTS_EACH_MEMBER = True
 
 
 def make_dataset(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from lib import tasks
 from lib import train
 
 # The results are fit's metrics; the IWAE bound is the first model's (the headline says so).
-REPORTS_EACH_SEED = True
+REPORTS_EACH_MEMBER = True
 
 
 def binarize(example: input_pipeline.Example, key: jax.Array) -> input_pipeline.Example:
@@ -150,8 +150,8 @@ def headline(results: dict[str, Any]) -> str:
   """The test bounds on -log p(x), in nats."""
   line = (f"{results['latents']} latents: test negative ELBO {results['test_neg_elbo']:.2f} nats, "
           f"IWAE-{results['iwae_samples']} NLL {results['test_iwae_nll']:.2f}")
-  if 'seeds' in results:
-    line += f" of seed {results['seeds']['seed'][0]}'s model"
+  if 'members' in results:
+    line += f" of seed {results['members']['seed'][0]}'s model"
   return line
 
 

@@ -82,7 +82,7 @@ def test_compiling_makes_the_checks_a_run_makes(tmp_path):
                 '--compile_for=v5e-1', '--config.num_seeds=2')
   assert out.returncode == 1
   [error] = _errors(out.stderr)
-  assert "config.num_seeds=2: experiment 'autoencoder' computes its results" in error, error
+  assert "config.num_seeds=2 or config.population: experiment 'autoencoder' computes" in error, error
   assert not os.listdir(tmp_path)  # Refused before the workdir is touched.
 
 

@@ -97,8 +97,8 @@ def test_a_streamed_split_refuses_what_needs_arrays_on_the_devices():
   split = input_pipeline.from_stream(_stream(40))
   with pytest.raises(UserError, match='config.shuffle=False needs .* streams'):
     split.train_feed(8, seed=0, shuffle_buffer=0, shuffle=False)
-  with pytest.raises(UserError, match='config.num_seeds=3 needs .* streams'):
-    split.train_feed(8, seed=0, shuffle_buffer=0, members=3)
+  with pytest.raises(UserError, match='a population of 3 models needs .* streams'):
+    split.train_feed(8, seed=0, shuffle_buffer=0, seeds=[0, 1, 2])
   with pytest.raises(UserError, match='--compile_for needs .* streams'):
     split.require_on_devices('--compile_for')
 

@@ -1,4 +1,4 @@
-"""config.num_seeds: a population of models trained as one vmapped program, each equal to its own run."""
+"""Populations (config.num_seeds, config.population): models trained as one vmapped program, each equal to its own run."""
 import pathlib
 import subprocess
 import sys
@@ -36,7 +36,7 @@ def test_each_seed_of_a_population_is_its_own_run(tmp_path, steps_per_execution)
   _run(tmp_path / 'population', seed=1, num_seeds=3, **{**common, 'num_epochs': 1})
   population = _run(tmp_path / 'population', seed=1, num_seeds=3, **common)
   assert population['steps'] == 6 and population['epochs'] == 2
-  seeds = population['seeds']
+  seeds = population['members']
   assert seeds['seed'] == [1, 2, 3]
   for k, s in ((0, 1), (2, 3)):
     assert seeds['val_loss'][k] == pytest.approx(singles[s]['val_loss'], rel=1e-5, abs=1e-6)
@@ -49,16 +49,50 @@ def test_each_seed_of_a_population_is_its_own_run(tmp_path, steps_per_execution)
   assert population['std']['val_loss'] == pytest.approx(np.std(seeds['val_loss'], ddof=1))
   assert population['history'][-1]['val_loss'] == pytest.approx(population['val_loss'])
   assert seeds['val_loss'][1] not in (seeds['val_loss'][0], seeds['val_loss'][2])
-  assert '; 3 seeds, their mean' in population['headline']
+  assert '; 3 models, their mean' in population['headline']
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'num_seeds': 0}, 'config.num_seeds=0 must be at least 1'),
-    ({'num_seeds': 2, 'lr_finder': True}, 'config.lr_finder .* needs config.num_seeds=1'),
+def _population_config(settings, **overrides):
+  config = tiny(mnist1d, **overrides)
+  for field, values in settings.items():
+    config.population[field] = tuple(values)
+  return config
+
+
+@pytest.mark.parametrize('schedule', ['constant', 'cosine'])
+def test_each_member_of_a_hyperparameter_population_is_its_own_run(tmp_path, schedule):
+  """Two settings of (learning_rate, weight_decay, momentum) x seeds 4, 5 as one program: the
+  members (0.05, 0, 0.9, seed 5) and (0.2, 1e-3, 0.5, seed 4) end as their single runs."""
+  common = {'optimizer': 'sgd', 'lr_schedule': schedule, 'seed': 4, 'learning_rate': 0.1}
+  settings = {'learning_rate': (0.05, 0.2), 'weight_decay': (0.0, 1e-3), 'momentum': (0.9, 0.5)}
+  population = launcher.run(_population_config(settings, num_seeds=2, **common),
+                            str(tmp_path / 'population'))
+  members = population['members']
+  assert members['seed'] == [4, 5, 4, 5] and members['learning_rate'] == [0.05, 0.05, 0.2, 0.2]
+  assert members['momentum'] == [0.9, 0.9, 0.5, 0.5] and 'std' not in population
+  for k, single in ((1, dict(learning_rate=0.05, weight_decay=0.0, momentum=0.9, seed=5)),
+                    (2, dict(learning_rate=0.2, weight_decay=1e-3, momentum=0.5, seed=4))):
+    alone = launcher.run(tiny(mnist1d, **{**common, **single}), str(tmp_path / str(k)))
+    assert members['val_loss'][k] == pytest.approx(alone['val_loss'], rel=1e-5, abs=1e-6)
+    assert members['val_accuracy'][k] == pytest.approx(alone['val_accuracy'])
+    for mine, theirs in zip(jax.tree.leaves(_params(tmp_path / 'population')),
+                            jax.tree.leaves(_params(tmp_path / str(k))), strict=True):
+      np.testing.assert_allclose(mine[k], theirs, rtol=1e-5, atol=1e-6)
+  assert len(set(members['val_loss'])) == 4
+
+
+@pytest.mark.parametrize('overrides,settings,message', [
+    ({'num_seeds': 0}, {}, 'config.num_seeds=0 must be at least 1'),
+    ({'num_seeds': 2, 'lr_finder': True}, {}, 'config.lr_finder .* needs config.num_seeds=1'),
+    ({}, {'learning_rate': (0.1, 0.2), 'seed': (1, 2, 3)}, 'must have equal lengths'),
+    ({'optimizer': 'adam'}, {'momentum': (0.5, 0.9)}, "config.optimizer='adam' has no momentum"),
+    ({}, {'weight_decay': (0.1, -1.0)}, r'weight_decay holds -1.0; it takes numbers >= 0'),
+    ({'lr_finder': True}, {'learning_rate':
+        (0.1, 0.2)}, 'config.lr_finder .* no config.population'),
 ])
-def test_bad_populations_are_clear_errors(tmp_path, overrides, message):
+def test_bad_populations_are_clear_errors(tmp_path, overrides, settings, message):
   with pytest.raises(UserError, match=message):
-    _run(tmp_path, **overrides)
+    launcher.run(_population_config(settings, **overrides), str(tmp_path))
 
 
 def test_experiments_whose_results_need_one_models_weights_refuse_a_population(tmp_path):

@@ -1,4 +1,5 @@
 """The source of arrays on the devices: the whole split on every device, each batch gathered there."""
+from collections.abc import Sequence
 import dataclasses
 from typing import Any
 
@@ -38,9 +39,10 @@ class ArraySource(Source):
     return self._placed
 
   def train_feed(self, batch_size: int, *, seed: int, shuffle_buffer: int = 0, start_step: int = 0,
-                 stack: int = 0, members: int = 1, shuffle: bool = True) -> 'ArrayFeed':
+                 stack: int = 0, seeds: Sequence[int] | None = None,
+                 shuffle: bool = True) -> 'ArrayFeed':
     del shuffle_buffer  # Each pass permutes a whole shard.
-    return ArrayFeed(self, batch_size, seed, start_step, stack, members, shuffle)
+    return ArrayFeed(self, batch_size, seed, start_step, stack, seeds, shuffle)
 
   def num_eval_batches(self, batch_size: int, max_batches: int | None = None) -> int:
     return batches_to_cover(self.num_examples, batch_size, max_batches)
@@ -88,9 +90,9 @@ class ArrayFeed(Feed):
   global batch joins one slice of each shard, in shard order.
   """
   def __init__(self, source: ArraySource, batch_size: int, seed: int, start_step: int, stack: int,
-               members: int, shuffle: bool):
+               seeds: Sequence[int] | None, shuffle: bool):
     self.source, self._shuffle = source, shuffle
-    self._seeds = [seed + k for k in range(members)] if members > 1 else None
+    self._seeds = list(seeds) if seeds else None
     self._seed = seed
     self._step = start_step
     self.data = source.device_data()

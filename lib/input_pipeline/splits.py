@@ -112,7 +112,8 @@ class Source(abc.ABC):
 
   @abc.abstractmethod
   def train_feed(self, batch_size: int, *, seed: int, shuffle_buffer: int, start_step: int = 0,
-                 stack: int = 0, members: int = 1, shuffle: bool = True) -> 'Feed':
+                 stack: int = 0, seeds: Sequence[int] | None = None,
+                 shuffle: bool = True) -> 'Feed':
     """What the train step reads, call after call, from `start_step` on.
 
     Args:
@@ -121,8 +122,8 @@ class Source(abc.ABC):
       shuffle_buffer: a stream's examples in each shard's shuffle buffer.
       start_step: steps already trained.
       stack: if positive, each call runs this many steps (config.steps_per_execution).
-      members: models trained together (config.num_seeds); above 1, member k
-        draws the order of seed + k.
+      seeds: a population's (lib.train.population): member k draws the order
+        of seeds[k], and each step's indices get a member axis.
       shuffle: permute each shard anew each pass; False reads every pass in the
         stored order.
     """

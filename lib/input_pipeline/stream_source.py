@@ -1,5 +1,5 @@
 """The streamed source: a tf.data stream (streaming.StreamSplit) behind the Source interface."""
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -37,9 +37,10 @@ class StreamSource(Source):
                     'tf.data (over config.device_data_mb, or of several shapes)')
 
   def train_feed(self, batch_size: int, *, seed: int, shuffle_buffer: int, start_step: int = 0,
-                 stack: int = 0, members: int = 1, shuffle: bool = True) -> 'StreamFeed':
-    if members > 1:
-      self.require_on_devices(f'config.num_seeds={members}')
+                 stack: int = 0, seeds: Sequence[int] | None = None,
+                 shuffle: bool = True) -> 'StreamFeed':
+    if seeds:
+      self.require_on_devices(f'a population of {len(seeds)} models')
     if not shuffle:
       self.require_on_devices('config.shuffle=False')
     return StreamFeed(self, parallel.local_batch_size(batch_size), seed, shuffle_buffer, start_step,

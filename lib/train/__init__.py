@@ -1,13 +1,15 @@
 """The training engine: every experiment that learns from batches trains through `fit`.
 
   state.py      config checks, step arithmetic, optimizer and schedule, the train state
-                (one model, or a population of `config.num_seeds`)
+                (one model, or a population)
   steps.py      the compiled programs: the train step (one, or a scan of several a call),
                 the eval step, evaluation over a padded, masked split
-  population.py config.num_seeds models as one program: init, members, their mean and results
+  population.py several models as one program (seeds, the optimizer's hyperparameters):
+                members, init, their mean and results
   engine.py     what a run sets up once, and its compile for an accelerator (lib.aot)
   hooks.py      what the loop calls between steps: when it is time, epoch and window means,
-                the best epoch and early stopping, signals, the profiler
+                signals, the profiler
+  evaluators.py what the loop asks: the evaluations due, when to save, the best, early stopping
   loop.py       `fit`: set up, restore, loop (step, log, evaluate, checkpoint, stop), finish
   lr_finder.py  the LR range test on the same engine
 """

@@ -57,8 +57,8 @@ def set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
     by_update = schedule
   example = input_pipeline.model_spec(train, augmentation.train[0])
   state = create_train_state(config, model, example['x'].shape, example['x'].dtype,
-                             create_optimizer(config, by_update), parallel.replicated(mesh),
-                             rng_streams)
+                             create_optimizer(config, by_update, population.varied(config)),
+                             parallel.replicated(mesh), rng_streams)
   seeds = population.members(state)
   one = population.member(state, 0) if seeds else state
   logging.info(
@@ -107,8 +107,8 @@ def compile_for_target(config: ml_collections.ConfigDict, engine: Engine,
 
   # Training: each augmentation's call, and one step alone for the per-step figures.
   feed = train.train_feed(config.batch_size, seed=config.seed, shuffle_buffer=0,
-                          stack=engine.per_call if engine.per_call > 1 else 0, members=config.get(
-                              'num_seeds', 1))
+                          stack=engine.per_call if engine.per_call > 1 else 0,
+                          seeds=population.seeds(config))
   inputs = feed.next(engine.per_call, engine.train_sharding)
   augmentations = len(engine.augmentation.train)
   for which in range(augmentations):

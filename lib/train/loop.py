@@ -70,7 +70,7 @@ class _Loop:
     step = current_step(state)
     feed = train.train_feed(config.batch_size, seed=config.seed, shuffle_buffer=config.get(
         'shuffle_buffer', 0), start_step=step, stack=engine.per_call if engine.per_call > 1 else 0,
-                            members=config.get('num_seeds', 1), shuffle=config.get('shuffle', True))
+                            seeds=population.seeds(config), shuffle=config.get('shuffle', True))
     self.started, self.start_step = time.time(), step
     profiler = Profiler(config.profile_steps, os.path.dirname(self.ckpt.directory))
     # The previous call's metrics: read one call late, so that the host never waits on
@@ -128,16 +128,15 @@ class _Loop:
       kept = (f'the last good checkpoint (step {self.saved_step}) is kept in '
               f'{self.ckpt.directory}'
               if self.saved_step is not None else 'no checkpoint was saved yet')
-      seed = (f' (the model of seed {self.config.seed + bad[2]})' if self.config.get(
-          'num_seeds', 1) > 1 else '')
+      seed = (f' (the model of {population.describe(self.config, bad[2])})'
+              if population.size(self.config) > 1 else '')
       raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}{seed}; training stopped, '
                                f'{kept}. Lower config.learning_rate or check the inputs')
     for at, means in self.progress.windows:
-      self.writer.write_scalars(
-          at, {
-              'learning_rate': float(self.engine.schedule(at - 1)),
-              **{f'train_{k}': v for k, v in means.items()}
-          })
+      # A population over learning rates has none to log: each member's is in results.json.
+      rate = ({} if 'learning_rate' in population.varied(self.config) else
+              {'learning_rate': float(self.engine.schedule(at - 1))})
+      self.writer.write_scalars(at, {**rate, **{f'train_{k}': v for k, v in means.items()}})
     self.progress.windows.clear()
     self.meta['history'].extend(self.progress.epochs)
     self.progress.epochs.clear()
@@ -148,7 +147,7 @@ class _Loop:
     config = self.config
     per_model = {k: v for e in due_now for k, v in e(self.engine.evaluate, state).items()}
     val_metrics = population.mean(per_model)  # A population is logged and ranked by its mean.
-    if config.get('num_seeds', 1) > 1:
+    if population.size(config) > 1:
       self.meta['val_per_seed'] = {k: v.tolist() for k, v in per_model.items()}
     self.writer.write_scalars(step, val_metrics)
     record = self.meta['history'][-1]

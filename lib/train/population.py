@@ -1,11 +1,17 @@
-"""A population: config.num_seeds models trained as one program, member k as a run with seed + k.
+"""A population: several models trained as one program, each as its own single run would be.
 
-Every leaf of a population's state has a leading member axis; the train and eval
-steps are vmapped over it (steps.py), each member drawing its own data order
-(Source.train_feed). The loop logs, ranks checkpoints and stops early
-on the members' mean; results.json reports each member and the spread.
+Its members are config.population's hyperparameter settings (zipped; an empty
+list takes the config's value), each with config.num_seeds seeds from its
+seed: `table`. The hyperparameters a population may vary are those the
+optimizer carries as state (`CARRIED`, through optax.inject_hyperparams), so
+that one compiled program serves every member. Every leaf of a population's
+state has a leading member axis; the train and eval steps are vmapped over it
+(steps.py), each member drawing the data order of its own seed
+(Source.train_feed). The loop logs, ranks checkpoints and stops early on the
+members' mean; results.json reports each member (and with seeds alone, their
+spread).
 """
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -13,31 +19,98 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lib.errors import UserError
 
-def init(init_one: Callable[[jax.Array], Any], seed: int, n: int,
+# The hyperparameters a population may vary: the optimizer holds them as state.
+CARRIED = ('learning_rate', 'weight_decay', 'momentum')
+
+
+def table(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Each member's seed and carried hyperparameters, in member order (one row: a single model).
+
+  Raises:
+    UserError: config.population's lists of different lengths.
+  """
+  lists = {k: list(v) for k, v in (config.get('population') or {}).items() if len(v)}
+  lengths = {len(v) for v in lists.values()}
+  if len(lengths) > 1:
+    raise UserError('config.population lists one value per setting: its lists must have equal '
+                    f'lengths, not {({k: len(v) for k, v in lists.items()})}')
+  rows = []
+  for i in range(lengths.pop() if lengths else 1):
+    setting = {k: lists[k][i] if k in lists else config[k] for k in ('seed', *CARRIED)}
+    rows += [{**setting, 'seed': setting['seed'] + j} for j in range(config.get('num_seeds', 1))]
+  return rows
+
+
+def varied(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The carried hyperparameters that differ between members."""
+  rows = table(config)
+  return tuple(k for k in CARRIED if len({r[k] for r in rows}) > 1)
+
+
+def seeds(config: ml_collections.ConfigDict) -> list[int] | None:
+  """Each member's seed, which draws its data order; None for a single model."""
+  rows = table(config)
+  return [r['seed'] for r in rows] if len(rows) > 1 else None
+
+
+def size(config: ml_collections.ConfigDict) -> int:
+  """Models the config trains: 1, or a population's members."""
+  return len(table(config))
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """config.population's values, as the optimizer can carry them.
+
+  Raises:
+    UserError: naming the field and what is allowed.
+  """
+  rows = table(config)
+  changed = varied(config)
+  for row in rows:
+    for field in CARRIED:
+      if not isinstance(row[field], (int, float)) or row[field] < 0:
+        raise UserError(f'config.population.{field} holds {row[field]!r}; it takes numbers >= 0')
+  if 'momentum' in changed and config.optimizer != 'sgd':
+    raise UserError(f'config.population.momentum: config.optimizer={config.optimizer!r} has no '
+                    "momentum to vary; use 'sgd'")
+  if 'learning_rate' in changed and not config.learning_rate:
+    raise UserError('config.population.learning_rate scales the schedule of '
+                    'config.learning_rate, which must then be above 0')
+
+
+def init(init_one: Callable[..., Any], args: Sequence[tuple[Any, ...]],
          sharding: jax.sharding.Sharding) -> Any:
-  """The states of seeds seed .. seed + n - 1, stacked on a leading member axis.
+  """The states `init_one(*a)` for each member's `a`, stacked on a leading member axis.
 
   Member by member, then stacked; not vmapped: a vmapped init batches the orthogonal
   initializers' QR (LSTM, GRU cells), and jaxlib's batched LAPACK calls wait on XLA:CPU's
   thread pool from inside it, so two at once deadlock a machine with 2 cores.
   """
   init_member = jax.jit(init_one, out_shardings=sharding)
-  states = [init_member(jnp.int32(seed + k)) for k in range(n)]
+  states = [init_member(*a) for a in args]
   return jax.jit(lambda *m: jax.tree.map(lambda *leaves: jnp.stack(leaves), *m),
                  out_shardings=sharding)(*states)
 
 
 def members(state: Any) -> int:
-  """Models in `state`: 0 for a single model, N for a population of N (config.num_seeds)."""
+  """Models in `state`: 0 for a single model, N for a population of N."""
   return 0 if jnp.ndim(state.step) == 0 else state.step.shape[0]
 
 
 def member(state: Any, k: int) -> Any:
-  """Model `k` of a population (seed config.seed + k), as a single model's state."""
+  """Model `k` of a population, as a single model's state."""
   return jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=a.sharding)
       if isinstance(a, jax.ShapeDtypeStruct) else a[k], state)
+
+
+def describe(config: ml_collections.ConfigDict, k: int) -> str:
+  """Member `k` in words: its seed and the hyperparameters the population varies."""
+  row = table(config)[k]
+  return ', '.join(
+      f'{f} {row[f]:g}' if f != 'seed' else f'seed {row[f]}' for f in ('seed', *varied(config)))
 
 
 def mean(metrics: dict[str, Any]) -> dict[str, float]:
@@ -46,12 +119,15 @@ def mean(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def results(config: ml_collections.ConfigDict, per_member: dict[str, Any]) -> dict[str, Any]:
-  """results.json's view of a population: each member's metrics by seed, and their spread."""
-  n = len(next(iter(per_member.values())))
-  return {
-      'seeds': {
-          'seed': list(range(config.seed, config.seed + n)),
+  """results.json's view of a population: each member's seed, hyperparameters and metrics; with
+  seeds alone, their spread."""
+  rows, changed = table(config), varied(config)
+  found = {
+      'members': {
+          'seed': [r['seed'] for r in rows], **{f: [r[f] for r in rows] for f in changed},
           **{k: np.asarray(v).tolist() for k, v in per_member.items()}
-      },
-      'std': {k: float(np.std(v, ddof=1)) for k, v in per_member.items()},
+      }
   }
+  if not changed:
+    found['std'] = {k: float(np.std(v, ddof=1)) for k, v in per_member.items()}
+  return found

@@ -68,8 +68,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     'e.g. 0.999)')
   if config.get('num_seeds', 1) < 1:
     raise UserError(f'config.num_seeds={config.num_seeds} must be at least 1')
-  if config.lr_finder and config.get('num_seeds', 1) > 1:
-    raise UserError('config.lr_finder sweeps the rate for one model: it needs config.num_seeds=1')
+  population.check(config)
+  if config.lr_finder and population.size(config) > 1:
+    raise UserError('config.lr_finder sweeps the rate for one model: it needs config.num_seeds=1 '
+                    'and no config.population')
   if config.lr_finder and config.grad_accum_steps > 1:
     raise UserError('config.lr_finder sweeps the rate step by step: it needs '
                     'config.grad_accum_steps=1')
@@ -137,8 +139,8 @@ def _kernels(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                     varied: Sequence[str] = ()) -> optax.GradientTransformation:
   """`config.optimizer` ('sgd' with `config.momentum`, or 'adam') following `schedule`.
 
   With the config's options (each off at 0, or 1 for grad_accum_steps):
@@ -147,21 +149,44 @@ def create_optimizer(config: ml_collections.ConfigDict,
   the gradient's global norm clipped first; grad_accum_steps, the gradients of
   that many steps averaged into one update (optax.MultiSteps). `schedule` is
   then a function of the update, not of the step.
+
+  Args:
+    config: the run's config.
+    schedule: the learning rate of each update.
+    varied: hyperparameters of lib.train.population.CARRIED that a population
+      varies: the optimizer then holds learning_rate, weight_decay and momentum
+      as state (optax.inject_hyperparams), and `set_hyperparameters` gives each
+      member its own. Its learning_rate scales `schedule`'s shape.
   """
-  decay = config.weight_decay
-  if config.optimizer == 'sgd' and decay:
-    tx = optax.chain(
-        optax.trace(decay=config.momentum) if config.momentum else optax.identity(),
-        optax.add_decayed_weights(decay, mask=_kernels), optax.scale_by_learning_rate(schedule))
-  elif config.optimizer == 'sgd':
-    tx = optax.sgd(schedule, momentum=config.momentum or None)
-  else:
-    tx = optax.adamw(schedule, weight_decay=decay, mask=_kernels) if decay else optax.adam(schedule)
+  decays = bool(config.weight_decay) or 'weight_decay' in varied
+  with_momentum = bool(config.momentum) or 'momentum' in varied
+
+  def build(learning_rate, weight_decay, momentum):
+    rate = schedule
+    if 'learning_rate' in varied:
+      rate = lambda update: learning_rate * (schedule(update) / config.learning_rate)
+    if config.optimizer == 'sgd' and decays:
+      return optax.chain(
+          optax.trace(decay=momentum) if with_momentum else optax.identity(),
+          optax.add_decayed_weights(weight_decay, mask=_kernels),
+          optax.scale_by_learning_rate(rate))
+    if config.optimizer == 'sgd':
+      return optax.sgd(rate, momentum=momentum if with_momentum else None)
+    return optax.adamw(rate, weight_decay=weight_decay,
+                       mask=_kernels) if decays else optax.adam(rate)
+
+  values = {k: config[k] for k in population.CARRIED}
+  tx = optax.inject_hyperparams(build)(**values) if varied else build(**values)
   if config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   if config.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps).gradient_transformation()
   return tx
+
+
+def set_hyperparameters(opt_state: Any, values: dict[str, jax.Array]) -> Any:
+  """`opt_state` of an optimizer built with `varied`, holding `values` instead of the config's."""
+  return optax.tree_utils.tree_set(opt_state, **values)
 
 
 def create_train_state(
@@ -173,11 +198,12 @@ def create_train_state(
   The state's apply_fn is the model's, its convolutions computed as this backend
   does best (lib.cpu.conv.specialize): the engine's one choice of implementation.
 
-  With config.num_seeds > 1, a population: every leaf gets a leading axis of
-  that many members, member k initialized as a run with seed + k would be.
+  A population (lib.train.population: config.num_seeds > 1, config.population)
+  gets a leading member axis on every leaf, each member initialized as its own
+  run would be, its optimizer holding its own hyperparameters.
 
   Args:
-    config: the run's config (`seed`, `num_seeds`).
+    config: the run's config (`seed`, `num_seeds`, `population`).
     model: the Flax module.
     input_shape: shape of one example's model input, without the batch axis.
     input_dtype: its dtype.
@@ -188,24 +214,29 @@ def create_train_state(
   Returns:
     The TrainState at step 0.
   """
-  def init(seed):
+  def init(seed, hyperparameters):
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
     rngs = dict(zip(('params', *rng_streams), jax.random.split(init_rng, 1 + len(rng_streams))))
     variables = model.init(rngs, jnp.zeros((1, *input_shape), input_dtype), train=False)
     model_state = {k: v for k, v in variables.items() if k != 'params'}
     ema = variables['params'] if config.ema_decay else None
-    return TrainState.create(apply_fn=cpu_conv.specialize(model.apply), params=variables['params'],
-                             tx=tx, model_state=model_state, rng=state_rng, ema_params=ema)
+    state = TrainState.create(apply_fn=cpu_conv.specialize(model.apply), params=variables['params'],
+                              tx=tx, model_state=model_state, rng=state_rng, ema_params=ema)
+    if hyperparameters:
+      state = state.replace(opt_state=set_hyperparameters(state.opt_state, hyperparameters))
+    return state
 
-  n = config.get('num_seeds', 1)
+  rows, varied = population.table(config), population.varied(config)
+  args = [(jnp.int32(r['seed']), {k: jnp.float32(r[k]) for k in varied}) for r in rows]
   if parallel.is_target():  # lib.aot: the state's shapes on the target's devices, no values.
-    shapes = jax.eval_shape(
-        init if n == 1 else jax.vmap(init),
-        jnp.int32(config.seed) if n == 1 else config.seed + jnp.arange(n, dtype=jnp.int32))
+    member_args = jax.tree.map(lambda *a: jnp.stack(a), *args)
+    shapes = jax.eval_shape(init if len(rows) == 1 else jax.vmap(init),
+                            *(args[0] if len(rows) == 1 else member_args))
     return jax.tree.map(lambda a: aot.abstract(a, sharding), shapes)
-  if n == 1:
-    return jax.jit(init, static_argnums=0, out_shardings=sharding)(config.seed)
-  return population.init(init, config.seed, n, sharding)
+  if len(rows) == 1:
+    return jax.jit(lambda seed: init(seed, {}), static_argnums=0,
+                   out_shardings=sharding)(config.seed)
+  return population.init(init, args, sharding)
 
 
 def current_step(state: TrainState) -> int:
