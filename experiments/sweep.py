@@ -2,9 +2,18 @@
 
   python -m experiments.sweep --config=configs/mnist1d.py --workdir=runs/mnist1d_sweep \
       --grid=seed=0,1,2 --grid=learning_rate=0.01,0.001 [--config.FIELD=VALUE ...] \
-      [--plot=learning_rate:test_accuracy]
+      [--plot=learning_rate:test_accuracy] [--max_members=64] [--nopopulations]
 
-Each point of the grid runs through the launcher (`experiments.__main__.run`)
+Points that differ only in fields a population can vary (the seed, and the
+optimizer's hyperparameters of lib.train.population.CARRIED) train together as
+one population (config.population): one vmapped program for up to
+--max_members of them, run through the launcher in `WORKDIR/populations/`.
+Each member ends as its single run would (to float rounding), and its results
+are written to its point's sub-workdir as if it had run alone. The others, and
+every point of an experiment that trains one model per run, early stopping or
+restore_best (a population decides those on its mean), run one by one.
+
+Each point runs through the launcher (`experiments.__main__.run`)
 into its own sub-workdir, `WORKDIR/learning_rate=0.01,seed=0`: a finished point
 (results.json there) is skipped, an interrupted one resumes. Then
 `WORKDIR/summary.json` gets every point's final scalar metrics and, for each
@@ -14,6 +23,7 @@ over the field with ± std error bars (`WORKDIR/plots/`).
 """
 import ast
 import copy
+import hashlib
 import itertools
 import os
 import sys
@@ -32,6 +42,11 @@ from lib.errors import NonFiniteLossError, UserError
 _GRID = flags.DEFINE_multi_string(
     'grid', [], 'FIELD=V1,V2,...: values of one config field (repeat the flag for more fields; '
     'the grid is their product).')
+_POPULATIONS = flags.DEFINE_bool(
+    'populations', True, 'Train points that differ only in the seed and the optimizer\'s '
+    'hyperparameters as populations, one program each; --nopopulations runs every point alone.')
+_MAX_MEMBERS = flags.DEFINE_integer(
+    'max_members', 64, 'Most points in one population program (its memory grows with them).')
 _PLOT = flags.DEFINE_string(
     'plot', None, 'FIELD:METRIC: plot the metric (mean ± std over '
     'seeds) over the field into WORKDIR/plots/.')
@@ -96,6 +111,76 @@ def _finished(sub: str) -> dict[str, Any] | None:
     return None
 
 
+def population_groups(config: ml_collections.ConfigDict, grid_points: list[dict[str, Any]],
+                      max_members: int) -> list[list[dict[str, Any]]]:
+  """The points, in groups that train as one population each (a group of one runs alone).
+
+  Points group when they differ only in the seed and the carried hyperparameters,
+  and the run allows a population: an experiment that reports each member, no
+  population already, no early stopping, restore_best or LR range test.
+  """
+  from lib.train import population  # pylint: disable=g-import-not-at-top
+  module = launcher.experiment_module(config)
+  carried = {'seed', *population.CARRIED}
+  if config.get('optimizer') != 'sgd':
+    carried.discard('momentum')  # Adam has no momentum to carry.
+  allowed = ('optimizer' in config and getattr(module, 'REPORTS_EACH_MEMBER', False) and
+             population.size(config) == 1 and not config.early_stopping_patience and
+             not config.restore_best and not config.lr_finder)
+  if not allowed:
+    return [[p] for p in grid_points]
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for point in grid_points:
+    rest = point_name({k: v for k, v in point.items() if k not in carried})
+    groups.setdefault(rest, []).append(point)
+  return [
+      members[i:i + max_members]
+      for members in groups.values()
+      for i in range(0, len(members), max_members)
+  ]
+
+
+def population_config(config: ml_collections.ConfigDict,
+                      members: list[dict[str, Any]]) -> ml_collections.ConfigDict:
+  """The config of one population: the points' shared fields set, their carried ones listed."""
+  shared = {k: v for k, v in members[0].items() if all(m[k] == v for m in members)}
+  pop = copy.deepcopy(config)
+  pop.update_from_flattened_dict(shared)
+  for field in members[0].keys() - shared.keys():
+    pop.population[field] = tuple(m[field] for m in members)
+  return pop
+
+
+def _run_population(config: ml_collections.ConfigDict, members: list[dict[str, Any]],
+                    workdir: str) -> None:
+  """Trains `members` as one population, then writes each point's results.json from its member."""
+  names = [point_name(m) for m in members]
+  digest = hashlib.sha256('\n'.join(names).encode()).hexdigest()[:10]
+  sub = os.path.join(workdir, 'populations', f'{len(members)}_points-{digest}')
+  logging.info('%d points as one population in %s: %s', len(members), sub, '; '.join(names))
+  results = launcher.run(population_config(config, members), sub)
+  per_member, diverged = results['members'], results.get('diverged', {})
+  shared = {k: results[k] for k in _SHARED if k in results}
+  for k, name in enumerate(names):
+    own = ({'error': diverged[str(k)]} if str(k) in diverged else
+           {m: v[k] for m, v in per_member.items() if m not in population_fields()})
+    os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    records.write_json(
+        os.path.join(workdir, name, 'results.json'), {
+            **shared, **own, 'population': os.path.relpath(sub, workdir), 'member': k,
+            'headline': f'{name}: member {k} of the population in {sub}'
+        })
+
+
+# What a point's results.json keeps of its population's: the run's shape, not its means.
+_SHARED = ('steps', 'steps_per_epoch', 'epochs', 'params', 'train_step_compiles', 'wall_time_s')
+
+
+def population_fields() -> tuple[str, ...]:
+  from lib.train import population  # pylint: disable=g-import-not-at-top
+  return ('seed', *population.CARRIED)
+
+
 def _scalars(results: dict[str, Any]) -> dict[str, float]:
   return {
       k: float(v)
@@ -136,23 +221,32 @@ def main(argv: list[str]) -> None:
     if _PLOT.value and (':' not in _PLOT.value or _PLOT.value.split(':')[0] not in grid):
       raise UserError(f'--plot={_PLOT.value}: write FIELD:METRIC with FIELD one of {list(grid)}')
     rows, failed = [], []
-    for point in points(grid):
-      sub = os.path.join(workdir, point_name(point))
-      results = _finished(sub)
-      if results is not None:
-        logging.info('%s: done before, skipped', point_name(point))
-      else:
-        logging.info('%s: running', point_name(point))
-        point_config = copy.deepcopy(config)
-        point_config.update_from_flattened_dict(point)
-        try:
-          launcher.run(point_config, sub)
-        except NonFiniteLossError as e:  # Diverged: a finding of the sweep, not its end.
-          logging.warning('%s: %s', point_name(point), e)
-          failed.append({'point': point, 'name': point_name(point), 'error': str(e)})
-          continue
-        results = records.read_json(os.path.join(sub, 'results.json'))
-      rows.append({'point': point, 'name': point_name(point), 'metrics': _scalars(results)})
+    groups = (population_groups(config, points(grid), _MAX_MEMBERS.value)
+              if _POPULATIONS.value else [[p] for p in points(grid)])
+    for group in groups:
+      done = {point_name(p): _finished(os.path.join(workdir, point_name(p))) for p in group}
+      for name in (n for n, r in done.items() if r is not None):
+        logging.info('%s: done before, skipped', name)
+      todo = [p for p in group if done[point_name(p)] is None]
+      try:
+        if len(group) > 1 and todo:  # The whole group again: its members share one program.
+          _run_population(config, group, workdir)
+        elif todo:
+          logging.info('%s: running', point_name(todo[0]))
+          point_config = copy.deepcopy(config)
+          point_config.update_from_flattened_dict(todo[0])
+          launcher.run(point_config, os.path.join(workdir, point_name(todo[0])))
+      except NonFiniteLossError as e:  # Diverged: a finding of the sweep, not its end.
+        logging.warning('%s: %s', ', '.join(point_name(p) for p in todo), e)
+        failed += [{'point': p, 'name': point_name(p), 'error': str(e)} for p in todo]
+        continue
+      for point in group:
+        results = records.read_json(os.path.join(workdir, point_name(point), 'results.json'))
+        if 'error' in results:  # A member of a population that diverged.
+          logging.warning('%s: %s', point_name(point), results['error'])
+          failed.append({'point': point, 'name': point_name(point), 'error': results['error']})
+        else:
+          rows.append({'point': point, 'name': point_name(point), 'metrics': _scalars(results)})
   except UserError as e:
     sys.exit(f'error: {e}')
 

@@ -63,6 +63,34 @@ def test_a_sweep_of_3_seeds_by_2_rates_summarizes_and_reruns_without_training(tm
   assert scores(rerun) == scores(summary['summary']) and scores(rerun)[0]
 
 
+def _summary(workdir):
+  with open(workdir / 'summary.json') as f:
+    return json.load(f)
+
+
+def test_points_that_differ_in_seed_and_rate_train_as_one_population_equal_to_runs_in_a_row(
+    tmp_path):
+  args = ['--config=configs/mnist1d.py:tiny', '--grid=seed=0,1', '--grid=learning_rate=0.01,1e9']
+  together = _sweep(*args, f'--workdir={tmp_path / "together"}')
+  assert together.returncode == 0, together.stderr[-3000:]
+  assert '4 points as one population' in together.stderr and ': running' not in together.stderr
+  alone = _sweep(*args, f'--workdir={tmp_path / "alone"}', '--nopopulations')
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  assert alone.stderr.count(': running') == 4
+  mine, theirs = _summary(tmp_path / 'together'), _summary(tmp_path / 'alone')
+  # The rate of 1e9 diverges, in the population as alone: the same two points fail.
+  assert sorted(f['name'] for f in mine['failed']) == sorted(f['name'] for f in theirs['failed'])
+  assert [f['point']['learning_rate'] for f in mine['failed']] == [1e9, 1e9]
+  assert all('loss is' in f['error'] for f in mine['failed'])
+  for a, b in zip(mine['points'], theirs['points'], strict=True):
+    assert a['name'] == b['name']
+    for metric in ('val_loss', 'val_accuracy'):
+      assert a['metrics'][metric] == pytest.approx(b['metrics'][metric], rel=1e-5, abs=1e-6)
+  assert len(mine['summary']) == 1 and mine['summary'][0]['n'] == 2
+  populations = list((tmp_path / 'together' / 'populations').iterdir())
+  assert len(populations) == 1 and (populations[0] / 'results.json').exists()
+
+
 @pytest.mark.parametrize('grid,message', [
     ('learning_rate', 'write FIELD=V1,V2'),
     ('lerning_rate=0.1', "the config has no field 'lerning_rate'"),

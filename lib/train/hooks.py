@@ -64,6 +64,8 @@ class Progress:
     self._window: dict[str, np.ndarray] = {}
     self.epochs: list[dict[str, Any]] = []  # Finished epochs' training means, not yet recorded.
     self.windows: list[tuple[int, dict[str, float]]] = []  # (step, means) to log.
+    # Members of a population left out of the check and the means (their loss diverged).
+    self.diverged: set[int] = set()
 
   @staticmethod
   def _means(sums: dict[str, np.ndarray]) -> dict[str, float]:
@@ -77,7 +79,8 @@ class Progress:
     the population's mean is recorded (every member counts as many examples).
 
     Returns:
-      (step, loss, member) of the first non-finite loss, else None.
+      (step, loss, member) of the first non-finite loss outside `diverged`, else None
+      (and nothing is added: the caller may add the member to `diverged` and call again).
     """
     metrics = jax.device_get(metrics)
     fields = {
@@ -86,11 +89,13 @@ class Progress:
                            steps, -1)) for k, v in vars(metrics).items() if not k.startswith('_')
     }
     losses = fields['loss'][0] / np.maximum(fields['loss'][1], 1)
-    bad = np.argwhere(~np.isfinite(losses))
+    alive = np.ones(losses.shape[1], bool)
+    alive[sorted(self.diverged)] = False
+    bad = np.argwhere(~np.isfinite(losses) & alive)
     if bad.size:
       i, k = bad[0]
       return first_step + int(i) + 1, float(losses[i, k]), int(k)
-    fields = {k: (t.sum(1), c.sum(1)) for k, (t, c) in fields.items()}
+    fields = {k: (t[:, alive].sum(1), c[:, alive].sum(1)) for k, (t, c) in fields.items()}
     n = steps
     cuts = [
         i + 1 for i in range(n) if (first_step + i + 1) % self._spe == 0 or (first_step + i + 1) %

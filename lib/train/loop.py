@@ -61,6 +61,7 @@ class _Loop:
     self.evaluations, self.policy = evaluations, policy
     self.meta, self.saved_step, self.end_on_nonfinite = meta, saved_step, end_on_nonfinite
     self.progress = Progress(engine.steps_per_epoch, engine.total_steps, config.log_every_steps)
+    self.progress.diverged = {int(k) for k in meta.get('diverged', {})}
     self.last_line = 0.0  # When the terminal got its last epoch line.
     self.started, self.start_step = time.time(), 0  # For the steps/s of those lines.
 
@@ -120,6 +121,16 @@ class _Loop:
       NonFiniteLossError: a non-finite loss in a training run.
     """
     bad = self.progress.add(first, steps, metrics)
+    members = population.size(self.config)
+    # A population over hyperparameters keeps training the members that have not diverged,
+    # as their own runs would; results.json names the others.
+    while bad and population.varied(self.config) and len(self.progress.diverged) < members - 1:
+      member = bad[2]
+      self.progress.diverged.add(member)
+      self.meta.setdefault('diverged', {})[str(member)] = (
+          f'loss is {bad[1]} at step {bad[0]} ({population.describe(self.config, member)})')
+      logging.warning('%s; the other members train on', self.meta['diverged'][str(member)])
+      bad = self.progress.add(first, steps, metrics)
     if bad and self.end_on_nonfinite:
       self.meta['stopped_early'] = True
       logging.info('LR range test: loss is %s at step %d; the sweep ends there', bad[1], bad[0])
@@ -128,8 +139,7 @@ class _Loop:
       kept = (f'the last good checkpoint (step {self.saved_step}) is kept in '
               f'{self.ckpt.directory}'
               if self.saved_step is not None else 'no checkpoint was saved yet')
-      seed = (f' (the model of {population.describe(self.config, bad[2])})'
-              if population.size(self.config) > 1 else '')
+      seed = f' (the model of {population.describe(self.config, bad[2])})' if members > 1 else ''
       raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}{seed}; training stopped, '
                                f'{kept}. Lower config.learning_rate or check the inputs')
     for at, means in self.progress.windows:
@@ -295,4 +305,6 @@ def fit(
     results[f'best_{config.best_metric}'] = meta['best_value']
   if population.members(engine.state):  # The means above; here each member and the spread.
     results.update(population.results(config, per_model))
+  if meta.get('diverged'):  # Members of a population whose loss became NaN or inf.
+    results['diverged'] = meta['diverged']
   return state, results

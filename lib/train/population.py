@@ -114,8 +114,13 @@ def describe(config: ml_collections.ConfigDict, k: int) -> str:
 
 
 def mean(metrics: dict[str, Any]) -> dict[str, float]:
-  """A population's metrics as the mean over its members; a single model's as they are."""
-  return {k: float(np.mean(v)) for k, v in metrics.items()}
+  """A population's metrics as the mean over its members (those that have not diverged); a
+  single model's as they are."""
+  with np.errstate(invalid='ignore'):
+    return {
+        k: float(np.nanmean(v)) if np.isfinite(v).any() else float(np.mean(v))
+        for k, v in metrics.items()
+    }
 
 
 def results(config: ml_collections.ConfigDict, per_member: dict[str, Any]) -> dict[str, Any]:
