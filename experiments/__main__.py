@@ -67,7 +67,8 @@ def experiment_module(config: ml_collections.ConfigDict) -> Any:
   names = sorted(
       os.path.basename(p)[:-3]
       for p in glob.glob(os.path.join(os.path.dirname(experiments.__file__), '[!_]*.py')))
-  names.remove('sweep')  # The sweep launcher, not an experiment.
+  names.remove('sweep')  # The sweep and the search launch experiments; they are none.
+  names.remove('search')
   if config.experiment not in names:
     raise UserError(f'config.experiment={config.experiment!r} is unknown; choose one of {names}')
   return importlib.import_module(f'experiments.{config.experiment}')

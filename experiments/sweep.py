@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 import experiments.__main__ as launcher  # Flags --config, --workdir and the CPU settings.
+from lib import jobs
 from lib import records
 from lib.errors import NonFiniteLossError, UserError
 
@@ -47,6 +48,19 @@ _POPULATIONS = flags.DEFINE_bool(
     'hyperparameters as populations, one program each; --nopopulations runs every point alone.')
 _MAX_MEMBERS = flags.DEFINE_integer(
     'max_members', 64, 'Most points in one population program (its memory grows with them).')
+_LAUNCHER = flags.DEFINE_enum(
+    'launcher', 'inline', list(jobs.LAUNCHERS), 'inline: every group in this process, one after '
+    'another; local: worker processes on this machine (--workers), each on its share of the '
+    'cores and GPUs; slurm: a SLURM job array (--slurm_*). A failed job is reported with its log '
+    'and the others go on; rerunning the command runs what is left.')
+_WORKERS = flags.DEFINE_integer('workers', 2, '--launcher=local: processes at once.')
+_GPUS = flags.DEFINE_integer('gpus', 0, '--launcher=local: GPUs to split evenly over the workers.')
+_PARTITION = flags.DEFINE_string('slurm_partition', '', "SLURM's partition ('': its default).")
+_TIME_MIN = flags.DEFINE_integer('slurm_time_min', 60, 'Time limit of each SLURM job, minutes.')
+_CPUS_PER_TASK = flags.DEFINE_integer('slurm_cpus_per_task', 2, 'CPU cores of each SLURM job.')
+_GPUS_PER_TASK = flags.DEFINE_integer('slurm_gpus_per_task', 0, 'GPUs of each SLURM job.')
+_PARALLELISM = flags.DEFINE_integer('slurm_parallelism', 0,
+                                    'SLURM jobs running at once (0: no limit).')
 _PLOT = flags.DEFINE_string(
     'plot', None, 'FIELD:METRIC: plot the metric (mean ± std over '
     'seeds) over the field into WORKDIR/plots/.')
@@ -211,6 +225,56 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return table
 
 
+def run_group(config: ml_collections.ConfigDict, group: list[dict[str, Any]], workdir: str) -> None:
+  """Runs one group of points: a population, or one point alone (its own process as a job)."""
+  logging.set_verbosity(logging.INFO)
+  if len(group) > 1:  # The whole group: its members share one program.
+    _run_population(config, group, workdir)
+    return
+  logging.info('%s: running', point_name(group[0]))
+  point_config = copy.deepcopy(config)
+  point_config.update_from_flattened_dict(group[0])
+  launcher.run(point_config, os.path.join(workdir, point_name(group[0])))
+
+
+def launch(todo: list[jobs.Job], folder: str) -> list[jobs.Failure]:
+  """Runs the jobs as --launcher=local or slurm says (logs in `folder`); returns the failures."""
+  try:
+    if _LAUNCHER.value == 'local':
+      return jobs.run_local(todo, folder, _WORKERS.value, _GPUS.value)
+    return jobs.run_slurm(
+        todo, folder,
+        jobs.Slurm(_PARTITION.value, _TIME_MIN.value, _CPUS_PER_TASK.value, _GPUS_PER_TASK.value,
+                   _PARALLELISM.value))
+  except ValueError as e:
+    raise UserError(str(e)) from None
+
+
+def _run_groups(config: ml_collections.ConfigDict, workdir: str,
+                groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+  """Runs the groups as --launcher says; returns the failed ones, each with its points."""
+  names = [' & '.join(point_name(p) for p in g) for g in groups]
+  failed = []
+  if _LAUNCHER.value == 'inline':
+    for group, name in zip(groups, names):
+      try:
+        run_group(config, group, workdir)
+      except NonFiniteLossError as e:  # Diverged: a finding of the sweep, not its end.
+        logging.warning('%s: %s', name, e)
+        failed += [
+            {'point': p, 'name': point_name(p), 'error': str(e), 'points': [p]} for p in group
+        ]
+    return failed
+  todo = [jobs.Job(name, run_group, (config, g, workdir)) for g, name in zip(groups, names)]
+  failures = launch(todo, os.path.join(workdir, 'jobs'))
+  by_name = dict(zip(names, groups))
+  for f in failures:
+    logging.warning('%s failed: %s (log: %s)', f.name, f.error, f.log)
+    failed += [{'point': p, 'name': point_name(p), 'error': f.error, 'log': f.log, 'points': [p]}
+               for p in by_name[f.name]]
+  return failed
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
@@ -220,33 +284,27 @@ def main(argv: list[str]) -> None:
     grid = parse_grid(_GRID.value, config)
     if _PLOT.value and (':' not in _PLOT.value or _PLOT.value.split(':')[0] not in grid):
       raise UserError(f'--plot={_PLOT.value}: write FIELD:METRIC with FIELD one of {list(grid)}')
-    rows, failed = [], []
     groups = (population_groups(config, points(grid), _MAX_MEMBERS.value)
               if _POPULATIONS.value else [[p] for p in points(grid)])
+    # Run: the groups with a point left to run, here or as jobs.
+    todo = []
     for group in groups:
       done = {point_name(p): _finished(os.path.join(workdir, point_name(p))) for p in group}
       for name in (n for n, r in done.items() if r is not None):
         logging.info('%s: done before, skipped', name)
-      todo = [p for p in group if done[point_name(p)] is None]
-      try:
-        if len(group) > 1 and todo:  # The whole group again: its members share one program.
-          _run_population(config, group, workdir)
-        elif todo:
-          logging.info('%s: running', point_name(todo[0]))
-          point_config = copy.deepcopy(config)
-          point_config.update_from_flattened_dict(todo[0])
-          launcher.run(point_config, os.path.join(workdir, point_name(todo[0])))
-      except NonFiniteLossError as e:  # Diverged: a finding of the sweep, not its end.
-        logging.warning('%s: %s', ', '.join(point_name(p) for p in todo), e)
-        failed += [{'point': p, 'name': point_name(p), 'error': str(e)} for p in todo]
-        continue
-      for point in group:
-        results = records.read_json(os.path.join(workdir, point_name(point), 'results.json'))
-        if 'error' in results:  # A member of a population that diverged.
-          logging.warning('%s: %s', point_name(point), results['error'])
-          failed.append({'point': point, 'name': point_name(point), 'error': results['error']})
-        else:
-          rows.append({'point': point, 'name': point_name(point), 'metrics': _scalars(results)})
+      if any(r is None for r in done.values()):
+        todo.append(group)
+    failed = _run_groups(config, workdir, todo)
+    # Collect: every point's results, a failed group's points as failed.
+    rows, not_run = [], {point_name(p) for f in failed for p in f['points']}
+    failed = [{k: v for k, v in f.items() if k != 'points'} for f in failed]
+    for point in (p for group in groups for p in group if point_name(p) not in not_run):
+      results = records.read_json(os.path.join(workdir, point_name(point), 'results.json'))
+      if 'error' in results:  # A member of a population that diverged.
+        logging.warning('%s: %s', point_name(point), results['error'])
+        failed.append({'point': point, 'name': point_name(point), 'error': results['error']})
+      else:
+        rows.append({'point': point, 'name': point_name(point), 'metrics': _scalars(results)})
   except UserError as e:
     sys.exit(f'error: {e}')
 

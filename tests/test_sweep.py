@@ -91,6 +91,31 @@ def test_points_that_differ_in_seed_and_rate_train_as_one_population_equal_to_ru
   assert len(populations) == 1 and (populations[0] / 'results.json').exists()
 
 
+def test_local_workers_give_the_summary_of_the_serial_sweep_and_report_failures_with_logs(tmp_path):
+  args = [
+      '--config=configs/mnist1d.py:tiny', '--grid=seed=0,1', '--grid=learning_rate=0.01,1e9',
+      '--nopopulations'
+  ]
+  serial = _sweep(*args, f'--workdir={tmp_path / "serial"}')
+  assert serial.returncode == 0, serial.stderr[-3000:]
+  local = _sweep(*args, f'--workdir={tmp_path / "local"}', '--launcher=local', '--workers=2')
+  assert local.returncode == 0, local.stderr[-3000:]
+  mine, theirs = _summary(tmp_path / 'local'), _summary(tmp_path / 'serial')
+  for a, b in zip(mine['points'], theirs['points'], strict=True):  # Threads apart, the same runs.
+    assert a['name'] == b['name']
+    for metric in ('val_loss', 'val_accuracy', 'test_accuracy', 'steps'):
+      assert a['metrics'][metric] == pytest.approx(b['metrics'][metric], rel=1e-5, abs=1e-6)
+  assert [e['name'] for e in mine['summary']] == [e['name'] for e in theirs['summary']]
+  assert sorted(f['name'] for f in mine['failed']) == sorted(f['name'] for f in theirs['failed'])
+  for failure in mine['failed']:  # Each diverged job: its error's last line and its log.
+    assert 'loss is' in failure['error'] and os.path.isfile(failure['log'])
+    with open(failure['log']) as f:
+      assert 'NonFiniteLossError' in f.read()
+  # Rerunning runs only what is left: the failed points.
+  again = _sweep(*args, f'--workdir={tmp_path / "local"}', '--launcher=local', '--workers=2')
+  assert again.returncode == 0 and again.stderr.count('done before, skipped') == 2
+
+
 @pytest.mark.parametrize('grid,message', [
     ('learning_rate', 'write FIELD=V1,V2'),
     ('lerning_rate=0.1', "the config has no field 'lerning_rate'"),

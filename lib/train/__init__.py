@@ -13,6 +13,7 @@
   loop.py       `fit`: set up, restore, loop (step, log, evaluate, checkpoint, stop), finish
   lr_finder.py  the LR range test on the same engine
 """
+from lib.train.hooks import on_evaluation
 from lib.train.loop import fit
 from lib.train.lr_finder import lr_range_test
 from lib.train.lr_finder import lr_sweep_schedule
@@ -41,5 +42,6 @@ __all__ = [
     'COMPUTE_DTYPES', 'OPTIMIZERS', 'SCHEDULES', 'Task', 'TrainState', 'TrainSteps', 'check_config',
     'create_optimizer', 'create_train_state', 'current_step', 'epochs_to_steps', 'evaluate', 'fit',
     'jit_eval_step', 'learning_rate_schedule', 'lr_range_test', 'lr_sweep_schedule',
-    'make_eval_step', 'make_train_step', 'member', 'members', 'metrics_collection', 'steps_per_call'
+    'make_eval_step', 'make_train_step', 'member', 'members', 'metrics_collection', 'on_evaluation',
+    'steps_per_call'
 ]

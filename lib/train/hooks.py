@@ -1,4 +1,7 @@
 """What the loop calls between steps: when it is time, epoch and window means, signals, the profiler."""
+from collections.abc import Callable, Iterator
+import contextlib
+import contextvars
 import signal
 import threading
 from typing import Any
@@ -34,6 +37,27 @@ class StopSignals:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+# Called after each evaluation as listener(epoch, metrics); True ends training there.
+Listener = Callable[[int, dict[str, float]], bool]
+_LISTENERS: contextvars.ContextVar[tuple[Listener, ...]] = contextvars.ContextVar(
+    'jaxnotes_evaluation_listeners', default=())
+
+
+@contextlib.contextmanager
+def on_evaluation(listener: Listener) -> Iterator[None]:
+  """Inside this block `fit` calls `listener(epoch, val_metrics)` after each evaluation; a True
+  return ends training there, saved, as early stopping does (e.g. an Optuna pruner's verdict)."""
+  token = _LISTENERS.set((*_LISTENERS.get(), listener))
+  try:
+    yield
+  finally:
+    _LISTENERS.reset(token)
+
+
+def listeners() -> tuple[Listener, ...]:
+  return _LISTENERS.get()
 
 
 def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from lib import summary
 from lib.errors import Interrupted, NonFiniteLossError
 from lib.train.engine import Engine, compile_for_target, set_up
 from lib.train.evaluators import CheckpointPolicy, Evaluator, checkpoint_policy, evaluators
-from lib.train.hooks import Profiler, Progress, StopSignals, flat_hparams
+from lib.train.hooks import Profiler, Progress, StopSignals, flat_hparams, listeners
 from lib.train import population
 from lib.train.state import TrainState, current_step
 from lib.train.steps import Task
@@ -163,6 +163,9 @@ class _Loop:
     record = self.meta['history'][-1]
     record.update(val_metrics)
     improved = self.policy.after_evaluation(self.meta, val_metrics, step, record['epoch'])
+    if any([listen(record['epoch'], val_metrics) for listen in listeners()]):
+      logging.info('stopped at epoch %d by a listener (hooks.on_evaluation)', record['epoch'])
+      self.meta['stopped_early'] = improved = True
     if time.time() - self.last_line >= config.log_every_seconds or step == self.engine.total_steps:
       self.last_line = time.time()
       rate = (step - self.start_step) / (self.last_line - self.started)
