@@ -28,7 +28,8 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   # optimizer carries as state can vary (optax.inject_hyperparams): learning_rate
   # (it scales lr_schedule's shape), weight_decay and SGD's momentum. Every member
   # ends as its own single run would, to float rounding; results.json lists each.
-  # experiments.sweep builds these lists from a grid.
+  # As with num_seeds, logging, the best checkpoint and early stopping follow the mean
+  # over the members. experiments.sweep builds these lists from a grid.
   c.population = ml_collections.ConfigDict({
       'learning_rate': (), 'weight_decay': (), 'momentum': (), 'seed': ()
   })
