@@ -301,11 +301,11 @@ def fit(
       'train_step_compiles': engine.train_steps.compiles(),
       'stopped_early': meta['stopped_early'],
       'best_epoch': meta['best_epoch'],
-      'restored_best': bool(config.restore_best and meta['best_step'] is not None),
+      'restored_best': bool(policy.restore_best and meta['best_step'] is not None),
       **final,
   }
-  if config.best_metric:
-    results[f'best_{config.best_metric}'] = meta['best_value']
+  if policy.best_metric:
+    results[f'best_{policy.best_metric}'] = meta['best_value']
   if population.members(engine.state):  # The means above; here each member and the spread.
     results.update(population.results(config, per_model))
   if meta.get('diverged'):  # Members of a population whose loss became NaN or inf.
