@@ -135,7 +135,7 @@ def population_groups(config: ml_collections.ConfigDict, grid_points: list[dict[
   """
   from lib.train import population  # pylint: disable=g-import-not-at-top
   module = launcher.experiment_module(config)
-  carried = {'seed', *population.CARRIED}
+  carried = set(population.FIELDS)
   if config.get('optimizer') != 'sgd':
     carried.discard('momentum')  # Adam has no momentum to carry.
   allowed = ('optimizer' in config and getattr(module, 'REPORTS_EACH_MEMBER', False) and
@@ -168,6 +168,7 @@ def population_config(config: ml_collections.ConfigDict,
 def _run_population(config: ml_collections.ConfigDict, members: list[dict[str, Any]],
                     workdir: str) -> None:
   """Trains `members` as one population, then writes each point's results.json from its member."""
+  from lib.train import population  # pylint: disable=g-import-not-at-top
   names = [point_name(m) for m in members]
   digest = hashlib.sha256('\n'.join(names).encode()).hexdigest()[:10]
   sub = os.path.join(workdir, 'populations', f'{len(members)}_points-{digest}')
@@ -177,7 +178,7 @@ def _run_population(config: ml_collections.ConfigDict, members: list[dict[str, A
   shared = {k: results[k] for k in _SHARED if k in results}
   for k, name in enumerate(names):
     own = ({'error': diverged[str(k)]} if str(k) in diverged else
-           {m: v[k] for m, v in per_member.items() if m not in population_fields()})
+           {m: v[k] for m, v in per_member.items() if m not in population.FIELDS})
     os.makedirs(os.path.join(workdir, name), exist_ok=True)
     records.write_json(
         os.path.join(workdir, name, 'results.json'), {
@@ -188,11 +189,6 @@ def _run_population(config: ml_collections.ConfigDict, members: list[dict[str, A
 
 # What a point's results.json keeps of its population's: the run's shape, not its means.
 _SHARED = ('steps', 'steps_per_epoch', 'epochs', 'params', 'train_step_compiles', 'wall_time_s')
-
-
-def population_fields() -> tuple[str, ...]:
-  from lib.train import population  # pylint: disable=g-import-not-at-top
-  return ('seed', *population.CARRIED)
 
 
 def _scalars(results: dict[str, Any]) -> dict[str, float]:

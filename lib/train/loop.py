@@ -62,6 +62,8 @@ class _Loop:
     self.meta, self.saved_step, self.end_on_nonfinite = meta, saved_step, end_on_nonfinite
     self.progress = Progress(engine.steps_per_epoch, engine.total_steps, config.log_every_steps)
     self.progress.diverged = {int(k) for k in meta.get('diverged', {})}
+    # The population's shape, read once: the loop asks it after every call.
+    self.members, self.varied = population.size(config), population.varied(config)
     self.last_line = 0.0  # When the terminal got its last epoch line.
     self.started, self.start_step = time.time(), 0  # For the steps/s of those lines.
 
@@ -121,10 +123,9 @@ class _Loop:
       NonFiniteLossError: a non-finite loss in a training run.
     """
     bad = self.progress.add(first, steps, metrics)
-    members = population.size(self.config)
     # A population over hyperparameters keeps training the members that have not diverged,
     # as their own runs would; results.json names the others.
-    while bad and population.varied(self.config) and len(self.progress.diverged) < members - 1:
+    while bad and self.varied and len(self.progress.diverged) < self.members - 1:
       member = bad[2]
       self.progress.diverged.add(member)
       self.meta.setdefault('diverged', {})[str(member)] = (
@@ -139,12 +140,13 @@ class _Loop:
       kept = (f'the last good checkpoint (step {self.saved_step}) is kept in '
               f'{self.ckpt.directory}'
               if self.saved_step is not None else 'no checkpoint was saved yet')
-      seed = f' (the model of {population.describe(self.config, bad[2])})' if members > 1 else ''
+      seed = (f' (the model of {population.describe(self.config, bad[2])})'
+              if self.members > 1 else '')
       raise NonFiniteLossError(f'loss is {bad[1]} at step {bad[0]}{seed}; training stopped, '
                                f'{kept}. Lower config.learning_rate or check the inputs')
     for at, means in self.progress.windows:
       # A population over learning rates has none to log: each member's is in results.json.
-      rate = ({} if 'learning_rate' in population.varied(self.config) else
+      rate = ({} if 'learning_rate' in self.varied else
               {'learning_rate': float(self.engine.schedule(at - 1))})
       self.writer.write_scalars(at, {**rate, **{f'train_{k}': v for k, v in means.items()}})
     self.progress.windows.clear()
@@ -157,7 +159,7 @@ class _Loop:
     config = self.config
     per_model = {k: v for e in due_now for k, v in e(self.engine.evaluate, state).items()}
     val_metrics = population.mean(per_model)  # A population is logged and ranked by its mean.
-    if population.size(config) > 1:
+    if self.members > 1:
       self.meta['val_per_seed'] = {k: v.tolist() for k, v in per_model.items()}
     self.writer.write_scalars(step, val_metrics)
     record = self.meta['history'][-1]

@@ -23,6 +23,8 @@ from lib.errors import UserError
 
 # The hyperparameters a population may vary: the optimizer holds them as state.
 CARRIED = ('learning_rate', 'weight_decay', 'momentum')
+# What sets one member apart from another: its seed and the carried hyperparameters.
+FIELDS = ('seed', *CARRIED)
 
 
 def table(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -38,7 +40,7 @@ def table(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                     f'lengths, not {({k: len(v) for k, v in lists.items()})}')
   rows = []
   for i in range(lengths.pop() if lengths else 1):
-    setting = {k: lists[k][i] if k in lists else config[k] for k in ('seed', *CARRIED)}
+    setting = {k: lists[k][i] if k in lists else config[k] for k in FIELDS}
     rows += [{**setting, 'seed': setting['seed'] + j} for j in range(config.get('num_seeds', 1))]
   return rows
 
