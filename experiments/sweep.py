@@ -8,6 +8,8 @@ Points that differ only in fields a population can vary (the seed, and the
 optimizer's hyperparameters of lib.train.population.CARRIED) train together as
 one population (config.population): one vmapped program for up to
 --max_members of them, run through the launcher in `WORKDIR/populations/`.
+A population whose compiled steps need more memory than its device has free
+stops before its first step and runs again as smaller groups that fit.
 Each member ends as its single run would (to float rounding), and its results
 are written to its point's sub-workdir as if it had run alone. The others, and
 every point of an experiment that trains one model per run, early stopping or
@@ -38,7 +40,7 @@ import numpy as np
 import experiments.__main__ as launcher  # Flags --config, --workdir and the CPU settings.
 from lib import jobs
 from lib import records
-from lib.errors import NonFiniteLossError, UserError
+from lib.errors import NonFiniteLossError, PopulationTooLarge, UserError
 
 _GRID = flags.DEFINE_multi_string(
     'grid', [], 'FIELD=V1,V2,...: values of one config field (repeat the flag for more fields; '
@@ -225,7 +227,13 @@ def run_group(config: ml_collections.ConfigDict, group: list[dict[str, Any]], wo
   """Runs one group of points: a population, or one point alone (its own process as a job)."""
   logging.set_verbosity(logging.INFO)
   if len(group) > 1:  # The whole group: its members share one program.
-    _run_population(config, group, workdir)
+    try:
+      _run_population(config, group, workdir)
+    except PopulationTooLarge as e:  # Smaller groups, as many members as fit.
+      size = min(max(e.fits, 1), len(group) - 1)
+      logging.warning('%s: the %d points run in groups of %d', e, len(group), size)
+      for i in range(0, len(group), size):
+        run_group(config, group[i:i + size], workdir)
     return
   logging.info('%s: running', point_name(group[0]))
   point_config = copy.deepcopy(config)

@@ -14,6 +14,14 @@ class NonFiniteLossError(UserError):
   """The training loss became NaN or inf; the run stopped and kept its last good checkpoint."""
 
 
+class PopulationTooLarge(UserError):
+  """A population's programs need more memory than its device has free; `fits` members would fit."""
+
+  def __init__(self, message: str, fits: int):
+    super().__init__(message)
+    self.fits = fits
+
+
 class Interrupted(UserError):
   """The run got SIGINT or SIGTERM, saved a checkpoint and stopped; rerunning resumes."""
 

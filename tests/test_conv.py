@@ -117,6 +117,48 @@ def test_a_population_computes_each_members_convolutions_alone():
       np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-4)
 
 
+# (input shape, kernel, stride, padding, features) of 1-D convolutions: MNIST-1D's CNN layers,
+# the forecast models' causal ones, and shapes that leave every vector and row tile part full.
+CONV1D_CASES = [
+    ((100, 40, 1), 5, 2, [(1, 1)], 25),  # mnist1d cnn: first layer.
+    ((100, 19, 25), 3, 2, [(1, 1)], 25),  # mnist1d cnn: second layer.
+    ((7, 10, 25), 3, 2, [(1, 1)], 25),
+    ((3, 30, 8), 5, 1, 'CAUSAL', 70),  # forecast: a causal conv, more than 4 vectors of features.
+    ((5, 33, 40), 4, 3, [(2, 2)], 17),
+    ((2, 9, 130), 1, 1, 'VALID', 3),  # A patch of 130 values, in more than one tile.
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize('shape,taps,stride,padding,features', CONV1D_CASES)
+def test_the_1d_kernel_matches_nn_conv_alone_and_in_a_population(shape, taps, stride, padding,
+                                                                 features):
+  layer = nn.Conv(features, (taps,), strides=(stride,), padding=padding)
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, *shape))  # 3 members.
+  params = jax.vmap(layer.init)(jax.random.split(jax.random.PRNGKey(0), 3), x)
+  ours = conv.specialize(layer.apply)
+
+  def grads(apply):
+    return jax.grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1))
+
+  with conv.implementation('kernel'):
+    population = jax.jit(jax.vmap(grads(ours)))
+    text = population.lower(params, x).as_text()
+    got, again = population(params, x), population(params, x)
+    alone = jax.jit(grads(ours))(jax.tree.map(lambda p: p[1], params), x[1])
+  for name in (conv_kernel.CONV1D_FORWARD, conv_kernel.CONV1D_INPUT_GRAD,
+               conv_kernel.CONV1D_WEIGHT_GRAD):
+    assert text.count(name) == 1  # One call for all the members.
+  assert 'conv_general_dilated' not in text
+  for i in range(3):
+    want = grads(layer.apply)(jax.tree.map(lambda p: p[i], params), x[i])  # noqa: B023
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-4)
+  # A member computes the same bits in the population as alone, and again.
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], b), got, alone)
+  jax.tree.map(np.testing.assert_array_equal, again, got)
+
+
 class _Block(nn.Module):
   """A first block as the models write it: nn.Conv → nn.relu → 2x2 pool."""
   features: int

@@ -129,3 +129,17 @@ def test_a_population_of_stacked_lstms_initializes():
                         text=True, timeout=240, cwd=pathlib.Path(__file__).parents[1])
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.split() == ['3']
+
+
+def test_a_population_that_needs_more_memory_than_is_free_names_how_many_members_fit(monkeypatch):
+  from lib.errors import PopulationTooLarge  # pylint: disable=g-import-not-at-top
+  from lib.train import population  # pylint: disable=g-import-not-at-top
+  population.require_fit(4, needed=100, free=None)  # Unknown: no check.
+  population.require_fit(4, needed=100, free=100)
+  with pytest.raises(PopulationTooLarge, match='at most 2 members fit') as raised:
+    population.require_fit(4, needed=100 * population.MIB, free=60 * population.MIB)
+  assert raised.value.fits == 2 and '--max_members=2' in str(raised.value)
+  monkeypatch.setenv(population.MEMORY_ENV, '1.5')
+  assert population.free_memory(jax.devices()[0]) == int(1.5 * population.MIB)
+  monkeypatch.delenv(population.MEMORY_ENV)
+  assert population.free_memory(jax.devices()[0]) > 0  # The host's available memory.

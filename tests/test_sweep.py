@@ -125,3 +125,30 @@ def test_bad_grids_are_one_error_line(tmp_path, grid, message):
   out = _sweep('--config=configs/mnist1d.py:tiny', f'--workdir={tmp_path}', f'--grid={grid}')
   assert out.returncode != 0 and 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith('error:') and message in out.stderr
+
+
+def test_a_population_too_large_for_the_memory_it_may_take_runs_as_smaller_groups(tmp_path):
+  args = ['--config=configs/mnist1d.py:tiny', '--grid=seed=0,1,2,3']
+  whole = _sweep(*args, f'--workdir={tmp_path / "whole"}')
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  (population,) = (tmp_path / 'whole' / 'populations').iterdir()
+  with open(population / 'results.json') as f:
+    needed = json.load(f)['memory_needed_mb']  # The 4 members' steps, from XLA's analysis.
+  assert needed > 0
+  # Memory for about 3 of the 4 members: the population stops before its first step and its
+  # points run in groups that fit, each member as it trained in the whole population.
+  env = {**os.environ, 'JAXNOTES_POPULATION_MEMORY_MB': str(needed * 0.8)}
+  split = subprocess.run([sys.executable, '-m', 'experiments.sweep', *args,
+                          f'--workdir={tmp_path / "split"}'], cwd=REPO, capture_output=True,
+                         text=True, timeout=900, env=env)
+  assert split.returncode == 0, split.stderr[-3000:]
+  assert 'a population of 4 members needs' in split.stderr and 'at most 3 members fit' in split.stderr
+  assert 'the 4 points run in groups of 3' in split.stderr
+  trained = [p.name.split('-')[0] for p in (tmp_path / 'split' / 'populations').iterdir()
+             if (p / 'results.json').exists()]
+  assert trained == ['3_points'] and split.stderr.count(': running') == 1  # 3 together, 1 alone.
+  mine, theirs = _summary(tmp_path / 'split'), _summary(tmp_path / 'whole')
+  assert not mine['failed'] and len(mine['points']) == 4
+  for a, b in zip(mine['points'], theirs['points'], strict=True):
+    for metric in ('val_loss', 'val_accuracy'):
+      assert a['metrics'][metric] == pytest.approx(b['metrics'][metric], rel=1e-5, abs=1e-6)

@@ -174,7 +174,7 @@ def abstract(x: Any, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
 
 
 def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int = 1, steps: int = 0,
-            data_bytes: int = 0) -> Program:  # pylint: disable=redefined-builtin
+            data_bytes: int = 0, members: int = 1) -> Program:  # pylint: disable=redefined-builtin
   """Lowers the jitted `fn` on abstract `args` and compiles it for the session's target.
 
   Args:
@@ -185,6 +185,7 @@ def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int 
     calls: calls in a whole run.
     steps: training steps per call.
     data_bytes: per device, the splits among `args` that it gathers batches from.
+    members: the models of a population that it trains or evaluates at once.
 
   Returns:
     The Program, also recorded in the session.
@@ -229,11 +230,17 @@ def compile(name: str, fn: Any, *args: Any, resident_bytes: int = 0, calls: int 
                     float(cost.get('bytes accessed', 0)) if cost else None, calls, steps,
                     round(time.perf_counter() - start, 2), data_bytes)
   if peak + resident_bytes > t.hbm:
+    fix = ('lower config.batch_size or config.eval_batch_size, or config.device_data_mb to '
+           'stream the splits')
+    if members > 1:  # All but the splits grows with the members.
+      shared = resident_bytes + data_bytes
+      fits = max(0, int(members * (t.hbm - shared) // max(peak - data_bytes, 1)))
+      fix = (f'at most {fits} of the population\'s {members} members fit (python -m '
+             f'experiments.sweep --max_members={max(fits, 1)} trains them in groups), or ' + fix)
     raise UserError(
         f'--compile_for={t.name}: {name} needs {_mib(peak + resident_bytes)} per device '
         f'({_mib(peak)} peak + {_mib(resident_bytes)} of splits kept on the device), over the '
-        f'{_mib(t.hbm)} of HBM of a {t.description} device; lower config.batch_size or '
-        'config.eval_batch_size, or config.device_data_mb to stream the splits')
+        f'{_mib(t.hbm)} of HBM of a {t.description} device; {fix}')
   _SESSION.programs.append(program)
   return program
 

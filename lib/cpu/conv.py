@@ -42,7 +42,7 @@ from lib import cpu
 from lib import parallel
 from lib.cpu import conv_kernel
 from lib.cpu.activations import relu
-from lib.cpu.convolutions import conv_relu_pool, im2col_conv, kernel_conv
+from lib.cpu.convolutions import conv_relu_pool, im2col_conv, kernel_conv, kernel_conv1d
 from lib.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
@@ -85,6 +85,7 @@ def resolve(impl: str) -> str:
 
 
 _NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+_NWC = lax.ConvDimensionNumbers((0, 2, 1), (2, 1, 0), (0, 2, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,15 +148,21 @@ def _is_relu(eqn: jax_core.JaxprEqn) -> bool:
           any(isinstance(v, jax_core.Literal) and v.val == 0 for v in body.eqns[0].invars))
 
 
-def _conv_2d(eqn: jax_core.JaxprEqn) -> bool:
-  """Whether `eqn` is nn.Conv's float32 2-D convolution (NHWC, HWIO, no dilation or groups)."""
+def _plain_conv(eqn: jax_core.JaxprEqn, dims: int) -> bool:
+  """Whether `eqn` is nn.Conv's float32 `dims`-D convolution (channels last, no dilation or groups)."""
   if eqn.primitive.name != 'conv_general_dilated':
     return False
   p = eqn.params
-  plain = (p['lhs_dilation'] == p['rhs_dilation'] == (1, 1) and p['feature_group_count'] == 1 and
-           p['batch_group_count'] == 1 and p['precision'] is None)
-  return (plain and p['dimension_numbers'] == _NHWC and p['preferred_element_type'] is None and
+  plain = (p['lhs_dilation'] == p['rhs_dilation'] == (1,) * dims and
+           p['feature_group_count'] == 1 and p['batch_group_count'] == 1 and p['precision'] is None)
+  return (plain and p['dimension_numbers'] == {1: _NWC, 2: _NHWC}.get(dims) and
+          p['preferred_element_type'] is None and
           all(v.aval.dtype == jnp.float32 for v in eqn.invars))
+
+
+def _conv_2d(eqn: jax_core.JaxprEqn) -> bool:
+  """Whether `eqn` is nn.Conv's float32 2-D convolution (NHWC, HWIO, no dilation or groups)."""
+  return _plain_conv(eqn, 2)
 
 
 def _blocks(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, str, list[int]]]:
@@ -225,6 +232,9 @@ def _blocks(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, str, list[int]]]
 
 def _conv(impl: str, eqn: jax_core.JaxprEqn, x: jax.Array, kernel: jax.Array) -> jax.Array | None:
   """The convolution `eqn` by `impl`, or None where XLA's runs as traced."""
+  if impl == 'kernel' and _plain_conv(eqn, 1) and min(eqn.params['padding'][0]) >= 0:
+    (stride,), (padding,) = eqn.params['window_strides'], eqn.params['padding']
+    return kernel_conv1d(x, kernel, stride, tuple(padding))
   if not _conv_2d(eqn):
     return None
   strides, padding = eqn.params['window_strides'], eqn.params['padding']

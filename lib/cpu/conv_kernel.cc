@@ -61,6 +61,24 @@ struct Block {
   }
 };
 
+// A 1-D convolution of M members at once (a population's, or M = 1): x (M, N, LP, C) already
+// padded, w (M, T, C, K), y (M, N, OL, K) with OL = (LP - T) / S + 1. Output row r = (n, o) reads
+// the T*C floats of x from (n, o*S) on: its patch, contiguous in NWC.
+struct Conv1d {
+  int64_t m, n, lp, c, ol, k, t, s;
+  int64_t P() const { return t * c; }
+  int64_t Rows() const { return n * ol; }
+  int64_t Patch(int64_t r) const { return ((r / ol) * lp + (r % ol) * s) * c; }
+};
+
+// Member m's rows [r0, r1) (forward, weight gradient) or sequences [n0, n1) (input gradient).
+using Conv1dFn = void (*)(const float*, const float*, float*, const Conv1d&, int64_t, int64_t,
+                          int64_t);
+struct Conv1dFns {
+  Conv1dFn forward, input_grad, weight_grad;
+  bool transposed;  // weight_grad writes K x P, not P x K.
+};
+
 using ChunkFn = void (*)(const float*, const float*, float*, const Geometry&, int64_t, int64_t);
 using ForwardFn = void (*)(const float*, const float*, const float*, float*, const Block&, int64_t,
                            int64_t);
@@ -73,6 +91,7 @@ struct Kernels {
   ChunkFn (*chunk)(int64_t c, int64_t k);
   ForwardFn (*forward)(int64_t taps, bool max);
   BackwardFn (*backward)(int64_t taps, bool max);
+  Conv1dFns (*conv1d)(int64_t k, int64_t p);
 };
 
 #pragma GCC push_options
@@ -100,6 +119,11 @@ struct Simd {
   static M Or(M a, M b) { return a | b; }
   static V Keep(M m, V a) { return _mm512_maskz_mov_ps(m, a); }  // a where m, else 0.
   static V Select(M m, V a, V b) { return _mm512_mask_mov_ps(b, m, a); }  // a where m, else b.
+  // The first n lanes (0 <= n <= 16); the others read as 0 and are not written.
+  static M First(int64_t n) { return static_cast<M>((1u << n) - 1); }
+  static V LoadN(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(First(n), p); }
+  static void StoreN(float* p, V v, int64_t n) { _mm512_mask_storeu_ps(p, First(n), v); }
+  static constexpr int kAccumulators = 24;  // Of the 32 registers; the rest for loads.
 };
 
 #include "conv_kernel_simd.h"
@@ -112,7 +136,7 @@ ChunkFn PickChunk(int64_t c, int64_t k) {
   return c % 16 == 0 ? &Chunk<16, 1> : c % 8 == 0 ? &Chunk<8, 1> : &Chunk<4, 1>;
 }
 
-constexpr Kernels kKernels{&PickChunk, &Pick<Forward>, &Pick<Backward>};
+constexpr Kernels kKernels{&PickChunk, &Pick<Forward>, &Pick<Backward>, &PickConv1d};
 
 }  // namespace avx512
 #pragma GCC pop_options
@@ -142,6 +166,14 @@ struct Simd {
   static M Or(M a, M b) { return _mm256_or_ps(a, b); }
   static V Keep(M m, V a) { return _mm256_and_ps(m, a); }
   static V Select(M m, V a, V b) { return _mm256_blendv_ps(b, a, m); }
+  // The first n lanes (0 <= n <= 8); the others read as 0 and are not written.
+  static __m256i First(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V LoadN(const float* p, int64_t n) { return _mm256_maskload_ps(p, First(n)); }
+  static void StoreN(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, First(n), v); }
+  static constexpr int kAccumulators = 12;  // Of the 16 registers; the rest for loads.
 };
 
 #include "conv_kernel_simd.h"
@@ -149,7 +181,7 @@ struct Simd {
 // 16 vector registers: CT*KV accumulators, KV loads and a broadcast.
 ChunkFn PickChunk(int64_t, int64_t) { return &Chunk<4, 2>; }
 
-constexpr Kernels kKernels{&PickChunk, &Pick<Forward>, &Pick<Backward>};
+constexpr Kernels kKernels{&PickChunk, &Pick<Forward>, &Pick<Backward>, &PickConv1d};
 
 }  // namespace avx2
 #pragma GCC pop_options
@@ -275,6 +307,110 @@ ffi::Error BlockBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   return ffi::Error::Success();
 }
 
+// The members of a 1-D convolution's arrays: the product of the dimensions before the last
+// three (1 for rank 3), or -1 unless the array has at least three.
+int64_t Members(ffi::Span<const int64_t> d) {
+  if (d.size() < 3) return -1;
+  int64_t m = 1;
+  for (size_t i = 0; i + 3 < d.size(); ++i) m *= d[i];
+  return m;
+}
+
+// The geometry from x (…, N, LP, C), w (…, T, C, K) and the output's length, or nothing.
+std::optional<Conv1d> Conv1dGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
+                                     int64_t ol, int64_t s) {
+  const int64_t m = Members(xd), r = xd.size(), q = wd.size();
+  if (m < 0 || Members(wd) != m || wd[q - 2] != xd[r - 1] || s < 1 ||
+      ol != (xd[r - 2] - wd[q - 3]) / s + 1 || ol < 1)
+    return std::nullopt;
+  return Conv1d{m, xd[r - 3], xd[r - 2], xd[r - 1], ol, wd[q - 1], wd[q - 3], s};
+}
+
+constexpr char kConv1dShapes[] =
+    "conv1d: needs padded x (..., N, LP, C), w (..., T, C, K), y or dy (..., N, (LP-T)/S+1, K) "
+    "with the same leading dimensions";
+
+// Chunks per member: about 256 output rows each, at most one per sequence. Fixed by a member's
+// shapes alone, so that a weight gradient's sums depend neither on the thread count nor on how
+// many members share the call: a member computes the same bits alone and in a population.
+int64_t Conv1dChunks(const Conv1d& g) {
+  return std::clamp<int64_t>((g.Rows() + 255) / 256, 1, std::max<int64_t>(g.n, 1));
+}
+
+ffi::Error Conv1dForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                             ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t s) {
+  const auto yd = y->dimensions();
+  const auto g = Conv1dGeometry(x.dimensions(), w.dimensions(), yd[yd.size() - 2], s);
+  if (!g || Members(yd) != g->m || yd[yd.size() - 1] != g->k) {
+    return ffi::Error::InvalidArgument(kConv1dShapes);
+  }
+  const Conv1d geometry = *g;
+  const Conv1dFn fn = Best().conv1d(geometry.k, geometry.P()).forward;
+  const float *xp = x.typed_data(), *wp = w.typed_data();
+  float* out = y->typed_data();
+  const int64_t per = Conv1dChunks(geometry), rows = geometry.Rows();
+  ForChunks(pool, geometry.m * per, geometry.m * per, [=](int64_t c, int64_t, int64_t) {
+    const int64_t j = c % per;
+    fn(xp, wp, out, geometry, c / per, rows * j / per, rows * (j + 1) / per);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Conv1dInputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                               ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                               int64_t s) {
+  const auto dyd = dy.dimensions();
+  const auto g = Conv1dGeometry(dx->dimensions(), w.dimensions(), dyd[dyd.size() - 2], s);
+  if (!g || Members(dyd) != g->m || dyd[dyd.size() - 1] != g->k) {
+    return ffi::Error::InvalidArgument(kConv1dShapes);
+  }
+  const Conv1d geometry = *g;
+  const Conv1dFn fn = Best().conv1d(geometry.k, geometry.P()).input_grad;
+  const float *dyp = dy.typed_data(), *wp = w.typed_data();
+  float* out = dx->typed_data();
+  const int64_t per = Conv1dChunks(geometry), n = geometry.n;
+  ForChunks(pool, geometry.m * per, geometry.m * per, [=](int64_t c, int64_t, int64_t) {
+    const int64_t j = c % per;
+    fn(dyp, wp, out, geometry, c / per, n * j / per, n * (j + 1) / per);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Conv1dWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                                int64_t s) {
+  const auto dyd = dy.dimensions();
+  const auto g = Conv1dGeometry(x.dimensions(), dw->dimensions(), dyd[dyd.size() - 2], s);
+  if (!g || Members(dyd) != g->m || dyd[dyd.size() - 1] != g->k) {
+    return ffi::Error::InvalidArgument(kConv1dShapes);
+  }
+  const Conv1d geometry = *g;
+  const Conv1dFns fns = Best().conv1d(geometry.k, geometry.P());
+  const Conv1dFn fn = fns.weight_grad;
+  const int64_t per = Conv1dChunks(geometry), rows = geometry.Rows();
+  const int64_t size = geometry.P() * geometry.k;
+  std::vector<float> partial(geometry.m * per * size);
+  const float *xp = x.typed_data(), *dyp = dy.typed_data();
+  float* pp = partial.data();
+  ForChunks(pool, geometry.m * per, geometry.m * per, [=](int64_t c, int64_t, int64_t) {
+    const int64_t j = c % per;
+    fn(xp, dyp, pp + c * size, geometry, c / per, rows * j / per, rows * (j + 1) / per);
+  });
+  std::vector<float> member(per * size), total(size);
+  for (int64_t m = 0; m < geometry.m; ++m) {
+    std::copy_n(partial.begin() + m * per * size, per * size, member.begin());
+    float* out = dw->typed_data() + m * size;
+    if (!fns.transposed) {
+      SumChunks(member, per, out);
+      continue;
+    }
+    SumChunks(member, per, total.data());
+    for (int64_t k = 0; k < geometry.k; ++k)
+      for (int64_t p = 0; p < geometry.P(); ++p) out[p * geometry.k + k] = total[k * geometry.P() + p];
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvBlockForward, BlockForwardImpl,
@@ -307,6 +443,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvWgrad, WgradImpl,
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("pt")
                                   .Attr<int64_t>("pl"));
+
+#define JAXNOTES_CONV1D_HANDLER(name, impl)                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, impl,                \
+                                ffi::Ffi::Bind()           \
+                                    .Ctx<ffi::ThreadPool>() \
+                                    .Arg<ffi::Buffer<ffi::F32>>() \
+                                    .Arg<ffi::Buffer<ffi::F32>>() \
+                                    .Ret<ffi::Buffer<ffi::F32>>() \
+                                    .Attr<int64_t>("s"));
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dForward, Conv1dForwardImpl)
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dInputGrad, Conv1dInputGradImpl)
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dWeightGrad, Conv1dWeightGradImpl)
 
 // The vector width the kernels run at on this CPU, 0 where they cannot run (the library itself
 // loads on any x86-64 CPU).

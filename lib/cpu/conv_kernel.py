@@ -31,6 +31,8 @@ import lib
 
 WEIGHT_GRAD = 'jaxnotes_conv_weight_grad'
 BLOCK_FORWARD, BLOCK_BACKWARD = 'jaxnotes_conv_block_forward', 'jaxnotes_conv_block_backward'
+CONV1D_FORWARD, CONV1D_INPUT_GRAD, CONV1D_WEIGHT_GRAD = (
+    'jaxnotes_conv1d_forward', 'jaxnotes_conv1d_input_grad', 'jaxnotes_conv1d_weight_grad')
 SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
 HEADER = SOURCE.with_name('conv_kernel_simd.h')  # The kernels; SOURCE includes it.
 
@@ -78,7 +80,10 @@ def available() -> bool:
     return False
   for target, handler in [(WEIGHT_GRAD, library.JaxnotesConvWgrad),
                           (BLOCK_FORWARD, library.JaxnotesConvBlockForward),
-                          (BLOCK_BACKWARD, library.JaxnotesConvBlockBackward)]:
+                          (BLOCK_BACKWARD, library.JaxnotesConvBlockBackward),
+                          (CONV1D_FORWARD, library.JaxnotesConv1dForward),
+                          (CONV1D_INPUT_GRAD, library.JaxnotesConv1dInputGrad),
+                          (CONV1D_WEIGHT_GRAD, library.JaxnotesConv1dWeightGrad)]:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform='cpu')
   return True
 
@@ -138,3 +143,34 @@ def block_backward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool
             jax.ShapeDtypeStruct(bias.shape, jnp.float32))
   return jax.ffi.ffi_call(BLOCK_BACKWARD, shapes, vmap_method='sequential')(x_padded, kernel, bias,
                                                                             dout, max=pool == 'max')
+
+
+# The 1-D kernels take a population's member axis as it is: vmapped, XLA passes the members as
+# leading dimensions ('broadcast_all') and each call computes them all, in registers, at once.
+
+
+def conv1d_forward(x_padded: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The 1-D convolution of x_padded (batch, length, channels) by kernel (taps, channels, features).
+
+  No padding (pad x first) and no dilation; `stride` >= 1. Returns (batch, out_length, features)
+  with out_length = (length - taps) // stride + 1.
+  """
+  n, length, _ = x_padded.shape
+  taps, _, features = kernel.shape
+  out = jax.ShapeDtypeStruct((n, (length - taps) // stride + 1, features), jnp.float32)
+  return jax.ffi.ffi_call(CONV1D_FORWARD, out, vmap_method='broadcast_all')(x_padded, kernel,
+                                                                           s=np.int64(stride))
+
+
+def conv1d_input_grad(dy: jax.Array, kernel: jax.Array, length: int, stride: int) -> jax.Array:
+  """The gradient of `conv1d_forward`'s padded input (batch, length, channels), given dy."""
+  out = jax.ShapeDtypeStruct((dy.shape[0], length, kernel.shape[1]), jnp.float32)
+  return jax.ffi.ffi_call(CONV1D_INPUT_GRAD, out, vmap_method='broadcast_all')(dy, kernel,
+                                                                              s=np.int64(stride))
+
+
+def conv1d_weight_grad(x_padded: jax.Array, dy: jax.Array, taps: int, stride: int) -> jax.Array:
+  """The gradient of `conv1d_forward`'s kernel (taps, channels, features), given dy."""
+  out = jax.ShapeDtypeStruct((taps, x_padded.shape[-1], dy.shape[-1]), jnp.float32)
+  return jax.ffi.ffi_call(CONV1D_WEIGHT_GRAD, out, vmap_method='broadcast_all')(x_padded, dy,
+                                                                               s=np.int64(stride))

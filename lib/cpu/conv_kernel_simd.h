@@ -146,3 +146,243 @@ template <int T, bool kMax>
 struct Backward {
   static constexpr auto Run = &BlockBackward<T, kMax>;
 };
+
+// --- 1-D convolutions (Conv1d below), forward, input gradient and weight gradient. ---
+// Row r of a member's output, (sequence n, position o), reads its input patch as P = T*C
+// contiguous floats of the padded input at (n, o*s); no patches are written to memory.
+
+// Output rows [r, r+R) x kLanes*KV channels from k0: the patch of each row times the packed
+// weights (P x kp, kp a multiple of kLanes, zeros past K).
+template <int R, int KV>
+void Conv1dForwardTile(const float* xm, const float* wpack, float* ym, const Conv1d& g,
+                       int64_t r, int64_t kp, int64_t k0) {
+  constexpr int L = Simd::kLanes;
+  const float* patch[R];
+  for (int a = 0; a < R; ++a) patch[a] = xm + g.Patch(r + a);
+  Simd::V acc[R][KV];
+  for (int a = 0; a < R; ++a)
+    for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Zero();
+  for (int64_t p = 0; p < g.P(); ++p) {
+    Simd::V wv[KV];
+    for (int v = 0; v < KV; ++v) wv[v] = Simd::Load(wpack + p * kp + k0 + L * v);
+    for (int a = 0; a < R; ++a) {
+      const Simd::V b = Simd::Set1(patch[a][p]);
+      for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Fma(b, wv[v], acc[a][v]);
+    }
+  }
+  for (int a = 0; a < R; ++a)
+    for (int v = 0; v < KV; ++v) {
+      const int64_t k = k0 + L * v;
+      if (k < g.k) Simd::StoreN(ym + (r + a) * g.k + k, acc[a][v], std::min<int64_t>(L, g.k - k));
+    }
+}
+
+// Rows [r0, r1) of member m's output.
+template <int KV>
+void Conv1dForwardRows(const float* x, const float* w, float* y, const Conv1d& g, int64_t m,
+                       int64_t r0, int64_t r1) {
+  constexpr int L = Simd::kLanes, R = Simd::kAccumulators / KV;
+  const int64_t kp = (g.k + L * KV - 1) / (L * KV) * (L * KV);
+  std::vector<float> wpack(g.P() * kp, 0.0f);
+  const float* wm = w + m * g.P() * g.k;
+  for (int64_t p = 0; p < g.P(); ++p) std::copy_n(wm + p * g.k, g.k, wpack.data() + p * kp);
+  const float* xm = x + m * g.n * g.lp * g.c;
+  float* ym = y + m * g.Rows() * g.k;
+  for (int64_t k0 = 0; k0 < g.k; k0 += L * KV) {
+    int64_t r = r0;
+    for (; r + R <= r1; r += R) Conv1dForwardTile<R, KV>(xm, wpack.data(), ym, g, r, kp, k0);
+    for (; r < r1; ++r) Conv1dForwardTile<1, KV>(xm, wpack.data(), ym, g, r, kp, k0);
+  }
+}
+
+// The input gradient of rows [r, r+R): each row's patch gradient, dy's row times the weights
+// (packed transposed, K x pp, pp a multiple of kLanes), PV vectors from p0, added into dxm.
+// Rows add in order, so overlapping patches sum in the same order however the work is cut.
+template <int R, int PV>
+void Conv1dInputGradTile(const float* dym, const float* wt, float* dxm, const Conv1d& g,
+                         int64_t r, int64_t pp, int64_t p0) {
+  constexpr int L = Simd::kLanes;
+  Simd::V acc[R][PV];
+  for (int a = 0; a < R; ++a)
+    for (int v = 0; v < PV; ++v) acc[a][v] = Simd::Zero();
+  for (int64_t k = 0; k < g.k; ++k) {
+    Simd::V wv[PV];
+    for (int v = 0; v < PV; ++v) wv[v] = Simd::Load(wt + k * pp + p0 + L * v);
+    for (int a = 0; a < R; ++a) {
+      const Simd::V b = Simd::Set1(dym[(r + a) * g.k + k]);
+      for (int v = 0; v < PV; ++v) acc[a][v] = Simd::Fma(b, wv[v], acc[a][v]);
+    }
+  }
+  for (int a = 0; a < R; ++a) {
+    float* patch = dxm + g.Patch(r + a);
+    for (int v = 0; v < PV; ++v) {
+      const int64_t p = p0 + L * v;
+      if (p >= g.P()) break;
+      const int64_t count = std::min<int64_t>(L, g.P() - p);
+      Simd::StoreN(patch + p, Simd::Add(Simd::LoadN(patch + p, count), acc[a][v]), count);
+    }
+  }
+}
+
+// The padded input's gradient of sequences [n0, n1) of member m (written whole: zeros first).
+template <int PV>
+void Conv1dInputGradRows(const float* dy, const float* w, float* dx, const Conv1d& g, int64_t m,
+                         int64_t n0, int64_t n1) {
+  constexpr int L = Simd::kLanes, R = Simd::kAccumulators / PV;
+  const int64_t pp = (g.P() + L * PV - 1) / (L * PV) * (L * PV);
+  std::vector<float> wt(g.k * pp, 0.0f);
+  const float* wm = w + m * g.P() * g.k;
+  for (int64_t p = 0; p < g.P(); ++p)
+    for (int64_t k = 0; k < g.k; ++k) wt[k * pp + p] = wm[p * g.k + k];
+  const float* dym = dy + m * g.Rows() * g.k;
+  float* dxm = dx + m * g.n * g.lp * g.c;
+  std::fill(dxm + n0 * g.lp * g.c, dxm + n1 * g.lp * g.c, 0.0f);
+  const int64_t r0 = n0 * g.ol, r1 = n1 * g.ol;
+  int64_t r = r0;
+  for (; r + R <= r1; r += R)
+    for (int64_t p0 = 0; p0 < g.P(); p0 += L * PV)
+      Conv1dInputGradTile<R, PV>(dym, wt.data(), dxm, g, r, pp, p0);
+  for (; r < r1; ++r)
+    for (int64_t p0 = 0; p0 < g.P(); p0 += L * PV)
+      Conv1dInputGradTile<1, PV>(dym, wt.data(), dxm, g, r, pp, p0);
+}
+
+// The weight gradient of member m summed over rows [r0, r1) into dw (P x K, written whole):
+// PT patch values x KV vectors of dy per tile, row after row.
+template <int PT, int KV>
+void Conv1dWeightGradRows(const float* x, const float* dy, float* dw, const Conv1d& g, int64_t m,
+                          int64_t r0, int64_t r1) {
+  constexpr int L = Simd::kLanes;
+  const float* xm = x + m * g.n * g.lp * g.c;
+  const float* dym = dy + m * g.Rows() * g.k;
+  for (int64_t p0 = 0; p0 < g.P(); p0 += PT)
+    for (int64_t k0 = 0; k0 < g.k; k0 += L * KV) {
+      int count[KV];
+      for (int v = 0; v < KV; ++v)
+        count[v] = static_cast<int>(std::clamp<int64_t>(g.k - k0 - L * v, 0, L));
+      Simd::V acc[PT][KV];
+      for (int a = 0; a < PT; ++a)
+        for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Zero();
+      const int64_t pn = std::min<int64_t>(PT, g.P() - p0);
+      // Row r's patch, stepped along without a division per row.
+      int64_t o = r0 % std::max<int64_t>(g.ol, 1);
+      const float* patch = xm + g.Patch(r0) + p0;
+      for (int64_t r = r0; r < r1; ++r, patch += g.s * g.c) {
+        if (o == g.ol) o = 0, patch = xm + g.Patch(r) + p0;
+        ++o;
+        Simd::V d[KV];
+        for (int v = 0; v < KV; ++v) d[v] = Simd::LoadN(dym + r * g.k + k0 + L * v, count[v]);
+        for (int a = 0; a < PT; ++a) {
+          if (a >= pn) break;
+          const Simd::V b = Simd::Set1(patch[a]);
+          for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Fma(b, d[v], acc[a][v]);
+        }
+      }
+      for (int a = 0; a < pn; ++a)
+        for (int v = 0; v < KV; ++v)
+          if (count[v]) Simd::StoreN(dw + (p0 + a) * g.k + k0 + L * v, acc[a][v], count[v]);
+    }
+}
+
+// The weight gradient as above with vectors across the patch (P) instead: PV vectors of patch
+// values x KT output channels per tile, into dwt (K x P, written whole). Where P fills its
+// vectors better than K does (the MNIST-1D CNN: P = 75 in 5 vectors of 16, K = 25 in 2).
+// KN of the tile's KT channels hold (KN = KT but in the last tile); every bound is a constant,
+// so that the accumulators stay in registers.
+template <int PV, int KT, int KN>
+void Conv1dWeightGradTileT(const float* xm, const float* dym, float* dwt, const Conv1d& g,
+                           int64_t r0, int64_t r1, int64_t p0, int64_t k0) {
+  constexpr int L = Simd::kLanes;
+  int64_t count[PV];
+  for (int v = 0; v < PV; ++v) count[v] = std::clamp<int64_t>(g.P() - p0 - L * v, 0, L);
+  Simd::V acc[KN][PV];
+  for (int a = 0; a < KN; ++a)
+    for (int v = 0; v < PV; ++v) acc[a][v] = Simd::Zero();
+  int64_t o = r0 % std::max<int64_t>(g.ol, 1);
+  const float* patch = xm + g.Patch(r0) + p0;
+  for (int64_t r = r0; r < r1; ++r, patch += g.s * g.c) {
+    if (o == g.ol) o = 0, patch = xm + g.Patch(r) + p0;
+    ++o;
+    Simd::V xv[PV];
+    for (int v = 0; v < PV; ++v)
+      xv[v] = count[v] == L ? Simd::Load(patch + L * v) : Simd::LoadN(patch + L * v, count[v]);
+    const float* d = dym + r * g.k + k0;
+    for (int a = 0; a < KN; ++a) {
+      const Simd::V b = Simd::Set1(d[a]);
+      for (int v = 0; v < PV; ++v) acc[a][v] = Simd::Fma(xv[v], b, acc[a][v]);
+    }
+  }
+  for (int a = 0; a < KN; ++a)
+    for (int v = 0; v < PV; ++v)
+      if (count[v]) Simd::StoreN(dwt + (k0 + a) * g.P() + p0 + L * v, acc[a][v], count[v]);
+}
+
+template <int PV, int KT, int KN = KT - 1>
+void Conv1dWeightGradTailT(const float* xm, const float* dym, float* dwt, const Conv1d& g,
+                           int64_t r0, int64_t r1, int64_t p0, int64_t k0, int64_t kn) {
+  if constexpr (KN >= 1) {
+    if (kn == KN) return Conv1dWeightGradTileT<PV, KT, KN>(xm, dym, dwt, g, r0, r1, p0, k0);
+    Conv1dWeightGradTailT<PV, KT, KN - 1>(xm, dym, dwt, g, r0, r1, p0, k0, kn);
+  }
+}
+
+template <int PV, int KT>
+void Conv1dWeightGradRowsT(const float* x, const float* dy, float* dwt, const Conv1d& g,
+                           int64_t m, int64_t r0, int64_t r1) {
+  constexpr int L = Simd::kLanes;
+  const float* xm = x + m * g.n * g.lp * g.c;
+  const float* dym = dy + m * g.Rows() * g.k;
+  for (int64_t p0 = 0; p0 < g.P(); p0 += L * PV) {
+    int64_t k0 = 0;
+    for (; k0 + KT <= g.k; k0 += KT)
+      Conv1dWeightGradTileT<PV, KT, KT>(xm, dym, dwt, g, r0, r1, p0, k0);
+    if (k0 < g.k) Conv1dWeightGradTailT<PV, KT>(xm, dym, dwt, g, r0, r1, p0, k0, g.k - k0);
+  }
+}
+
+template <template <int> class Fn>
+Conv1dFn ByVectors(int64_t v) {
+  switch (v) {
+    case 1: return Fn<1>::Run;
+    case 2: return Fn<2>::Run;
+    case 3: return Fn<3>::Run;
+    case 4: return Fn<4>::Run;
+    case 5: return Fn<5>::Run;
+    default: return Fn<6>::Run;
+  }
+}
+template <int V>
+struct ForwardRows {
+  static constexpr Conv1dFn Run = &Conv1dForwardRows<V>;
+};
+template <int V>
+struct InputGradRows {
+  static constexpr Conv1dFn Run = &Conv1dInputGradRows<V>;
+};
+template <int V>
+struct WeightGradRows {
+  static constexpr Conv1dFn Run = &Conv1dWeightGradRows<Simd::kAccumulators / V, V>;
+};
+template <int V>
+struct WeightGradRowsT {
+  static constexpr Conv1dFn Run = &Conv1dWeightGradRowsT<V, Simd::kAccumulators / V>;
+};
+
+// The 1-D kernels for K output channels and P patch values: as many vectors across as fit (at
+// most kAccumulators / 4, so that a tile has 4 rows or more), the registers' rest for rows. The
+// weight gradient runs across whichever of K and P fills its vectors better; `transposed` says
+// it writes K x P.
+inline Conv1dFns PickConv1d(int64_t k, int64_t p) {
+  constexpr int L = Simd::kLanes, kMaxV = Simd::kAccumulators / 4;
+  const int64_t kv = std::min<int64_t>((k + L - 1) / L, kMaxV);
+  const int64_t pv = std::min<int64_t>((p + L - 1) / L, kMaxV);
+  // The share of the lanes that hold values, per tile across K or across P.
+  const double fill_k = double(k) / ((k + L * kv - 1) / (L * kv) * L * kv);
+  const double fill_p = double(p) / ((p + L * pv - 1) / (L * pv) * L * pv);
+  Conv1dFns f;
+  f.forward = ByVectors<ForwardRows>(kv);
+  f.input_grad = ByVectors<InputGradRows>(pv);
+  f.transposed = fill_p > fill_k;
+  f.weight_grad = f.transposed ? ByVectors<WeightGradRowsT>(pv) : ByVectors<WeightGradRows>(kv);
+  return f;
+}

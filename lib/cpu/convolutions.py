@@ -168,3 +168,39 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
 
 
 # The dimension numbers of nn.Conv's 2-D convolutions: NHWC inputs, HWIO kernels.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def kernel_conv1d(x: jax.Array, kernel: jax.Array, stride: int,
+                  padding: tuple[int, int]) -> jax.Array:
+  """nn.Conv's 1-D convolution (NWC, WIO, no dilation, one group) by lib.cpu.conv_kernel.
+
+  Forward and both gradients are the kernel's; vmapped over a population, one call computes
+  every member (CPU only; see `lib.cpu.conv.resolve`).
+
+  Args:
+    x: (batch, length, in_channels) float32.
+    kernel: (taps, in_channels, out_channels) float32.
+    stride: the window's stride.
+    padding: (left, right), explicit.
+
+  Returns:
+    (batch, out_length, out_channels), as `lax.conv_general_dilated`.
+  """
+  return conv_kernel.conv1d_forward(jnp.pad(x, ((0, 0), padding, (0, 0))), kernel, stride)
+
+
+def _conv1d_fwd(x, kernel, stride, padding):
+  padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
+  return conv_kernel.conv1d_forward(padded, kernel, stride), (padded, kernel)
+
+
+def _conv1d_bwd(stride, padding, residuals, dy):
+  padded, kernel = residuals
+  dx = conv_kernel.conv1d_input_grad(dy, kernel, padded.shape[1], stride)
+  length = padded.shape[1] - padding[0] - padding[1]
+  return (lax.slice_in_dim(dx, padding[0], padding[0] + length, axis=1),
+          conv_kernel.conv1d_weight_grad(padded, dy, kernel.shape[0], stride))
+
+
+kernel_conv1d.defvjp(_conv1d_fwd, _conv1d_bwd)

@@ -103,6 +103,7 @@ def compile_for_target(config: ml_collections.ConfigDict, engine: Engine,
   for split in splits.values():
     split.require_on_devices('--compile_for')
   held = {k: aot.nbytes(s.device_data()) for k, s in splits.items()}
+  members = population.size(config)
   others = lambda split: sum(held.values()) - held[id(split)]
 
   # Training: each augmentation's call, and one step alone for the per-step figures.
@@ -121,7 +122,8 @@ def compile_for_target(config: ml_collections.ConfigDict, engine: Engine,
     steps = engine.total_steps // augmentations
     aot.compile(f'train: {per_call} step{"s" * (per_call > 1)} a call{shape}', fn, engine.state,
                 feed.data, inputs, per_call, resident_bytes=others(train),
-                calls=-(-steps // per_call), steps=per_call, data_bytes=held[id(train)])
+                calls=-(-steps // per_call), steps=per_call, data_bytes=held[id(train)],
+                members=members)
     if per_call > 1:  # XLA counts a scan's body once: one step's FLOPs come from one step.
       aot.compile(f'train: 1 step (its cost){shape}', fn, engine.state, feed.data, inputs, 1,
                   resident_bytes=others(train), calls=steps, steps=1, data_bytes=held[id(train)])
@@ -147,5 +149,5 @@ def compile_for_target(config: ml_collections.ConfigDict, engine: Engine,
     aot.compile(f'{name}: batch of {config.eval_batch_size} prepared', get, *args,
                 resident_bytes=others(split), calls=calls, data_bytes=held[key])
     aot.compile(f'{name}: evaluation step', engine.eval_step, engine.state, batch,
-                resident_bytes=sum(held.values()), calls=calls)
+                resident_bytes=sum(held.values()), calls=calls, members=members)
   aot.trained(engine.state)

@@ -18,6 +18,7 @@ from typing import Any
 from absl import logging
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -26,6 +27,7 @@ from lib import aot
 from lib import checkpoints
 from lib import input_pipeline
 from lib import models
+from lib import parallel
 from lib import summary
 from lib.errors import Interrupted, NonFiniteLossError
 from lib.train.engine import Engine, compile_for_target, set_up
@@ -84,6 +86,8 @@ class _Loop:
         # Step: dispatch the next call.
         first, count = step, min(engine.per_call, engine.total_steps - step)
         inputs = feed.next(count, engine.train_sharding)
+        if first == self.start_step and self.members > 1:  # Before a population's first call.
+          self.require_memory(state, feed.data, inputs, engine.augmentation.index(step), count)
         state, metrics = engine.train_steps(state, feed.data, inputs,
                                             engine.augmentation.index(step), count)
         step += count
@@ -112,6 +116,27 @@ class _Loop:
       if pending:
         self.record_call(*pending)
     return state
+
+  def require_memory(self, state: TrainState, data: Any, inputs: Any, which: int,
+                     steps: int) -> None:
+    """Compiles a population's train and eval steps; raises PopulationTooLarge unless they fit.
+
+    The compilations are those the run then calls, so they cost nothing extra.
+    """
+    engine, size = self.engine, self.config.eval_batch_size
+    programs = [(engine.train_steps.jitted(which), (state, data, inputs, steps))]
+    if self.evaluations:  # The eval step on one batch, as the evaluations will build it.
+      sharding = parallel.batch_sharding(parallel.make_mesh(), size)
+      spec = input_pipeline.model_spec(self.evaluations[0].split, engine.augmentation.eval)
+      batch = {k: jax.ShapeDtypeStruct((size, *v.shape), v.dtype, sharding=sharding)
+               for k, v in spec.items()}
+      batch['mask'] = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=sharding)
+      programs.append((engine.eval_step, (state, batch)))
+    needed = population.memory_needed(programs)
+    self.meta['memory_needed_mb'] = needed / population.MIB
+    logging.info('the population\'s steps need %.1f MiB beyond its state and data',
+                 needed / population.MIB)
+    population.require_fit(self.members, needed, population.free_memory(jax.devices()[0]))
 
   def record_call(self, first: int, steps: int, metrics: Any) -> bool:
     """The host's share of a finished call: NaN check, TensorBoard, history.
@@ -310,6 +335,8 @@ def fit(
     results[f'best_{policy.best_metric}'] = meta['best_value']
   if population.members(engine.state):  # The means above; here each member and the spread.
     results.update(population.results(config, per_model))
+  if 'memory_needed_mb' in meta:  # A population's steps, beyond its state and data.
+    results['memory_needed_mb'] = meta['memory_needed_mb']
   if meta.get('diverged'):  # Members of a population whose loss became NaN or inf.
     results['diverged'] = meta['diverged']
   return state, results

@@ -12,6 +12,7 @@ members' mean; results.json reports each member (and with seeds alone, their
 spread).
 """
 from collections.abc import Callable, Sequence
+import os
 from typing import Any
 
 import jax
@@ -19,7 +20,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lib.errors import UserError
+from lib.errors import PopulationTooLarge, UserError
+
+MIB = 2**20
+# Sets the memory a population may take (MiB) instead of what the device has free.
+MEMORY_ENV = 'JAXNOTES_POPULATION_MEMORY_MB'
 
 # The hyperparameters a population may vary: the optimizer holds them as state.
 CARRIED = ('learning_rate', 'weight_decay', 'momentum')
@@ -138,3 +143,51 @@ def results(config: ml_collections.ConfigDict, per_member: dict[str, Any]) -> di
   if not changed:
     found['std'] = {k: float(np.std(v, ddof=1)) for k, v in per_member.items()}
   return found
+
+
+def memory_needed(programs: Sequence[tuple[Any, tuple[Any, ...]]]) -> int:
+  """Bytes the largest of `programs` needs beyond its arguments, from XLA's memory analysis.
+
+  Args:
+    programs: (a jax.jit function, its arguments, static ones included), compiled here as the
+      run will call them: the run's calls then reuse the compilation.
+  """
+  needs = []
+  for fn, args in programs:
+    stats = fn.lower(*args).compile().memory_analysis()
+    needs.append(
+        int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes) -
+        int(stats.alias_size_in_bytes))
+  return max(needs)
+
+
+def free_memory(device: jax.Device) -> int | None:
+  """Bytes a population may take on `device`: $JAXNOTES_POPULATION_MEMORY_MB, else what the device
+  (an accelerator's memory, or the host's available RAM for a CPU) has free; None if unknown."""
+  if os.environ.get(MEMORY_ENV):
+    return int(float(os.environ[MEMORY_ENV]) * MIB)
+  if device.platform != 'cpu':
+    stats = device.memory_stats() or {}
+    limit = stats.get('bytes_limit')
+    return None if limit is None else int(limit) - int(stats.get('bytes_in_use', 0))
+  try:
+    with open('/proc/meminfo') as f:
+      fields = dict(line.split(':', 1) for line in f)
+    return int(fields['MemAvailable'].split()[0]) * 1024
+  except (OSError, KeyError, ValueError):
+    return None
+
+
+def require_fit(size: int, needed: int, free: int | None) -> None:
+  """Raises PopulationTooLarge where a population of `size` members needs more than `free` bytes.
+
+  Everything a population's step holds beyond its arguments grows with its members, so
+  `fits` is `size` scaled by free / needed.
+  """
+  if free is None or needed <= free:
+    return
+  fits = size * free // needed
+  raise PopulationTooLarge(
+      f'a population of {size} members needs {needed / MIB:.0f} MiB for its steps and '
+      f'{free / MIB:.0f} MiB is free ({MEMORY_ENV} sets it): at most {fits} members fit at once; '
+      f'train them in groups (python -m experiments.sweep --max_members={max(fits, 1)})', fits)
