@@ -42,7 +42,7 @@ from lib import cpu
 from lib import parallel
 from lib.cpu import conv_kernel
 from lib.cpu.activations import relu
-from lib.cpu.convolutions import conv_relu_pool, im2col_conv, kernel_conv, kernel_conv1d
+from lib.cpu.convolutions import conv_relu_pool, im2col_conv, kernel_conv, population_conv1d
 from lib.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
@@ -234,7 +234,7 @@ def _conv(impl: str, eqn: jax_core.JaxprEqn, x: jax.Array, kernel: jax.Array) ->
   """The convolution `eqn` by `impl`, or None where XLA's runs as traced."""
   if impl == 'kernel' and _plain_conv(eqn, 1) and min(eqn.params['padding'][0]) >= 0:
     (stride,), (padding,) = eqn.params['window_strides'], eqn.params['padding']
-    return kernel_conv1d(x, kernel, stride, tuple(padding))
+    return population_conv1d(x, kernel, stride, tuple(padding))
   if not _conv_2d(eqn):
     return None
   strides, padding = eqn.params['window_strides'], eqn.params['padding']

@@ -145,32 +145,34 @@ def block_backward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool
                                                                             dout, max=pool == 'max')
 
 
-# The 1-D kernels take a population's member axis as it is: vmapped, XLA passes the members as
-# leading dimensions ('broadcast_all') and each call computes them all, in registers, at once.
+# The 1-D kernels take arrays with leading member dimensions (a population's), every member in
+# one call; vmapped, XLA passes its batch as one more ('broadcast_all').
 
 
 def conv1d_forward(x_padded: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """The 1-D convolution of x_padded (batch, length, channels) by kernel (taps, channels, features).
+  """The 1-D convolution of x_padded (..., batch, length, channels) by kernel (..., taps, channels,
+  features), the leading (member) dimensions of the two alike.
 
-  No padding (pad x first) and no dilation; `stride` >= 1. Returns (batch, out_length, features)
-  with out_length = (length - taps) // stride + 1.
+  No padding (pad x first) and no dilation; `stride` >= 1. Returns (..., batch, out_length,
+  features) with out_length = (length - taps) // stride + 1.
   """
-  n, length, _ = x_padded.shape
-  taps, _, features = kernel.shape
-  out = jax.ShapeDtypeStruct((n, (length - taps) // stride + 1, features), jnp.float32)
+  *lead, n, length, _ = x_padded.shape
+  taps, _, features = kernel.shape[-3:]
+  out = jax.ShapeDtypeStruct((*lead, n, (length - taps) // stride + 1, features), jnp.float32)
   return jax.ffi.ffi_call(CONV1D_FORWARD, out, vmap_method='broadcast_all')(x_padded, kernel,
                                                                            s=np.int64(stride))
 
 
 def conv1d_input_grad(dy: jax.Array, kernel: jax.Array, length: int, stride: int) -> jax.Array:
-  """The gradient of `conv1d_forward`'s padded input (batch, length, channels), given dy."""
-  out = jax.ShapeDtypeStruct((dy.shape[0], length, kernel.shape[1]), jnp.float32)
+  """The gradient of `conv1d_forward`'s padded input (..., batch, length, channels), given dy."""
+  out = jax.ShapeDtypeStruct((*dy.shape[:-2], length, kernel.shape[-2]), jnp.float32)
   return jax.ffi.ffi_call(CONV1D_INPUT_GRAD, out, vmap_method='broadcast_all')(dy, kernel,
                                                                               s=np.int64(stride))
 
 
 def conv1d_weight_grad(x_padded: jax.Array, dy: jax.Array, taps: int, stride: int) -> jax.Array:
-  """The gradient of `conv1d_forward`'s kernel (taps, channels, features), given dy."""
-  out = jax.ShapeDtypeStruct((taps, x_padded.shape[-1], dy.shape[-1]), jnp.float32)
+  """The gradient of `conv1d_forward`'s kernel (..., taps, channels, features), given dy."""
+  out = jax.ShapeDtypeStruct((*dy.shape[:-3], taps, x_padded.shape[-1], dy.shape[-1]),
+                             jnp.float32)
   return jax.ffi.ffi_call(CONV1D_WEIGHT_GRAD, out, vmap_method='broadcast_all')(x_padded, dy,
                                                                                s=np.int64(stride))

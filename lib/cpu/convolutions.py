@@ -1,6 +1,7 @@
 """The convolutions `lib.cpu.conv.specialize` chooses from: XLA's, im2col, and lib.cpu.conv_kernel's (with the fused first block)."""
 from collections.abc import Callable, Sequence
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -170,37 +171,79 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
 # The dimension numbers of nn.Conv's 2-D convolutions: NHWC inputs, HWIO kernels.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def kernel_conv1d(x: jax.Array, kernel: jax.Array, stride: int,
-                  padding: tuple[int, int]) -> jax.Array:
-  """nn.Conv's 1-D convolution (NWC, WIO, no dilation, one group) by lib.cpu.conv_kernel.
+def _xla_conv1d(x: jax.Array, kernel: jax.Array, stride: int,
+                padding: tuple[int, int]) -> jax.Array:
+  return lax.conv_general_dilated(x, kernel, (stride,), [padding],
+                                  dimension_numbers=('NWC', 'WIO', 'NWC'))
 
-  Forward and both gradients are the kernel's; vmapped over a population, one call computes
-  every member (CPU only; see `lib.cpu.conv.resolve`).
+
+def _one_or_population(one: Callable[..., Any], population: Callable[..., Any]) -> Callable[..., Any]:
+  """`one` for a single model; under vmap (a population), `population` on the stacked members."""
+  fn = jax.custom_batching.custom_vmap(one)
+
+  @fn.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, in_batched)]
+    out = population(*args)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return fn
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def population_conv1d(x: jax.Array, kernel: jax.Array, stride: int,
+                      padding: tuple[int, int]) -> jax.Array:
+  """nn.Conv's 1-D convolution (NWC, WIO, no dilation, one group); a population's by lib.cpu.conv_kernel.
+
+  A single model's runs as XLA's (as fast for one model). Vmapped over a population
+  (config.num_seeds, config.population), the forward and both gradients are the
+  kernel's, every member in one call: XLA would group the members' convolutions into
+  one at a fraction of the speed. CPU only; see `lib.cpu.conv.resolve`.
 
   Args:
     x: (batch, length, in_channels) float32.
     kernel: (taps, in_channels, out_channels) float32.
     stride: the window's stride.
-    padding: (left, right), explicit.
+    padding: (left, right), explicit, >= 0.
 
   Returns:
     (batch, out_length, out_channels), as `lax.conv_general_dilated`.
   """
-  return conv_kernel.conv1d_forward(jnp.pad(x, ((0, 0), padding, (0, 0))), kernel, stride)
+  return _conv1d_forward(stride, padding)(x, kernel)
 
 
-def _conv1d_fwd(x, kernel, stride, padding):
-  padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
-  return conv_kernel.conv1d_forward(padded, kernel, stride), (padded, kernel)
+@functools.cache
+def _conv1d_forward(stride: int, padding: tuple[int, int]) -> Callable[..., jax.Array]:
+  return _one_or_population(
+      functools.partial(_xla_conv1d, stride=stride, padding=padding),
+      lambda x, kernel: conv_kernel.conv1d_forward(_pad1d(x, padding), kernel, stride))
 
 
-def _conv1d_bwd(stride, padding, residuals, dy):
-  padded, kernel = residuals
-  dx = conv_kernel.conv1d_input_grad(dy, kernel, padded.shape[1], stride)
-  length = padded.shape[1] - padding[0] - padding[1]
-  return (lax.slice_in_dim(dx, padding[0], padding[0] + length, axis=1),
-          conv_kernel.conv1d_weight_grad(padded, dy, kernel.shape[0], stride))
+@functools.cache
+def _conv1d_backward(stride: int, padding: tuple[int, int]) -> Callable[..., Any]:
+
+  def one(x, kernel, dy):
+    return jax.vjp(functools.partial(_xla_conv1d, stride=stride, padding=padding), x, kernel)[1](dy)
+
+  def population(x, kernel, dy):
+    padded = _pad1d(x, padding)
+    dx = conv_kernel.conv1d_input_grad(dy, kernel, padded.shape[-2], stride)
+    return (lax.slice_in_dim(dx, padding[0], padding[0] + x.shape[-2], axis=-2),
+            conv_kernel.conv1d_weight_grad(padded, dy, kernel.shape[-3], stride))
+
+  return _one_or_population(one, population)
 
 
-kernel_conv1d.defvjp(_conv1d_fwd, _conv1d_bwd)
+def _pad1d(x: jax.Array, padding: tuple[int, int]) -> jax.Array:
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [padding, (0, 0)])
+
+
+def _population_conv1d_fwd(x, kernel, stride, padding):
+  return population_conv1d(x, kernel, stride, padding), (x, kernel)
+
+
+def _population_conv1d_bwd(stride, padding, residuals, dy):
+  return _conv1d_backward(stride, padding)(*residuals, dy)
+
+
+population_conv1d.defvjp(_population_conv1d_fwd, _population_conv1d_bwd)
