@@ -8,7 +8,8 @@ What it holds, and when each part applies:
   model: the model's nn.Conv layers computed by XLA's convolution (GPU, TPU,
   several devices), by im2col, or with the kernels of `lib.cpu.conv_kernel`
   (one CPU device with AVX-512 or AVX2 + FMA and a C++ compiler), its
-  first conv → ReLU → pool block in one pass, and nn.relu as
+  first conv → ReLU → pool block in one pass, a population's 1-D
+  convolutions with every member in one kernel call, and nn.relu as
   `lib.cpu.activations.relu`; the choice is `lib.cpu.conv.resolve`'s, per
   backend, never a model's or a config's.
 * `lib.cpu.activations.relu`: nn.relu's values and gradient, cheaper on XLA:CPU.

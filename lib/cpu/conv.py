@@ -15,6 +15,9 @@ backend by `resolve` (never by a model or a config):
   and backward) in one pass: the MNIST CNN's step, paired in one process, is
   ~1.46x XLA's convolutions (docs/performance.md). Under a population's vmap
   (config.num_seeds) XLA's convolutions run member by member, not grouped.
+  A population's 1-D convolutions (nn.Conv over (batch, length, channels), no
+  dilation) run in the kernel's 1-D forward and gradients, every member in one
+  call; a single model's stay XLA's, as fast for one model.
 * CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
   XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), 'im2col': each 2-D convolution as the
   kh*kw shifted, strided slices of the padded input side by side times the

@@ -1,5 +1,10 @@
 """The CPU convolution kernels (lib/cpu/conv_kernel.cc): built, loaded and called.
 
+Three families: a 2-D convolution's weight gradient, an image model's first
+block (conv + bias → ReLU → 2x2 pool, forward and backward), and 1-D
+convolutions (forward, input and weight gradients) that take a population's
+members as leading dimensions and compute them all in one call.
+
 The C++ source (conv_kernel.cc, with the kernels themselves in
 conv_kernel_simd.h) is compiled on first use with the C++ compiler (`$CXX`, else
 `g++`) against the XLA FFI headers that jaxlib ships, into a cache folder
