@@ -16,7 +16,6 @@ class NonFiniteLossError(UserError):
 
 class PopulationTooLarge(UserError):
   """A population's programs need more memory than its device has free; `fits` members would fit."""
-
   def __init__(self, message: str, fits: int):
     super().__init__(message)
     self.fits = fits

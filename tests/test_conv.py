@@ -153,7 +153,8 @@ def test_a_populations_1d_convolutions_run_in_one_kernel_call_as_each_member_alo
                conv_kernel.CONV1D_WEIGHT_GRAD):
     assert text.count(name) == 1 and name not in alone_text  # All members in one call.
   assert 'stablehlo.convolution' not in text and 'stablehlo.convolution' in alone_text
-  want = [grads(layer.apply)(jax.tree.map(lambda p: p[i], params), x[i]) for i in range(3)]  # noqa: B023
+  want = [grads(layer.apply)(jax.tree.map(lambda p: p[i], params), x[i]) for i in range(3)
+         ]  # noqa: B023
   for i in range(3):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want[i])):
       np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-4)

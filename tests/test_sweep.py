@@ -138,14 +138,17 @@ def test_a_population_too_large_for_the_memory_it_may_take_runs_as_smaller_group
   # Memory for about 3 of the 4 members: the population stops before its first step and its
   # points run in groups that fit, each member as it trained in the whole population.
   env = {**os.environ, 'JAXNOTES_POPULATION_MEMORY_MB': str(needed * 0.8)}
-  split = subprocess.run([sys.executable, '-m', 'experiments.sweep', *args,
-                          f'--workdir={tmp_path / "split"}'], cwd=REPO, capture_output=True,
-                         text=True, timeout=900, env=env)
+  split = subprocess.run([
+      sys.executable, '-m', 'experiments.sweep', *args, f'--workdir={tmp_path / "split"}'
+  ], cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
   assert split.returncode == 0, split.stderr[-3000:]
   assert 'a population of 4 members needs' in split.stderr and 'at most 3 members fit' in split.stderr
   assert 'the 4 points run in groups of 3' in split.stderr
-  trained = [p.name.split('-')[0] for p in (tmp_path / 'split' / 'populations').iterdir()
-             if (p / 'results.json').exists()]
+  trained = [
+      p.name.split('-')[0]
+      for p in (tmp_path / 'split' / 'populations').iterdir()
+      if (p / 'results.json').exists()
+  ]
   assert trained == ['3_points'] and split.stderr.count(': running') == 1  # 3 together, 1 alone.
   mine, theirs = _summary(tmp_path / 'split'), _summary(tmp_path / 'whole')
   assert not mine['failed'] and len(mine['points']) == 4

@@ -36,8 +36,9 @@ import lib
 
 WEIGHT_GRAD = 'jaxnotes_conv_weight_grad'
 BLOCK_FORWARD, BLOCK_BACKWARD = 'jaxnotes_conv_block_forward', 'jaxnotes_conv_block_backward'
-CONV1D_FORWARD, CONV1D_INPUT_GRAD, CONV1D_WEIGHT_GRAD = (
-    'jaxnotes_conv1d_forward', 'jaxnotes_conv1d_input_grad', 'jaxnotes_conv1d_weight_grad')
+CONV1D_FORWARD, CONV1D_INPUT_GRAD, CONV1D_WEIGHT_GRAD = ('jaxnotes_conv1d_forward',
+                                                         'jaxnotes_conv1d_input_grad',
+                                                         'jaxnotes_conv1d_weight_grad')
 SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
 HEADER = SOURCE.with_name('conv_kernel_simd.h')  # The kernels; SOURCE includes it.
 
@@ -165,19 +166,18 @@ def conv1d_forward(x_padded: jax.Array, kernel: jax.Array, stride: int) -> jax.A
   taps, _, features = kernel.shape[-3:]
   out = jax.ShapeDtypeStruct((*lead, n, (length - taps) // stride + 1, features), jnp.float32)
   return jax.ffi.ffi_call(CONV1D_FORWARD, out, vmap_method='broadcast_all')(x_padded, kernel,
-                                                                           s=np.int64(stride))
+                                                                            s=np.int64(stride))
 
 
 def conv1d_input_grad(dy: jax.Array, kernel: jax.Array, length: int, stride: int) -> jax.Array:
   """The gradient of `conv1d_forward`'s padded input (..., batch, length, channels), given dy."""
   out = jax.ShapeDtypeStruct((*dy.shape[:-2], length, kernel.shape[-2]), jnp.float32)
   return jax.ffi.ffi_call(CONV1D_INPUT_GRAD, out, vmap_method='broadcast_all')(dy, kernel,
-                                                                              s=np.int64(stride))
+                                                                               s=np.int64(stride))
 
 
 def conv1d_weight_grad(x_padded: jax.Array, dy: jax.Array, taps: int, stride: int) -> jax.Array:
   """The gradient of `conv1d_forward`'s kernel (..., taps, channels, features), given dy."""
-  out = jax.ShapeDtypeStruct((*dy.shape[:-3], taps, x_padded.shape[-1], dy.shape[-1]),
-                             jnp.float32)
+  out = jax.ShapeDtypeStruct((*dy.shape[:-3], taps, x_padded.shape[-1], dy.shape[-1]), jnp.float32)
   return jax.ffi.ffi_call(CONV1D_WEIGHT_GRAD, out, vmap_method='broadcast_all')(x_padded, dy,
-                                                                               s=np.int64(stride))
+                                                                                s=np.int64(stride))

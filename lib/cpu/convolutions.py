@@ -13,6 +13,8 @@ from lib.cpu.activations import relu
 
 # nn.Conv's padding: a name ('SAME', 'VALID') or (low, high) per spatial axis.
 Padding = str | Sequence[tuple[int, int]]
+Pair = tuple[int, int]  # A 1-D convolution's (left, right) padding.
+Fn = Callable[..., Any]
 
 
 def _explicit(padding: Padding, x_shape: Sequence[int], kernel_size: Sequence[int],
@@ -168,22 +170,20 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   return out.reshape(n, out_h, out_w, cout)
 
 
-# The dimension numbers of nn.Conv's 2-D convolutions: NHWC inputs, HWIO kernels.
-
-
-def _xla_conv1d(x: jax.Array, kernel: jax.Array, stride: int,
-                padding: tuple[int, int]) -> jax.Array:
+def _xla_conv1d(x: jax.Array, kernel: jax.Array, stride: int, padding: Pair) -> jax.Array:
   return lax.conv_general_dilated(x, kernel, (stride,), [padding],
                                   dimension_numbers=('NWC', 'WIO', 'NWC'))
 
 
-def _one_or_population(one: Callable[..., Any], population: Callable[..., Any]) -> Callable[..., Any]:
+def _one_or_population(one: Fn, population: Fn) -> Fn:
   """`one` for a single model; under vmap (a population), `population` on the stacked members."""
   fn = jax.custom_batching.custom_vmap(one)
 
   @fn.def_vmap
   def _rule(axis_size, in_batched, *args):
-    args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, in_batched)]
+    args = [
+        a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, in_batched)
+    ]
     out = population(*args)
     return out, jax.tree.map(lambda _: True, out)
 
@@ -191,8 +191,7 @@ def _one_or_population(one: Callable[..., Any], population: Callable[..., Any]) 
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def population_conv1d(x: jax.Array, kernel: jax.Array, stride: int,
-                      padding: tuple[int, int]) -> jax.Array:
+def population_conv1d(x: jax.Array, kernel: jax.Array, stride: int, padding: Pair) -> jax.Array:
   """nn.Conv's 1-D convolution (NWC, WIO, no dilation, one group); a population's by lib.cpu.conv_kernel.
 
   A single model's runs as XLA's (as fast for one model). Vmapped over a population
@@ -213,15 +212,14 @@ def population_conv1d(x: jax.Array, kernel: jax.Array, stride: int,
 
 
 @functools.cache
-def _conv1d_forward(stride: int, padding: tuple[int, int]) -> Callable[..., jax.Array]:
+def _conv1d_forward(stride: int, padding: Pair) -> Fn:
   return _one_or_population(
       functools.partial(_xla_conv1d, stride=stride, padding=padding),
       lambda x, kernel: conv_kernel.conv1d_forward(_pad1d(x, padding), kernel, stride))
 
 
 @functools.cache
-def _conv1d_backward(stride: int, padding: tuple[int, int]) -> Callable[..., Any]:
-
+def _conv1d_backward(stride: int, padding: Pair) -> Fn:
   def one(x, kernel, dy):
     return jax.vjp(functools.partial(_xla_conv1d, stride=stride, padding=padding), x, kernel)[1](dy)
 
@@ -234,7 +232,7 @@ def _conv1d_backward(stride: int, padding: tuple[int, int]) -> Callable[..., Any
   return _one_or_population(one, population)
 
 
-def _pad1d(x: jax.Array, padding: tuple[int, int]) -> jax.Array:
+def _pad1d(x: jax.Array, padding: Pair) -> jax.Array:
   return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [padding, (0, 0)])
 
 

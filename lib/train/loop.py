@@ -128,8 +128,10 @@ class _Loop:
     if self.evaluations:  # The eval step on one batch, as the evaluations will build it.
       sharding = parallel.batch_sharding(parallel.make_mesh(), size)
       spec = input_pipeline.model_spec(self.evaluations[0].split, engine.augmentation.eval)
-      batch = {k: jax.ShapeDtypeStruct((size, *v.shape), v.dtype, sharding=sharding)
-               for k, v in spec.items()}
+      batch = {
+          k: jax.ShapeDtypeStruct((size, *v.shape), v.dtype, sharding=sharding)
+          for k, v in spec.items()
+      }
       batch['mask'] = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=sharding)
       programs.append((engine.eval_step, (state, batch)))
     needed = population.memory_needed(programs)
