@@ -1,5 +1,8 @@
 """lib.cpu.conv: im2col and the CPU kernel compute flax.linen.Conv's function, params and gradients."""
 import collections
+import os
+import pathlib
+import subprocess
 
 import flax.linen as nn
 import jax
@@ -161,6 +164,65 @@ def test_a_populations_1d_convolutions_run_in_one_kernel_call_as_each_member_alo
   # A single model keeps XLA's convolution: nn.Conv's bits.
   jax.tree.map(np.testing.assert_array_equal, alone, want[1])
   jax.tree.map(np.testing.assert_array_equal, again, got)  # Fixed chunks: the same bits again.
+
+
+class _Conv1dStack(nn.Module):
+  """MNIST-1D's CNN as the models write it: nn.Conv → nn.relu, three times, then nn.Dense."""
+  @nn.compact
+  def __call__(self, x):
+    x = x[..., None]
+    for features, taps in [(25, 5), (25, 3), (25, 3)]:
+      x = nn.relu(nn.Conv(features, (taps,), strides=(2,), padding=[(1, 1)])(x))
+    return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+@needs_kernel
+def test_a_populations_conv_bias_relu_layers_run_fused_and_a_nan_stays_nan():
+  model = _Conv1dStack()
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 20, 40))
+  params = jax.vmap(model.init)(jax.random.split(jax.random.PRNGKey(1), 3), x)
+  ours = conv.specialize(model.apply)
+
+  def grads(apply):
+    return jax.grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1))
+
+  def population(p, x):
+    with conv.population_steps():
+      return grads(ours)(p, x)
+
+  with conv.implementation('kernel'):
+    step = jax.jit(jax.vmap(population))
+    text = step.lower(params, x).as_text()
+    got = step(params, x)
+    alone_text = jax.jit(grads(ours)).lower(jax.tree.map(lambda a: a[0], params), x[0]).as_text()
+  fused = conv_kernel.CONV1D_RELU.values()
+  assert all(text.count(name) == 3 for name in fused)  # One call per layer for all members.
+  assert 'stablehlo.convolution' not in text and 'stablehlo.pad' not in text
+  assert not any(name in alone_text for name in fused)  # A single model runs as written.
+  want = jax.vmap(grads(model.apply))(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # A member whose weights are NaN (diverged) gives NaN, not ReLU's 0: its loss stays NaN.
+  nan = jax.tree.map(lambda a: a.at[1].set(jnp.nan), params)
+  with conv.implementation('kernel'), conv.population_steps():
+    out = jax.jit(jax.vmap(ours))(nan, x)
+  assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+
+
+@needs_kernel
+def test_both_instruction_sets_1d_kernels_match_a_scalar_loop(tmp_path):
+  # JAX runs the widest set this CPU has; this builds both and compares them with plain loops.
+  binary = tmp_path / 'check'
+  source = pathlib.Path(__file__).with_name('conv1d_kernels_check.cc')
+  subprocess.run([
+      os.environ.get('CXX', 'g++'), '-O1', '-std=c++17', f'-I{conv_kernel.SOURCE.parent}',
+      f'-I{jax.ffi.include_dir()}',
+      str(source), '-o',
+      str(binary)
+  ], check=True, capture_output=True)
+  done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stdout
+  assert done.stdout.count('worst |diff|') == 14
 
 
 class _Block(nn.Module):

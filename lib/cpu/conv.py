@@ -17,7 +17,9 @@ backend by `resolve` (never by a model or a config):
   (config.num_seeds) XLA's convolutions run member by member, not grouped.
   A population's 1-D convolutions (nn.Conv over (batch, length, channels), no
   dilation) run in the kernel's 1-D forward and gradients, every member in one
-  call; a single model's stay XLA's, as fast for one model.
+  call, and in a population's steps (`population_steps`) a conv → + bias → ReLU
+  layer runs as one fused kernel each way; a single model's stay XLA's, as fast
+  for one model.
 * CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
   XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), 'im2col': each 2-D convolution as the
   kh*kw shifted, strided slices of the padded input side by side times the
@@ -45,7 +47,7 @@ from lib import cpu
 from lib import parallel
 from lib.cpu import conv_kernel
 from lib.cpu.activations import relu
-from lib.cpu.convolutions import conv_relu_pool, im2col_conv, kernel_conv, population_conv1d
+from lib.cpu.convolutions import conv_relu_pool, im2col_conv, kernel_conv, population_conv1d, population_conv1d_relu
 from lib.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
@@ -67,6 +69,23 @@ def implementation(name: str) -> Iterator[None]:
     yield
   finally:
     _CHOICE.reset(token)
+
+
+_POPULATION = contextvars.ContextVar('jaxnotes_population_steps', default=False)
+
+
+@contextlib.contextmanager
+def population_steps() -> Iterator[None]:
+  """Specialized functions traced inside compute a population's steps, vmapped over its members.
+
+  With the CPU kernel, their 1-D conv → bias → ReLU layers then run in the fused population
+  kernels (`population_conv1d_relu`); a single model's steps keep them as written.
+  """
+  token = _POPULATION.set(True)
+  try:
+    yield
+  finally:
+    _POPULATION.reset(token)
 
 
 def resolve(impl: str) -> str:
@@ -233,6 +252,43 @@ def _blocks(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, str, list[int]]]
   return found
 
 
+def _conv1d_relu_chains(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, list[int]]]:
+  """1-D conv → + bias → nn.relu chains whose intermediate values have no other use.
+
+  Returns:
+    {index of the chain's ReLU: (index of its conv, the bias variable, indices of the conv and
+    the add)}.
+  """
+  uses = collections.Counter(
+      v for e in jaxpr.eqns for v in e.invars if not isinstance(v, jax_core.Literal))
+  uses.update(v for v in jaxpr.outvars if not isinstance(v, jax_core.Literal))
+  consumer = {
+      v: i
+      for i, e in enumerate(jaxpr.eqns) for v in e.invars if not isinstance(v, jax_core.Literal)
+  }
+  producer = {v: i for i, e in enumerate(jaxpr.eqns) for v in e.outvars}
+  only_use = lambda v: consumer[v] if uses[v] == 1 and v in consumer else None
+  found = {}
+  for i, conv in enumerate(jaxpr.eqns):
+    if not _plain_conv(conv, 1) or min(conv.params['padding'][0]) < 0:
+      continue
+    add = only_use(conv.outvars[0])
+    if add is None or jaxpr.eqns[add].primitive.name != 'add':
+      continue
+    other = [v for v in jaxpr.eqns[add].invars if v is not conv.outvars[0]]
+    if len(other) != 1 or isinstance(other[0], jax_core.Literal) or other[0] not in producer:
+      continue
+    shaped = jaxpr.eqns[producer[other[0]]]  # nn.Conv reshapes its bias to (1, 1, features).
+    features = conv.outvars[0].aval.shape[-1]
+    if (shaped.primitive.name not in ('reshape', 'broadcast_in_dim') or
+        shaped.invars[0].aval.shape != (features,)):
+      continue
+    act = only_use(jaxpr.eqns[add].outvars[0])
+    if act is not None and _is_relu(jaxpr.eqns[act]):
+      found[act] = (i, shaped.invars[0], [i, add])
+  return found
+
+
 def _conv(impl: str, eqn: jax_core.JaxprEqn, x: jax.Array, kernel: jax.Array) -> jax.Array | None:
   """The convolution `eqn` by `impl`, or None where XLA's runs as traced."""
   if impl == 'kernel' and _plain_conv(eqn, 1) and min(eqn.params['padding'][0]) >= 0:
@@ -253,7 +309,9 @@ def _evaluate(closed: jax_core.ClosedJaxpr, impl: str, args: Sequence[Any]) -> l
   jaxpr = closed.jaxpr
   kernels = impl == 'kernel' and conv_kernel.available()
   blocks = _blocks(jaxpr) if kernels else {}
+  chains = _conv1d_relu_chains(jaxpr) if kernels and _POPULATION.get() else {}
   folded = {j for _, _, _, chain in blocks.values() for j in chain}
+  folded |= {j for _, _, chain in chains.values() for j in chain}
   env = dict(zip(jaxpr.constvars, closed.consts)) | dict(zip(jaxpr.invars, args))
   read = lambda v: v.val if isinstance(v, jax_core.Literal) else env[v]
   for i, eqn in enumerate(jaxpr.eqns):
@@ -264,6 +322,11 @@ def _evaluate(closed: jax_core.ClosedJaxpr, impl: str, args: Sequence[Any]) -> l
       conv, bias, pool, _ = blocks[i]
       x, kernel = (read(v) for v in jaxpr.eqns[conv].invars)
       out = conv_relu_pool(x, kernel, read(bias), pool)
+    elif i in chains:
+      conv, bias, _ = chains[i]
+      x, kernel = (read(v) for v in jaxpr.eqns[conv].invars)
+      (stride,), (padding,) = (jaxpr.eqns[conv].params[k] for k in ('window_strides', 'padding'))
+      out = population_conv1d_relu(x, kernel, read(bias), stride, tuple(padding))
     elif _is_relu(eqn):
       out = relu(read(eqn.invars[0]))
     elif eqn.primitive.name == 'conv_general_dilated':

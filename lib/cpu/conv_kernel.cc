@@ -11,7 +11,8 @@
 //    memory (about 190 GFLOP/s there, the machine's matmul speed, on 2 cores).
 // 2. A network's first block, conv + bias -> ReLU -> 2x2 pool, forward and backward (below).
 // 3. 1-D convolutions of a population's members at once (Conv1d below): forward, input gradient
-//    and weight gradient, each member's patches read in place. Vmapped, XLA:CPU computes the
+//    and weight gradient, each member's patches read in place and padded there, optionally with
+//    a fused bias + ReLU (forward) and ReLU mask + bias gradient (backward). Vmapped, XLA:CPU computes the
 //    members' convolutions as one grouped convolution, or (as im2col) batched matrix products
 //    of 25 columns for MNIST-1D's CNN, at a fifth of the matmul speed; here each member's rows
 //    are tiled in registers, at about twice the speed of those products.
@@ -66,21 +67,33 @@ struct Block {
   }
 };
 
-// A 1-D convolution of M members at once (a population's, or M = 1): x (M, N, LP, C) already
-// padded, w (M, T, C, K), y (M, N, OL, K) with OL = (LP - T) / S + 1. Output row r = (n, o) reads
-// the T*C floats of x from (n, o*S) on: its patch, contiguous in NWC.
+// A 1-D convolution of M members at once (a population's, or M = 1): x (M, N, L, C), w (M, T, C,
+// K), y (M, N, OL, K). Output row r = (n, o) reads T*C floats of sequence n from position
+// o*S - PL on (its patch, contiguous in NWC); positions outside [0, L) are the padding's zeros.
 struct Conv1d {
-  int64_t m, n, lp, c, ol, k, t, s;
+  int64_t m, n, l, c, ol, k, t, s, pl;
   int64_t P() const { return t * c; }
   int64_t Rows() const { return n * ol; }
-  int64_t Patch(int64_t r) const { return ((r / ol) * lp + (r % ol) * s) * c; }
+  int64_t Start(int64_t r) const { return (r % ol) * s - pl; }
+  bool Inside(int64_t r) const { return Start(r) >= 0 && Start(r) + t <= l; }
 };
 
-// Member m's rows [r0, r1) (forward, weight gradient) or sequences [n0, n1) (input gradient).
-using Conv1dFn = void (*)(const float*, const float*, float*, const Conv1d&, int64_t, int64_t,
-                          int64_t);
+// A call's arrays. Forward: x, w, and with a fused bias + ReLU, b (M, K); out is y. Input
+// gradient: dy, w, and with a fused ReLU, its output a (masks dy); out is dx. Weight gradient:
+// x, dy, and a as before.
+struct Conv1dIo {
+  const float *x, *w, *b, *dy, *a;
+  float* out;
+};
+
+// Member m's rows [r0, r1) (forward) or sequences [r0, r1) (input gradient); the weight
+// gradient's rows [r0, r1) into dw and, with a fused ReLU, the bias's gradient into db.
+using Conv1dFn = void (*)(const Conv1dIo&, const Conv1d&, int64_t, int64_t, int64_t);
+using Conv1dWgradFn = void (*)(const Conv1dIo&, const Conv1d&, int64_t, int64_t, int64_t, float*,
+                               float*);
 struct Conv1dFns {
-  Conv1dFn forward, input_grad, weight_grad;
+  Conv1dFn forward, input_grad;
+  Conv1dWgradFn weight_grad;
   bool transposed;  // weight_grad writes K x P, not P x K.
 };
 
@@ -313,27 +326,27 @@ ffi::Error BlockBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
 }
 
 // The members of a 1-D convolution's arrays: the product of the dimensions before the last
-// three (1 for rank 3), or -1 unless the array has at least three.
-int64_t Members(ffi::Span<const int64_t> d) {
-  if (d.size() < 3) return -1;
+// three (`tail`), or -1 unless the array has that many.
+int64_t Members(ffi::Span<const int64_t> d, size_t tail = 3) {
+  if (d.size() < tail) return -1;
   int64_t m = 1;
-  for (size_t i = 0; i + 3 < d.size(); ++i) m *= d[i];
+  for (size_t i = 0; i + tail < d.size(); ++i) m *= d[i];
   return m;
 }
 
-// The geometry from x (…, N, LP, C), w (…, T, C, K) and the output's length, or nothing.
+// The geometry from x (..., N, L, C), w (..., T, C, K), the output's length, stride and left
+// padding, or nothing.
 std::optional<Conv1d> Conv1dGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
-                                     int64_t ol, int64_t s) {
+                                     int64_t ol, int64_t s, int64_t pl) {
   const int64_t m = Members(xd), r = xd.size(), q = wd.size();
-  if (m < 0 || Members(wd) != m || wd[q - 2] != xd[r - 1] || s < 1 ||
-      ol != (xd[r - 2] - wd[q - 3]) / s + 1 || ol < 1)
+  if (m < 0 || Members(wd) != m || wd[q - 2] != xd[r - 1] || s < 1 || pl < 0 || ol < 1)
     return std::nullopt;
-  return Conv1d{m, xd[r - 3], xd[r - 2], xd[r - 1], ol, wd[q - 1], wd[q - 3], s};
+  return Conv1d{m, xd[r - 3], xd[r - 2], xd[r - 1], ol, wd[q - 1], wd[q - 3], s, pl};
 }
 
 constexpr char kConv1dShapes[] =
-    "conv1d: needs padded x (..., N, LP, C), w (..., T, C, K), y or dy (..., N, (LP-T)/S+1, K) "
-    "with the same leading dimensions";
+    "conv1d: needs x (..., N, L, C), w (..., T, C, K), y or dy (..., N, OL, K), b (..., K) and "
+    "the ReLU's output like y, with the same leading dimensions";
 
 // Chunks per member: about 256 output rows each, at most one per sequence. Fixed by a member's
 // shapes alone, so that a weight gradient's sums depend neither on the thread count nor on how
@@ -342,78 +355,118 @@ int64_t Conv1dChunks(const Conv1d& g) {
   return std::clamp<int64_t>((g.Rows() + 255) / 256, 1, std::max<int64_t>(g.n, 1));
 }
 
-ffi::Error Conv1dForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                             ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t s) {
+// Whether y or dy (..., N, OL, K), b and a fit the geometry.
+bool Conv1dFits(const Conv1d& g, ffi::Span<const int64_t> yd, const ffi::Buffer<ffi::F32>* b,
+                const ffi::Buffer<ffi::F32>* a) {
+  const size_t r = yd.size();
+  if (Members(yd) != g.m || yd[r - 3] != g.n || yd[r - 2] != g.ol || yd[r - 1] != g.k) return false;
+  if (b && (Members(b->dimensions(), 1) != g.m || b->dimensions().back() != g.k)) return false;
+  return !a || a->element_count() == static_cast<size_t>(g.m * g.Rows() * g.k);
+}
+
+ffi::Error Conv1dForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                         const ffi::Buffer<ffi::F32>* b, ffi::ResultBuffer<ffi::F32> y, int64_t s,
+                         int64_t pl) {
   const auto yd = y->dimensions();
-  const auto g = Conv1dGeometry(x.dimensions(), w.dimensions(), yd[yd.size() - 2], s);
-  if (!g || Members(yd) != g->m || yd[yd.size() - 1] != g->k) {
-    return ffi::Error::InvalidArgument(kConv1dShapes);
-  }
+  const auto g = Conv1dGeometry(x.dimensions(), w.dimensions(), yd[yd.size() - 2], s, pl);
+  if (!g || !Conv1dFits(*g, yd, b, nullptr)) return ffi::Error::InvalidArgument(kConv1dShapes);
   const Conv1d geometry = *g;
   const Conv1dFn fn = Best().conv1d(geometry.k, geometry.P()).forward;
-  const float *xp = x.typed_data(), *wp = w.typed_data();
-  float* out = y->typed_data();
+  const Conv1dIo io{x.typed_data(), w.typed_data(), b ? b->typed_data() : nullptr, nullptr,
+                    nullptr, y->typed_data()};
   const int64_t per = Conv1dChunks(geometry), rows = geometry.Rows();
   ForChunks(pool, geometry.m * per, geometry.m * per, [=](int64_t c, int64_t, int64_t) {
     const int64_t j = c % per;
-    fn(xp, wp, out, geometry, c / per, rows * j / per, rows * (j + 1) / per);
+    fn(io, geometry, c / per, rows * j / per, rows * (j + 1) / per);
   });
   return ffi::Error::Success();
 }
 
-ffi::Error Conv1dInputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
-                               ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
-                               int64_t s) {
+ffi::Error Conv1dInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                           ffi::Buffer<ffi::F32> w, const ffi::Buffer<ffi::F32>* a,
+                           ffi::ResultBuffer<ffi::F32> dx, int64_t s, int64_t pl) {
   const auto dyd = dy.dimensions();
-  const auto g = Conv1dGeometry(dx->dimensions(), w.dimensions(), dyd[dyd.size() - 2], s);
-  if (!g || Members(dyd) != g->m || dyd[dyd.size() - 1] != g->k) {
-    return ffi::Error::InvalidArgument(kConv1dShapes);
-  }
+  const auto g = Conv1dGeometry(dx->dimensions(), w.dimensions(), dyd[dyd.size() - 2], s, pl);
+  if (!g || !Conv1dFits(*g, dyd, nullptr, a)) return ffi::Error::InvalidArgument(kConv1dShapes);
   const Conv1d geometry = *g;
   const Conv1dFn fn = Best().conv1d(geometry.k, geometry.P()).input_grad;
-  const float *dyp = dy.typed_data(), *wp = w.typed_data();
-  float* out = dx->typed_data();
+  const Conv1dIo io{nullptr, w.typed_data(), nullptr, dy.typed_data(),
+                    a ? a->typed_data() : nullptr, dx->typed_data()};
   const int64_t per = Conv1dChunks(geometry), n = geometry.n;
   ForChunks(pool, geometry.m * per, geometry.m * per, [=](int64_t c, int64_t, int64_t) {
     const int64_t j = c % per;
-    fn(dyp, wp, out, geometry, c / per, n * j / per, n * (j + 1) / per);
+    fn(io, geometry, c / per, n * j / per, n * (j + 1) / per);
   });
   return ffi::Error::Success();
 }
 
-ffi::Error Conv1dWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                                ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
-                                int64_t s) {
+ffi::Error Conv1dWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                            ffi::Buffer<ffi::F32> dy, const ffi::Buffer<ffi::F32>* a,
+                            ffi::ResultBuffer<ffi::F32> dw, float* db, int64_t s, int64_t pl) {
   const auto dyd = dy.dimensions();
-  const auto g = Conv1dGeometry(x.dimensions(), dw->dimensions(), dyd[dyd.size() - 2], s);
-  if (!g || Members(dyd) != g->m || dyd[dyd.size() - 1] != g->k) {
-    return ffi::Error::InvalidArgument(kConv1dShapes);
-  }
+  const auto g = Conv1dGeometry(x.dimensions(), dw->dimensions(), dyd[dyd.size() - 2], s, pl);
+  if (!g || !Conv1dFits(*g, dyd, nullptr, a)) return ffi::Error::InvalidArgument(kConv1dShapes);
   const Conv1d geometry = *g;
   const Conv1dFns fns = Best().conv1d(geometry.k, geometry.P());
-  const Conv1dFn fn = fns.weight_grad;
+  const Conv1dIo io{x.typed_data(), nullptr, nullptr, dy.typed_data(),
+                    a ? a->typed_data() : nullptr, nullptr};
   const int64_t per = Conv1dChunks(geometry), rows = geometry.Rows();
-  const int64_t size = geometry.P() * geometry.k;
+  const int64_t size = geometry.P() * geometry.k + geometry.k;  // dw, then db.
   std::vector<float> partial(geometry.m * per * size);
-  const float *xp = x.typed_data(), *dyp = dy.typed_data();
   float* pp = partial.data();
+  const bool bias = db != nullptr;
   ForChunks(pool, geometry.m * per, geometry.m * per, [=](int64_t c, int64_t, int64_t) {
     const int64_t j = c % per;
-    fn(xp, dyp, pp + c * size, geometry, c / per, rows * j / per, rows * (j + 1) / per);
+    float* slice = pp + c * size;
+    fns.weight_grad(io, geometry, c / per, rows * j / per, rows * (j + 1) / per, slice,
+                    bias ? slice + size - geometry.k : nullptr);
   });
   std::vector<float> member(per * size), total(size);
   for (int64_t m = 0; m < geometry.m; ++m) {
     std::copy_n(partial.begin() + m * per * size, per * size, member.begin());
-    float* out = dw->typed_data() + m * size;
-    if (!fns.transposed) {
-      SumChunks(member, per, out);
-      continue;
-    }
     SumChunks(member, per, total.data());
+    float* out = dw->typed_data() + m * (size - geometry.k);
     for (int64_t k = 0; k < geometry.k; ++k)
-      for (int64_t p = 0; p < geometry.P(); ++p) out[p * geometry.k + k] = total[k * geometry.P() + p];
+      for (int64_t p = 0; p < geometry.P(); ++p)
+        out[p * geometry.k + k] =
+            fns.transposed ? total[k * geometry.P() + p] : total[p * geometry.k + k];
+    if (bias) std::copy_n(total.data() + size - geometry.k, geometry.k, db + m * geometry.k);
   }
   return ffi::Error::Success();
+}
+
+ffi::Error Conv1dForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                             ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t s,
+                             int64_t pl) {
+  return Conv1dForward(pool, x, w, nullptr, y, s, pl);
+}
+ffi::Error Conv1dReluForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                 ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                                 ffi::ResultBuffer<ffi::F32> y, int64_t s, int64_t pl) {
+  return Conv1dForward(pool, x, w, &b, y, s, pl);
+}
+ffi::Error Conv1dInputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                               ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx, int64_t s,
+                               int64_t pl) {
+  return Conv1dInputGrad(pool, dy, w, nullptr, dx, s, pl);
+}
+ffi::Error Conv1dReluInputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                                   ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> a,
+                                   ffi::ResultBuffer<ffi::F32> dx, int64_t s, int64_t pl) {
+  return Conv1dInputGrad(pool, dy, w, &a, dx, s, pl);
+}
+ffi::Error Conv1dWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                                int64_t s, int64_t pl) {
+  return Conv1dWeightGrad(pool, x, dy, nullptr, dw, nullptr, s, pl);
+}
+ffi::Error Conv1dReluWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                    ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> a,
+                                    ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db,
+                                    int64_t s, int64_t pl) {
+  if (Members(db->dimensions(), 1) != Members(dw->dimensions()))
+    return ffi::Error::InvalidArgument(kConv1dShapes);
+  return Conv1dWeightGrad(pool, x, dy, &a, dw, db->typed_data(), s, pl);
 }
 
 }  // namespace
@@ -449,17 +502,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvWgrad, WgradImpl,
                                   .Attr<int64_t>("pt")
                                   .Attr<int64_t>("pl"));
 
-#define JAXNOTES_CONV1D_HANDLER(name, impl)                \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, impl,                \
-                                ffi::Ffi::Bind()           \
-                                    .Ctx<ffi::ThreadPool>() \
-                                    .Arg<ffi::Buffer<ffi::F32>>() \
-                                    .Arg<ffi::Buffer<ffi::F32>>() \
-                                    .Ret<ffi::Buffer<ffi::F32>>() \
-                                    .Attr<int64_t>("s"));
-JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dForward, Conv1dForwardImpl)
-JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dInputGrad, Conv1dInputGradImpl)
-JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dWeightGrad, Conv1dWeightGradImpl)
+// 1-D handlers: arrays in, results out, attributes s (stride) and pl (left padding).
+#define JAXNOTES_CONV1D_HANDLER(name, impl, args, results)                                  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, impl,                                                 \
+                                ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() args results       \
+                                    .Attr<int64_t>("s")                                     \
+                                    .Attr<int64_t>("pl"));
+#define JAXNOTES_ARG .Arg<ffi::Buffer<ffi::F32>>()
+#define JAXNOTES_RET .Ret<ffi::Buffer<ffi::F32>>()
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dForward, Conv1dForwardImpl, JAXNOTES_ARG JAXNOTES_ARG,
+                        JAXNOTES_RET)
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dReluForward, Conv1dReluForwardImpl,
+                        JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG, JAXNOTES_RET)
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dInputGrad, Conv1dInputGradImpl, JAXNOTES_ARG JAXNOTES_ARG,
+                        JAXNOTES_RET)
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dReluInputGrad, Conv1dReluInputGradImpl,
+                        JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG, JAXNOTES_RET)
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dWeightGrad, Conv1dWeightGradImpl, JAXNOTES_ARG JAXNOTES_ARG,
+                        JAXNOTES_RET)
+JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dReluWeightGrad, Conv1dReluWeightGradImpl,
+                        JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG, JAXNOTES_RET JAXNOTES_RET)
+#undef JAXNOTES_ARG
+#undef JAXNOTES_RET
 
 // The vector width the kernels run at on this CPU, 0 where they cannot run (the library itself
 // loads on any x86-64 CPU).

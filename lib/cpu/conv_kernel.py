@@ -2,8 +2,9 @@
 
 Three families: a 2-D convolution's weight gradient, an image model's first
 block (conv + bias → ReLU → 2x2 pool, forward and backward), and 1-D
-convolutions (forward, input and weight gradients) that take a population's
-members as leading dimensions and compute them all in one call.
+convolutions (forward, input and weight gradients, alone or with a fused bias
+and ReLU) that take a population's members as leading dimensions and compute
+them all in one call.
 
 The C++ source (conv_kernel.cc, with the kernels themselves in
 conv_kernel_simd.h) is compiled on first use with the C++ compiler (`$CXX`, else
@@ -17,6 +18,7 @@ be had (not x86-64, neither instruction set, no compiler, JAXNOTES_CONV_KERNEL=0
 XLA's convolution alone.
 """
 from collections.abc import Sequence
+from typing import Any
 import ctypes
 import functools
 import hashlib
@@ -39,6 +41,11 @@ BLOCK_FORWARD, BLOCK_BACKWARD = 'jaxnotes_conv_block_forward', 'jaxnotes_conv_bl
 CONV1D_FORWARD, CONV1D_INPUT_GRAD, CONV1D_WEIGHT_GRAD = ('jaxnotes_conv1d_forward',
                                                          'jaxnotes_conv1d_input_grad',
                                                          'jaxnotes_conv1d_weight_grad')
+# The same with a fused bias + ReLU: ReLU(conv + b) forward, dy masked by the ReLU's output.
+CONV1D_RELU = {
+    n: n.replace('conv1d', 'conv1d_relu')
+    for n in (CONV1D_FORWARD, CONV1D_INPUT_GRAD, CONV1D_WEIGHT_GRAD)
+}
 SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
 HEADER = SOURCE.with_name('conv_kernel_simd.h')  # The kernels; SOURCE includes it.
 
@@ -89,7 +96,10 @@ def available() -> bool:
                           (BLOCK_BACKWARD, library.JaxnotesConvBlockBackward),
                           (CONV1D_FORWARD, library.JaxnotesConv1dForward),
                           (CONV1D_INPUT_GRAD, library.JaxnotesConv1dInputGrad),
-                          (CONV1D_WEIGHT_GRAD, library.JaxnotesConv1dWeightGrad)]:
+                          (CONV1D_WEIGHT_GRAD, library.JaxnotesConv1dWeightGrad),
+                          (CONV1D_RELU[CONV1D_FORWARD], library.JaxnotesConv1dReluForward),
+                          (CONV1D_RELU[CONV1D_INPUT_GRAD], library.JaxnotesConv1dReluInputGrad),
+                          (CONV1D_RELU[CONV1D_WEIGHT_GRAD], library.JaxnotesConv1dReluWeightGrad)]:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform='cpu')
   return True
 
@@ -152,32 +162,51 @@ def block_backward(x_padded: jax.Array, kernel: jax.Array, bias: jax.Array, pool
 
 
 # The 1-D kernels take arrays with leading member dimensions (a population's), every member in
-# one call; vmapped, XLA passes its batch as one more ('broadcast_all').
+# one call; vmapped, XLA passes its batch as one more ('broadcast_all'). They pad in place: a
+# window that reaches past either end of a sequence reads zeros there.
 
 
-def conv1d_forward(x_padded: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """The 1-D convolution of x_padded (..., batch, length, channels) by kernel (..., taps, channels,
-  features), the leading (member) dimensions of the two alike.
+def _call(name: str, out: Any, *args: jax.Array, stride: int, left: int) -> Any:
+  return jax.ffi.ffi_call(name, out, vmap_method='broadcast_all')(*args, s=np.int64(stride),
+                                                                  pl=np.int64(left))
 
-  No padding (pad x first) and no dilation; `stride` >= 1. Returns (..., batch, out_length,
-  features) with out_length = (length - taps) // stride + 1.
+
+def conv1d_forward(x: jax.Array, kernel: jax.Array, stride: int, padding: tuple[int, int],
+                   bias: jax.Array | None = None) -> jax.Array:
+  """The 1-D convolution of x (..., batch, length, channels) by kernel (..., taps, channels,
+  features), the leading (member) dimensions of the two alike; with `bias` (..., features),
+  ReLU(convolution + bias).
+
+  `padding` is (left, right) zeros; no dilation; `stride` >= 1. Returns (..., batch, out_length,
+  features) with out_length = (length + left + right - taps) // stride + 1.
   """
-  *lead, n, length, _ = x_padded.shape
+  *lead, n, length, _ = x.shape
   taps, _, features = kernel.shape[-3:]
-  out = jax.ShapeDtypeStruct((*lead, n, (length - taps) // stride + 1, features), jnp.float32)
-  return jax.ffi.ffi_call(CONV1D_FORWARD, out, vmap_method='broadcast_all')(x_padded, kernel,
-                                                                            s=np.int64(stride))
+  out_length = (length + sum(padding) - taps) // stride + 1
+  out = jax.ShapeDtypeStruct((*lead, n, out_length, features), jnp.float32)
+  if bias is None:
+    return _call(CONV1D_FORWARD, out, x, kernel, stride=stride, left=padding[0])
+  return _call(CONV1D_RELU[CONV1D_FORWARD], out, x, kernel, bias, stride=stride, left=padding[0])
 
 
-def conv1d_input_grad(dy: jax.Array, kernel: jax.Array, length: int, stride: int) -> jax.Array:
-  """The gradient of `conv1d_forward`'s padded input (..., batch, length, channels), given dy."""
+def conv1d_input_grad(dy: jax.Array, kernel: jax.Array, length: int, stride: int, left: int,
+                      relu_out: jax.Array | None = None) -> jax.Array:
+  """The gradient of `conv1d_forward`'s input (..., batch, length, channels), given dy; with
+  `relu_out` (the fused forward's output), dy counts only where it is > 0."""
   out = jax.ShapeDtypeStruct((*dy.shape[:-2], length, kernel.shape[-2]), jnp.float32)
-  return jax.ffi.ffi_call(CONV1D_INPUT_GRAD, out, vmap_method='broadcast_all')(dy, kernel,
-                                                                               s=np.int64(stride))
+  if relu_out is None:
+    return _call(CONV1D_INPUT_GRAD, out, dy, kernel, stride=stride, left=left)
+  return _call(CONV1D_RELU[CONV1D_INPUT_GRAD], out, dy, kernel, relu_out, stride=stride, left=left)
 
 
-def conv1d_weight_grad(x_padded: jax.Array, dy: jax.Array, taps: int, stride: int) -> jax.Array:
-  """The gradient of `conv1d_forward`'s kernel (..., taps, channels, features), given dy."""
-  out = jax.ShapeDtypeStruct((*dy.shape[:-3], taps, x_padded.shape[-1], dy.shape[-1]), jnp.float32)
-  return jax.ffi.ffi_call(CONV1D_WEIGHT_GRAD, out, vmap_method='broadcast_all')(x_padded, dy,
-                                                                                s=np.int64(stride))
+def conv1d_weight_grad(x: jax.Array, dy: jax.Array, taps: int, stride: int, left: int,
+                       relu_out: jax.Array | None = None) -> Any:
+  """The gradient of `conv1d_forward`'s kernel (..., taps, channels, features), given dy; with
+  `relu_out` (the fused forward's output), dy counts only where it is > 0 and the bias's
+  gradient (..., features) comes too."""
+  out = jax.ShapeDtypeStruct((*dy.shape[:-3], taps, x.shape[-1], dy.shape[-1]), jnp.float32)
+  if relu_out is None:
+    return _call(CONV1D_WEIGHT_GRAD, out, x, dy, stride=stride, left=left)
+  bias = jax.ShapeDtypeStruct((*dy.shape[:-3], dy.shape[-1]), jnp.float32)
+  return _call(CONV1D_RELU[CONV1D_WEIGHT_GRAD], (out, bias), x, dy, relu_out, stride=stride,
+               left=left)

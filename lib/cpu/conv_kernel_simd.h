@@ -148,17 +148,60 @@ struct Backward {
 };
 
 // --- 1-D convolutions (Conv1d below), forward, input gradient and weight gradient. ---
-// Row r of a member's output, (sequence n, position o), reads its input patch as P = T*C
-// contiguous floats of the padded input at (n, o*s); no patches are written to memory.
+// Row r of a member's output, (sequence n, position o), reads its input patch: P = T*C floats
+// from position o*s - pl of sequence n, contiguous in NWC. Where the patch lies inside the
+// sequence it is read in place; the rows at the ends, whose patches reach into the padding, read
+// a copy with the padding's zeros. With `io.b`, the forward adds the bias and applies ReLU, and
+// the gradients take dy where the ReLU's output `io.a` is > 0 (else 0) and sum the bias's.
 
-// Output rows [r, r+R) x kLanes*KV channels from k0: the patch of each row times the packed
-// weights (P x kp, kp a multiple of kLanes, zeros past K).
+// Each row's patch in rows [r0, r1) of member m: into xm, or into `scratch` for the ends' rows.
+inline void Conv1dReadPatches(const float* xm, const Conv1d& g, int64_t r0, int64_t r1,
+                              std::vector<const float*>& ptr, std::vector<float>& scratch) {
+  ptr.resize(r1 - r0);
+  int64_t ends = 0;
+  for (int64_t r = r0; r < r1; ++r) ends += !g.Inside(r);
+  scratch.assign(ends * g.P(), 0.0f);
+  float* next = scratch.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* seq = xm + (r / g.ol) * g.l * g.c;
+    const int64_t q = g.Start(r);
+    if (g.Inside(r)) {
+      ptr[r - r0] = seq + q * g.c;
+      continue;
+    }
+    for (int64_t j = std::max<int64_t>(0, -q); j < g.t && q + j < g.l; ++j)
+      std::copy_n(seq + (q + j) * g.c, g.c, next + j * g.c);
+    ptr[r - r0] = next;
+    next += g.P();
+  }
+}
+
+// dy of rows [r0, r1) of member m, where the ReLU's output is > 0 (else 0) when the call fuses
+// one: into `masked`, else in place. With `db`, adds the rows' (masked) dy into it, row by row.
+inline const float* Conv1dOutputGrad(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0,
+                                     int64_t r1, std::vector<float>& masked, float* db) {
+  const int64_t size = (r1 - r0) * g.k, first = (m * g.Rows() + r0) * g.k;
+  const float* dy = io.dy + first;
+  if (io.a) {
+    masked.resize(size);
+    const float* a = io.a + first;
+    for (int64_t e = 0; e < size; ++e) masked[e] = a[e] > 0.0f ? dy[e] : 0.0f;
+    dy = masked.data();
+  }
+  if (db) {
+    std::fill(db, db + g.k, 0.0f);
+    for (int64_t r = 0; r < r1 - r0; ++r)
+      for (int64_t k = 0; k < g.k; ++k) db[k] += dy[r * g.k + k];
+  }
+  return dy;
+}
+
+// Output rows [r, r+R) x kLanes*KV channels from k0: each row's patch times the packed weights
+// (P x kp, kp a multiple of kLanes*KV, zeros past K); then + bias and ReLU where `bias` is given.
 template <int R, int KV>
-void Conv1dForwardTile(const float* xm, const float* wpack, float* ym, const Conv1d& g,
-                       int64_t r, int64_t kp, int64_t k0) {
+void Conv1dForwardTile(const float* const* patch, const float* wpack, const float* bias,
+                       float* yr, const Conv1d& g, int64_t kp, int64_t k0) {
   constexpr int L = Simd::kLanes;
-  const float* patch[R];
-  for (int a = 0; a < R; ++a) patch[a] = xm + g.Patch(r + a);
   Simd::V acc[R][KV];
   for (int a = 0; a < R; ++a)
     for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Zero();
@@ -170,37 +213,50 @@ void Conv1dForwardTile(const float* xm, const float* wpack, float* ym, const Con
       for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Fma(b, wv[v], acc[a][v]);
     }
   }
+  if (bias) {
+    const Simd::V zero = Simd::Zero();
+    for (int v = 0; v < KV; ++v) {
+      const Simd::V bv = Simd::Load(bias + k0 + L * v);
+      // max(0, y) is y where y is NaN: a diverging member's loss stays NaN.
+      for (int a = 0; a < R; ++a) acc[a][v] = Simd::Max(zero, Simd::Add(acc[a][v], bv));
+    }
+  }
   for (int a = 0; a < R; ++a)
     for (int v = 0; v < KV; ++v) {
       const int64_t k = k0 + L * v;
-      if (k < g.k) Simd::StoreN(ym + (r + a) * g.k + k, acc[a][v], std::min<int64_t>(L, g.k - k));
+      if (k < g.k) Simd::StoreN(yr + a * g.k + k, acc[a][v], std::min<int64_t>(L, g.k - k));
     }
 }
 
 // Rows [r0, r1) of member m's output.
 template <int KV>
-void Conv1dForwardRows(const float* x, const float* w, float* y, const Conv1d& g, int64_t m,
-                       int64_t r0, int64_t r1) {
+void Conv1dForwardRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0, int64_t r1) {
   constexpr int L = Simd::kLanes, R = Simd::kAccumulators / KV;
   const int64_t kp = (g.k + L * KV - 1) / (L * KV) * (L * KV);
-  std::vector<float> wpack(g.P() * kp, 0.0f);
-  const float* wm = w + m * g.P() * g.k;
+  std::vector<float> wpack(g.P() * kp, 0.0f), bias(kp, 0.0f), scratch;
+  const float* wm = io.w + m * g.P() * g.k;
   for (int64_t p = 0; p < g.P(); ++p) std::copy_n(wm + p * g.k, g.k, wpack.data() + p * kp);
-  const float* xm = x + m * g.n * g.lp * g.c;
-  float* ym = y + m * g.Rows() * g.k;
+  if (io.b) std::copy_n(io.b + m * g.k, g.k, bias.data());
+  std::vector<const float*> patch;
+  Conv1dReadPatches(io.x + m * g.n * g.l * g.c, g, r0, r1, patch, scratch);
+  float* ym = io.out + m * g.Rows() * g.k;
+  const float* b = io.b ? bias.data() : nullptr;
   for (int64_t k0 = 0; k0 < g.k; k0 += L * KV) {
     int64_t r = r0;
-    for (; r + R <= r1; r += R) Conv1dForwardTile<R, KV>(xm, wpack.data(), ym, g, r, kp, k0);
-    for (; r < r1; ++r) Conv1dForwardTile<1, KV>(xm, wpack.data(), ym, g, r, kp, k0);
+    for (; r + R <= r1; r += R)
+      Conv1dForwardTile<R, KV>(patch.data() + r - r0, wpack.data(), b, ym + r * g.k, g, kp, k0);
+    for (; r < r1; ++r)
+      Conv1dForwardTile<1, KV>(patch.data() + r - r0, wpack.data(), b, ym + r * g.k, g, kp, k0);
   }
 }
 
-// The input gradient of rows [r, r+R): each row's patch gradient, dy's row times the weights
-// (packed transposed, K x pp, pp a multiple of kLanes), PV vectors from p0, added into dxm.
-// Rows add in order, so overlapping patches sum in the same order however the work is cut.
+// The input gradient of rows [r, r+R): each row's patch gradient, its dy (rows dyr, K apart)
+// times the weights (packed transposed, K x pp, pp a multiple of kLanes*PV), PV vectors from
+// p0, added into the row's patch of dx (`dst`). Rows add in order, so overlapping patches sum
+// in the same order however the work is cut.
 template <int R, int PV>
-void Conv1dInputGradTile(const float* dym, const float* wt, float* dxm, const Conv1d& g,
-                         int64_t r, int64_t pp, int64_t p0) {
+void Conv1dInputGradTile(const float* dyr, const float* wt, float* const* dst, const Conv1d& g,
+                         int64_t pp, int64_t p0) {
   constexpr int L = Simd::kLanes;
   Simd::V acc[R][PV];
   for (int a = 0; a < R; ++a)
@@ -209,12 +265,12 @@ void Conv1dInputGradTile(const float* dym, const float* wt, float* dxm, const Co
     Simd::V wv[PV];
     for (int v = 0; v < PV; ++v) wv[v] = Simd::Load(wt + k * pp + p0 + L * v);
     for (int a = 0; a < R; ++a) {
-      const Simd::V b = Simd::Set1(dym[(r + a) * g.k + k]);
+      const Simd::V b = Simd::Set1(dyr[a * g.k + k]);
       for (int v = 0; v < PV; ++v) acc[a][v] = Simd::Fma(b, wv[v], acc[a][v]);
     }
   }
   for (int a = 0; a < R; ++a) {
-    float* patch = dxm + g.Patch(r + a);
+    float* patch = dst[a];
     for (int v = 0; v < PV; ++v) {
       const int64_t p = p0 + L * v;
       if (p >= g.P()) break;
@@ -224,37 +280,63 @@ void Conv1dInputGradTile(const float* dym, const float* wt, float* dxm, const Co
   }
 }
 
-// The padded input's gradient of sequences [n0, n1) of member m (written whole: zeros first).
+// The input's gradient of sequences [n0, n1) of member m (written whole). The ends' rows add
+// into copies of their patches, which then add into dx where they lie inside the sequence.
 template <int PV>
-void Conv1dInputGradRows(const float* dy, const float* w, float* dx, const Conv1d& g, int64_t m,
-                         int64_t n0, int64_t n1) {
+void Conv1dInputGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t n0,
+                         int64_t n1) {
   constexpr int L = Simd::kLanes, R = Simd::kAccumulators / PV;
   const int64_t pp = (g.P() + L * PV - 1) / (L * PV) * (L * PV);
-  std::vector<float> wt(g.k * pp, 0.0f);
-  const float* wm = w + m * g.P() * g.k;
+  std::vector<float> wt(g.k * pp, 0.0f), masked;
+  const float* wm = io.w + m * g.P() * g.k;
   for (int64_t p = 0; p < g.P(); ++p)
     for (int64_t k = 0; k < g.k; ++k) wt[k * pp + p] = wm[p * g.k + k];
-  const float* dym = dy + m * g.Rows() * g.k;
-  float* dxm = dx + m * g.n * g.lp * g.c;
-  std::fill(dxm + n0 * g.lp * g.c, dxm + n1 * g.lp * g.c, 0.0f);
   const int64_t r0 = n0 * g.ol, r1 = n1 * g.ol;
+  const float* dy = Conv1dOutputGrad(io, g, m, r0, r1, masked, nullptr);
+  float* dxm = io.out + m * g.n * g.l * g.c;
+  std::fill(dxm + n0 * g.l * g.c, dxm + n1 * g.l * g.c, 0.0f);
+  std::vector<float*> dst(r1 - r0);
+  int64_t ends = 0;
+  for (int64_t r = r0; r < r1; ++r) ends += !g.Inside(r);
+  std::vector<float> scratch(ends * g.P(), 0.0f);
+  float* next = scratch.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    if (g.Inside(r)) {
+      dst[r - r0] = dxm + ((r / g.ol) * g.l + g.Start(r)) * g.c;
+    } else {
+      dst[r - r0] = next;
+      next += g.P();
+    }
+  }
   int64_t r = r0;
   for (; r + R <= r1; r += R)
     for (int64_t p0 = 0; p0 < g.P(); p0 += L * PV)
-      Conv1dInputGradTile<R, PV>(dym, wt.data(), dxm, g, r, pp, p0);
+      Conv1dInputGradTile<R, PV>(dy + (r - r0) * g.k, wt.data(), dst.data() + r - r0, g, pp, p0);
   for (; r < r1; ++r)
     for (int64_t p0 = 0; p0 < g.P(); p0 += L * PV)
-      Conv1dInputGradTile<1, PV>(dym, wt.data(), dxm, g, r, pp, p0);
+      Conv1dInputGradTile<1, PV>(dy + (r - r0) * g.k, wt.data(), dst.data() + r - r0, g, pp, p0);
+  next = scratch.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    if (g.Inside(r)) continue;
+    float* seq = dxm + (r / g.ol) * g.l * g.c;
+    const int64_t q = g.Start(r);
+    for (int64_t j = std::max<int64_t>(0, -q); j < g.t && q + j < g.l; ++j)
+      for (int64_t c = 0; c < g.c; ++c) seq[(q + j) * g.c + c] += next[j * g.c + c];
+    next += g.P();
+  }
 }
 
 // The weight gradient of member m summed over rows [r0, r1) into dw (P x K, written whole):
-// PT patch values x KV vectors of dy per tile, row after row.
+// PT patch values x KV vectors of dy per tile, row after row; with a fused bias, its gradient
+// into db (K).
 template <int PT, int KV>
-void Conv1dWeightGradRows(const float* x, const float* dy, float* dw, const Conv1d& g, int64_t m,
-                          int64_t r0, int64_t r1) {
+void Conv1dWeightGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0, int64_t r1,
+                          float* dw, float* db) {
   constexpr int L = Simd::kLanes;
-  const float* xm = x + m * g.n * g.lp * g.c;
-  const float* dym = dy + m * g.Rows() * g.k;
+  std::vector<const float*> patch;
+  std::vector<float> scratch, masked;
+  Conv1dReadPatches(io.x + m * g.n * g.l * g.c, g, r0, r1, patch, scratch);
+  const float* dy = Conv1dOutputGrad(io, g, m, r0, r1, masked, db);
   for (int64_t p0 = 0; p0 < g.P(); p0 += PT)
     for (int64_t k0 = 0; k0 < g.k; k0 += L * KV) {
       int count[KV];
@@ -264,17 +346,13 @@ void Conv1dWeightGradRows(const float* x, const float* dy, float* dw, const Conv
       for (int a = 0; a < PT; ++a)
         for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Zero();
       const int64_t pn = std::min<int64_t>(PT, g.P() - p0);
-      // Row r's patch, stepped along without a division per row.
-      int64_t o = r0 % std::max<int64_t>(g.ol, 1);
-      const float* patch = xm + g.Patch(r0) + p0;
-      for (int64_t r = r0; r < r1; ++r, patch += g.s * g.c) {
-        if (o == g.ol) o = 0, patch = xm + g.Patch(r) + p0;
-        ++o;
+      for (int64_t r = 0; r < r1 - r0; ++r) {
+        const float* x = patch[r] + p0;
         Simd::V d[KV];
-        for (int v = 0; v < KV; ++v) d[v] = Simd::LoadN(dym + r * g.k + k0 + L * v, count[v]);
+        for (int v = 0; v < KV; ++v) d[v] = Simd::LoadN(dy + r * g.k + k0 + L * v, count[v]);
         for (int a = 0; a < PT; ++a) {
           if (a >= pn) break;
-          const Simd::V b = Simd::Set1(patch[a]);
+          const Simd::V b = Simd::Set1(x[a]);
           for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Fma(b, d[v], acc[a][v]);
         }
       }
@@ -290,23 +368,20 @@ void Conv1dWeightGradRows(const float* x, const float* dy, float* dw, const Conv
 // KN of the tile's KT channels hold (KN = KT but in the last tile); every bound is a constant,
 // so that the accumulators stay in registers.
 template <int PV, int KT, int KN>
-void Conv1dWeightGradTileT(const float* xm, const float* dym, float* dwt, const Conv1d& g,
-                           int64_t r0, int64_t r1, int64_t p0, int64_t k0) {
+void Conv1dWeightGradTileT(const float* const* patch, const float* dy, float* dwt,
+                           const Conv1d& g, int64_t rows, int64_t p0, int64_t k0) {
   constexpr int L = Simd::kLanes;
   int64_t count[PV];
   for (int v = 0; v < PV; ++v) count[v] = std::clamp<int64_t>(g.P() - p0 - L * v, 0, L);
   Simd::V acc[KN][PV];
   for (int a = 0; a < KN; ++a)
     for (int v = 0; v < PV; ++v) acc[a][v] = Simd::Zero();
-  int64_t o = r0 % std::max<int64_t>(g.ol, 1);
-  const float* patch = xm + g.Patch(r0) + p0;
-  for (int64_t r = r0; r < r1; ++r, patch += g.s * g.c) {
-    if (o == g.ol) o = 0, patch = xm + g.Patch(r) + p0;
-    ++o;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = patch[r] + p0;
     Simd::V xv[PV];
     for (int v = 0; v < PV; ++v)
-      xv[v] = count[v] == L ? Simd::Load(patch + L * v) : Simd::LoadN(patch + L * v, count[v]);
-    const float* d = dym + r * g.k + k0;
+      xv[v] = count[v] == L ? Simd::Load(x + L * v) : Simd::LoadN(x + L * v, count[v]);
+    const float* d = dy + r * g.k + k0;
     for (int a = 0; a < KN; ++a) {
       const Simd::V b = Simd::Set1(d[a]);
       for (int v = 0; v < PV; ++v) acc[a][v] = Simd::Fma(xv[v], b, acc[a][v]);
@@ -318,30 +393,33 @@ void Conv1dWeightGradTileT(const float* xm, const float* dym, float* dwt, const 
 }
 
 template <int PV, int KT, int KN = KT - 1>
-void Conv1dWeightGradTailT(const float* xm, const float* dym, float* dwt, const Conv1d& g,
-                           int64_t r0, int64_t r1, int64_t p0, int64_t k0, int64_t kn) {
+void Conv1dWeightGradTailT(const float* const* patch, const float* dy, float* dwt,
+                           const Conv1d& g, int64_t rows, int64_t p0, int64_t k0, int64_t kn) {
   if constexpr (KN >= 1) {
-    if (kn == KN) return Conv1dWeightGradTileT<PV, KT, KN>(xm, dym, dwt, g, r0, r1, p0, k0);
-    Conv1dWeightGradTailT<PV, KT, KN - 1>(xm, dym, dwt, g, r0, r1, p0, k0, kn);
+    if (kn == KN) return Conv1dWeightGradTileT<PV, KT, KN>(patch, dy, dwt, g, rows, p0, k0);
+    Conv1dWeightGradTailT<PV, KT, KN - 1>(patch, dy, dwt, g, rows, p0, k0, kn);
   }
 }
 
 template <int PV, int KT>
-void Conv1dWeightGradRowsT(const float* x, const float* dy, float* dwt, const Conv1d& g,
-                           int64_t m, int64_t r0, int64_t r1) {
+void Conv1dWeightGradRowsT(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0,
+                           int64_t r1, float* dwt, float* db) {
   constexpr int L = Simd::kLanes;
-  const float* xm = x + m * g.n * g.lp * g.c;
-  const float* dym = dy + m * g.Rows() * g.k;
+  std::vector<const float*> patch;
+  std::vector<float> scratch, masked;
+  Conv1dReadPatches(io.x + m * g.n * g.l * g.c, g, r0, r1, patch, scratch);
+  const float* dy = Conv1dOutputGrad(io, g, m, r0, r1, masked, db);
   for (int64_t p0 = 0; p0 < g.P(); p0 += L * PV) {
     int64_t k0 = 0;
     for (; k0 + KT <= g.k; k0 += KT)
-      Conv1dWeightGradTileT<PV, KT, KT>(xm, dym, dwt, g, r0, r1, p0, k0);
-    if (k0 < g.k) Conv1dWeightGradTailT<PV, KT>(xm, dym, dwt, g, r0, r1, p0, k0, g.k - k0);
+      Conv1dWeightGradTileT<PV, KT, KT>(patch.data(), dy, dwt, g, r1 - r0, p0, k0);
+    if (k0 < g.k)
+      Conv1dWeightGradTailT<PV, KT>(patch.data(), dy, dwt, g, r1 - r0, p0, k0, g.k - k0);
   }
 }
 
 template <template <int> class Fn>
-Conv1dFn ByVectors(int64_t v) {
+auto ByVectors(int64_t v) {
   switch (v) {
     case 1: return Fn<1>::Run;
     case 2: return Fn<2>::Run;
@@ -361,11 +439,11 @@ struct InputGradRows {
 };
 template <int V>
 struct WeightGradRows {
-  static constexpr Conv1dFn Run = &Conv1dWeightGradRows<Simd::kAccumulators / V, V>;
+  static constexpr Conv1dWgradFn Run = &Conv1dWeightGradRows<Simd::kAccumulators / V, V>;
 };
 template <int V>
 struct WeightGradRowsT {
-  static constexpr Conv1dFn Run = &Conv1dWeightGradRowsT<V, Simd::kAccumulators / V>;
+  static constexpr Conv1dWgradFn Run = &Conv1dWeightGradRowsT<V, Simd::kAccumulators / V>;
 };
 
 // The 1-D kernels for K output channels and P patch values: as many vectors across as fit (at

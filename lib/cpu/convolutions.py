@@ -215,7 +215,7 @@ def population_conv1d(x: jax.Array, kernel: jax.Array, stride: int, padding: Pai
 def _conv1d_forward(stride: int, padding: Pair) -> Fn:
   return _one_or_population(
       functools.partial(_xla_conv1d, stride=stride, padding=padding),
-      lambda x, kernel: conv_kernel.conv1d_forward(_pad1d(x, padding), kernel, stride))
+      lambda x, kernel: conv_kernel.conv1d_forward(x, kernel, stride, padding))
 
 
 @functools.cache
@@ -224,16 +224,10 @@ def _conv1d_backward(stride: int, padding: Pair) -> Fn:
     return jax.vjp(functools.partial(_xla_conv1d, stride=stride, padding=padding), x, kernel)[1](dy)
 
   def population(x, kernel, dy):
-    padded = _pad1d(x, padding)
-    dx = conv_kernel.conv1d_input_grad(dy, kernel, padded.shape[-2], stride)
-    return (lax.slice_in_dim(dx, padding[0], padding[0] + x.shape[-2], axis=-2),
-            conv_kernel.conv1d_weight_grad(padded, dy, kernel.shape[-3], stride))
+    return (conv_kernel.conv1d_input_grad(dy, kernel, x.shape[-2], stride, padding[0]),
+            conv_kernel.conv1d_weight_grad(x, dy, kernel.shape[-3], stride, padding[0]))
 
   return _one_or_population(one, population)
-
-
-def _pad1d(x: jax.Array, padding: Pair) -> jax.Array:
-  return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [padding, (0, 0)])
 
 
 def _population_conv1d_fwd(x, kernel, stride, padding):
@@ -245,3 +239,42 @@ def _population_conv1d_bwd(stride, padding, residuals, dy):
 
 
 population_conv1d.defvjp(_population_conv1d_fwd, _population_conv1d_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def population_conv1d_relu(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
+                           padding: Pair) -> jax.Array:
+  """ReLU(nn.Conv's 1-D convolution + bias), a population's, in lib.cpu.conv_kernel's fused kernels.
+
+  The forward adds the bias and applies ReLU as it writes; the gradients take the output's
+  gradient where the output is > 0 and sum the bias's. Nothing between two layers is written
+  but each one's output and its gradient: XLA would add the bias, apply ReLU, pad, and mask,
+  slice and sum the gradients in passes over the activations. `lib.cpu.conv` uses it for a
+  population's steps only (`population_steps`); a single model's layers run as written.
+
+  Args:
+    x: (batch, length, in_channels) float32.
+    kernel: (taps, in_channels, out_channels) float32.
+    bias: (out_channels,) float32.
+    stride: the window's stride.
+    padding: (left, right), explicit, >= 0.
+
+  Returns:
+    (batch, out_length, out_channels).
+  """
+  return conv_kernel.conv1d_forward(x, kernel, stride, padding, bias)
+
+
+def _conv1d_relu_fwd(x, kernel, bias, stride, padding):
+  out = population_conv1d_relu(x, kernel, bias, stride, padding)
+  return out, (x, kernel, out)
+
+
+def _conv1d_relu_bwd(stride, padding, residuals, dout):
+  x, kernel, out = residuals
+  dx = conv_kernel.conv1d_input_grad(dout, kernel, x.shape[-2], stride, padding[0], out)
+  dw, db = conv_kernel.conv1d_weight_grad(x, dout, kernel.shape[-3], stride, padding[0], out)
+  return dx, dw, db
+
+
+population_conv1d_relu.defvjp(_conv1d_relu_fwd, _conv1d_relu_bwd)

@@ -10,6 +10,7 @@ import optax
 
 from lib import input_pipeline
 from lib import parallel
+from lib.cpu import conv as cpu_conv
 from lib.train.state import TrainState
 
 # Maps (model outputs, batch) to per-example values; 'loss' is minimized. See lib/tasks.py.
@@ -34,6 +35,16 @@ def _cast(tree: Any, dtype: Any) -> Any:
   """Floating-point leaves of `tree` as `dtype`; others as they are."""
   return jax.tree.map(lambda a: a.astype(dtype)
                       if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _vmap_population(fn: Callable[..., Any], in_axes: Any) -> Callable[..., Any]:
+  """`fn` vmapped over a population's members, traced as a population's step: lib.cpu then
+  computes its layers with kernels that take every member at once (lib.cpu.conv)."""
+  def traced(*args):
+    with cpu_conv.population_steps():
+      return fn(*args)
+
+  return jax.vmap(traced, in_axes=in_axes)
 
 
 def _apply(state: TrainState, params: Any, x: jax.Array, compute_dtype: Any, **kwargs: Any) -> Any:
@@ -118,7 +129,7 @@ class TrainSteps:
                                                                key))
 
     if self._members:  # A population trains on the devices' split: a block of indices.
-      fed_step = jax.vmap(fed_step, in_axes=(0, None, {'idx': 1, 'first': None}))
+      fed_step = _vmap_population(fed_step, (0, None, {'idx': 1, 'first': None}))
     if self._scan:
       stacked = parallel.stacked_batch_sharding(self._mesh)
 
@@ -162,7 +173,7 @@ def jit_eval_step(task: Task, names: Sequence[str], mesh: jax.sharding.Mesh,
   """
   step = make_eval_step(task, metrics_collection(names), rng_streams, compute_dtype)
   if members:
-    step = jax.vmap(step, in_axes=(0, None))
+    step = _vmap_population(step, (0, None))
   return jax.jit(step, out_shardings=parallel.replicated(mesh))
 
 
