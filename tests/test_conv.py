@@ -144,9 +144,13 @@ def test_a_populations_1d_convolutions_run_in_one_kernel_call_as_each_member_alo
   def grads(apply):
     return jax.grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))), argnums=(0, 1))
 
+  def member(p, x):  # As lib.train.steps traces a population's step.
+    with conv.population_steps():
+      return grads(ours)(p, x)
+
   one = lambda tree: jax.tree.map(lambda a: a[1], tree)
   with conv.implementation('kernel'):
-    population = jax.jit(jax.vmap(grads(ours)))
+    population = jax.jit(jax.vmap(member))
     text = population.lower(params, x).as_text()
     got, again = population(params, x), population(params, x)
     single = jax.jit(grads(ours))

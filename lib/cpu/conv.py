@@ -15,11 +15,10 @@ backend by `resolve` (never by a model or a config):
   and backward) in one pass: the MNIST CNN's step, paired in one process, is
   ~1.46x XLA's convolutions (docs/performance.md). Under a population's vmap
   (config.num_seeds) XLA's convolutions run member by member, not grouped.
-  A population's 1-D convolutions (nn.Conv over (batch, length, channels), no
-  dilation) run in the kernel's 1-D forward and gradients, every member in one
-  call, and in a population's steps (`population_steps`) a conv → + bias → ReLU
-  layer runs as one fused kernel each way; a single model's stay XLA's, as fast
-  for one model.
+  In a population's steps (`population_steps`), 1-D convolutions (nn.Conv over
+  (batch, length, channels), no dilation) run in the kernel's 1-D forward and
+  gradients, every member in one call, and a conv → + bias → ReLU layer as one
+  fused kernel each way; a single model's stay XLA's, as fast for one model.
 * CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
   XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), 'im2col': each 2-D convolution as the
   kh*kw shifted, strided slices of the padded input side by side times the
@@ -78,8 +77,9 @@ _POPULATION = contextvars.ContextVar('jaxnotes_population_steps', default=False)
 def population_steps() -> Iterator[None]:
   """Specialized functions traced inside compute a population's steps, vmapped over its members.
 
-  With the CPU kernel, their 1-D conv → bias → ReLU layers then run in the fused population
-  kernels (`population_conv1d_relu`); a single model's steps keep them as written.
+  With the CPU kernel, their 1-D convolutions then run in the population kernels, every member
+  in one call (`population_conv1d`), and their conv → bias → ReLU layers in the fused ones
+  (`population_conv1d_relu`); a single model's steps keep them as written.
   """
   token = _POPULATION.set(True)
   try:
@@ -291,7 +291,8 @@ def _conv1d_relu_chains(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, list
 
 def _conv(impl: str, eqn: jax_core.JaxprEqn, x: jax.Array, kernel: jax.Array) -> jax.Array | None:
   """The convolution `eqn` by `impl`, or None where XLA's runs as traced."""
-  if impl == 'kernel' and _plain_conv(eqn, 1) and min(eqn.params['padding'][0]) >= 0:
+  if (impl == 'kernel' and _POPULATION.get() and _plain_conv(eqn, 1) and
+      min(eqn.params['padding'][0]) >= 0):
     (stride,), (padding,) = eqn.params['window_strides'], eqn.params['padding']
     return population_conv1d(x, kernel, stride, tuple(padding))
   if not _conv_2d(eqn):

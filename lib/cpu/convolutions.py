@@ -1,7 +1,6 @@
 """The convolutions `lib.cpu.conv.specialize` chooses from: XLA's, im2col, and lib.cpu.conv_kernel's (with the fused first block)."""
 from collections.abc import Callable, Sequence
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,7 +13,6 @@ from lib.cpu.activations import relu
 # nn.Conv's padding: a name ('SAME', 'VALID') or (low, high) per spatial axis.
 Padding = str | Sequence[tuple[int, int]]
 Pair = tuple[int, int]  # A 1-D convolution's (left, right) padding.
-Fn = Callable[..., Any]
 
 
 def _explicit(padding: Padding, x_shape: Sequence[int], kernel_size: Sequence[int],
@@ -170,34 +168,14 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   return out.reshape(n, out_h, out_w, cout)
 
 
-def _xla_conv1d(x: jax.Array, kernel: jax.Array, stride: int, padding: Pair) -> jax.Array:
-  return lax.conv_general_dilated(x, kernel, (stride,), [padding],
-                                  dimension_numbers=('NWC', 'WIO', 'NWC'))
-
-
-def _one_or_population(one: Fn, population: Fn) -> Fn:
-  """`one` for a single model; under vmap (a population), `population` on the stacked members."""
-  fn = jax.custom_batching.custom_vmap(one)
-
-  @fn.def_vmap
-  def _rule(axis_size, in_batched, *args):
-    args = [
-        a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, in_batched)
-    ]
-    out = population(*args)
-    return out, jax.tree.map(lambda _: True, out)
-
-  return fn
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def population_conv1d(x: jax.Array, kernel: jax.Array, stride: int, padding: Pair) -> jax.Array:
-  """nn.Conv's 1-D convolution (NWC, WIO, no dilation, one group); a population's by lib.cpu.conv_kernel.
+  """nn.Conv's 1-D convolution (NWC, WIO, no dilation, one group) in lib.cpu.conv_kernel's kernels.
 
-  A single model's runs as XLA's (as fast for one model). Vmapped over a population
-  (config.num_seeds, config.population), the forward and both gradients are the
-  kernel's, every member in one call: XLA would group the members' convolutions into
-  one at a fraction of the speed. CPU only; see `lib.cpu.conv.resolve`.
+  For a population's steps (`lib.cpu.conv.population_steps`): vmapped over the members,
+  the forward and both gradients compute every member in one call, where XLA would group
+  the members' convolutions into one at a fraction of the speed. A single model's
+  convolutions stay XLA's, as fast for one model. CPU only; see `lib.cpu.conv.resolve`.
 
   Args:
     x: (batch, length, in_channels) float32.
@@ -208,26 +186,7 @@ def population_conv1d(x: jax.Array, kernel: jax.Array, stride: int, padding: Pai
   Returns:
     (batch, out_length, out_channels), as `lax.conv_general_dilated`.
   """
-  return _conv1d_forward(stride, padding)(x, kernel)
-
-
-@functools.cache
-def _conv1d_forward(stride: int, padding: Pair) -> Fn:
-  return _one_or_population(
-      functools.partial(_xla_conv1d, stride=stride, padding=padding),
-      lambda x, kernel: conv_kernel.conv1d_forward(x, kernel, stride, padding))
-
-
-@functools.cache
-def _conv1d_backward(stride: int, padding: Pair) -> Fn:
-  def one(x, kernel, dy):
-    return jax.vjp(functools.partial(_xla_conv1d, stride=stride, padding=padding), x, kernel)[1](dy)
-
-  def population(x, kernel, dy):
-    return (conv_kernel.conv1d_input_grad(dy, kernel, x.shape[-2], stride, padding[0]),
-            conv_kernel.conv1d_weight_grad(x, dy, kernel.shape[-3], stride, padding[0]))
-
-  return _one_or_population(one, population)
+  return conv_kernel.conv1d_forward(x, kernel, stride, padding)
 
 
 def _population_conv1d_fwd(x, kernel, stride, padding):
@@ -235,7 +194,9 @@ def _population_conv1d_fwd(x, kernel, stride, padding):
 
 
 def _population_conv1d_bwd(stride, padding, residuals, dy):
-  return _conv1d_backward(stride, padding)(*residuals, dy)
+  x, kernel = residuals
+  return (conv_kernel.conv1d_input_grad(dy, kernel, x.shape[-2], stride, padding[0]),
+          conv_kernel.conv1d_weight_grad(x, dy, kernel.shape[-3], stride, padding[0]))
 
 
 population_conv1d.defvjp(_population_conv1d_fwd, _population_conv1d_bwd)
