@@ -71,6 +71,12 @@ def training(experiment: str) -> ml_collections.ConfigDict:
   # A longer epoch is rounded down to a multiple of it; shorter epochs run
   # whole, as many per call as fit.
   c.steps_per_execution = 1
+  # Steps per compiled call for a population (num_seeds > 1, or a sweep's points that
+  # differ only in carried fields); None: steps_per_execution. lib.cpu computes a
+  # population's 1-D convolutions in its own kernels, as fast inside a scan, where a
+  # single model's stay XLA's. It must divide an epoch: the members evaluate and save
+  # after the steps their single runs do.
+  c.population_steps_per_execution = config_dict.placeholder(int)
   # The training split is cut into this many equal shards, each shuffled on its
   # own; a process reads its shards, a global batch joins one slice of each.
   # The data order depends on the shards only: runs with the same data_shards

@@ -25,13 +25,19 @@ def _params(workdir):
   return state['params']
 
 
-@pytest.mark.parametrize('steps_per_execution', [1, 3])
-def test_each_seed_of_a_population_is_its_own_run(tmp_path, steps_per_execution):
+@pytest.mark.parametrize('steps_per_execution,population_steps_per_execution', [(1, None),
+                                                                                (3, None), (1, 3)])
+def test_each_seed_of_a_population_is_its_own_run(tmp_path, steps_per_execution,
+                                                  population_steps_per_execution):
   """Seeds 1, 2, 3 together: seeds 1 and 3 alone end with the same params and metrics.
 
-  The population also resumes: it trains one epoch, then a rerun extends it to two.
+  The population also resumes: it trains one epoch, then a rerun extends it to two. With
+  population_steps_per_execution, the population scans its epoch where the singles step.
   """
-  common = {'steps_per_execution': steps_per_execution, 'num_epochs': 2}
+  common = {
+      'steps_per_execution': steps_per_execution, 'num_epochs': 2,
+      'population_steps_per_execution': population_steps_per_execution
+  }
   singles = {s: _run(tmp_path / f'seed{s}', seed=s, **common) for s in (1, 3)}
   _run(tmp_path / 'population', seed=1, num_seeds=3, **{**common, 'num_epochs': 1})
   population = _run(tmp_path / 'population', seed=1, num_seeds=3, **common)
@@ -89,6 +95,8 @@ def test_each_member_of_a_hyperparameter_population_is_its_own_run(tmp_path, sch
     ({}, {'weight_decay': (0.1, -1.0)}, r'weight_decay holds -1.0; it takes numbers >= 0'),
     ({'lr_finder': True}, {'learning_rate':
         (0.1, 0.2)}, 'config.lr_finder .* no config.population'),
+    ({'num_seeds': 2, 'population_steps_per_execution': 2
+     }, {}, 'population_steps_per_execution=2 must divide the 3 steps of an epoch'),
 ])
 def test_bad_populations_are_clear_errors(tmp_path, overrides, settings, message):
   with pytest.raises(UserError, match=message):

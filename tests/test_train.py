@@ -55,6 +55,7 @@ def test_epochs_to_steps_keras_meaning():
     ('lr_schedule', 'step', "config.lr_schedule='step' is unknown"),
     ('batch_size', 0, 'must be a positive multiple'),
     ('steps_per_epoch', 0, 'must be at least 1'),
+    ('population_steps_per_execution', 0, 'must be at least 1, or None'),
 ])
 def test_bad_engine_fields_are_clear_errors(field, value, match):
   config = mnist_cnn.get_config()

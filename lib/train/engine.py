@@ -40,12 +40,13 @@ def set_up(config: ml_collections.ConfigDict, model: nn.Module, task: Task,
            train: input_pipeline.Source, rng_streams: Sequence[str],
            augmentation: input_pipeline.Augmentation, schedule: optax.Schedule | None) -> Engine:
   """Steps, schedule, the state at step 0 and the compiled train and eval steps."""
-  if (len(augmentation.train) > 1 or train.buckets) and config.steps_per_execution != 1:
-    raise UserError('config.steps_per_execution must be 1 here: this experiment changes the '
-                    'batch shape from step to step, and only equal batches can be stacked')
   mesh = parallel.make_mesh()
   steps_per_epoch, total_steps = epochs_to_steps(config, train.num_examples)
   per_call = steps_per_call(config, steps_per_epoch)
+  if (len(augmentation.train) > 1 or train.buckets) and per_call != 1:
+    raise UserError('config.steps_per_execution (and population_steps_per_execution) must be 1 '
+                    'here: this experiment changes the batch shape from step to step, and only '
+                    'equal batches can be stacked')
   accum = config.grad_accum_steps
   if steps_per_epoch % accum:
     raise UserError(f'config.grad_accum_steps={accum} must divide the {steps_per_epoch} steps '

@@ -57,6 +57,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config[field] is not None and config[field] < 1:
       raise UserError(
           f'config.{field}={config[field]} must be at least 1, or None for a whole split')
+  if (config.get('population_steps_per_execution') is not None and
+      config.population_steps_per_execution < 1):
+    raise UserError(f'config.population_steps_per_execution={config.population_steps_per_execution}'
+                    ' must be at least 1, or None for config.steps_per_execution')
   for field in ('weight_decay', 'grad_clip_norm', 'profile_steps'):
     if config[field] < 0:
       raise UserError(f'config.{field}={config[field]} must be >= 0 (0 is off)')
@@ -113,13 +117,25 @@ def epochs_to_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
 def steps_per_call(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   """Steps of one compiled call: config.steps_per_execution, or whole epochs where those are shorter.
 
-  A call never ends inside an epoch, so evaluations and checkpoints fall
-  between calls; with epochs shorter than steps_per_execution (celsius: one
-  step each) a call runs as many whole epochs as fit in it.
+  A population (more than one member) takes config.population_steps_per_execution
+  where it is set, which divides an epoch. A call never ends inside an epoch, so
+  evaluations and checkpoints fall between calls; with epochs shorter than
+  steps_per_execution (celsius: one step each) a call runs as many whole epochs
+  as fit in it.
+
+  Raises:
+    UserError: a population's steps per call that do not divide an epoch.
   """
-  if config.steps_per_execution <= steps_per_epoch:
-    return config.steps_per_execution
-  return config.steps_per_execution // steps_per_epoch * steps_per_epoch
+  per_call = config.steps_per_execution
+  if population.size(config) > 1 and config.get('population_steps_per_execution'):
+    per_call = config.population_steps_per_execution
+    if steps_per_epoch % per_call:
+      raise UserError(f'config.population_steps_per_execution={per_call} must divide the '
+                      f'{steps_per_epoch} steps of an epoch: a population evaluates and saves '
+                      'after the steps its single runs do')
+  if per_call <= steps_per_epoch:
+    return per_call
+  return per_call // steps_per_epoch * steps_per_epoch
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
