@@ -199,7 +199,8 @@ def main(argv: list[str]) -> None:
           raise UserError(f'{f.name} failed: {f.error} (log: {f.log})')
   except UserError as e:
     sys.exit(f'error: {e}')
-  _report(_study(workdir, _DIRECTION.value, _SEED.value), workdir, _METRIC.value, start)
+  # The journal storage reads what the workers appended on each query: the study is current.
+  _report(study, workdir, _METRIC.value, start)
 
 
 def _report(study: Any, workdir: str, metric: str, start: float) -> None:
