@@ -1,9 +1,11 @@
 """Every config compiled for accelerators, on this CPU: docs/scaling.md's table and CI's check.
 
   python -m benchmarks.compiled --targets=v5e-8,h100 --data=../shared/data \
-      [--dtypes=float32,bfloat16] [--configs=mnist_cnn,vae:latent20] [--jobs=2]
+      [--dtypes=float32,bfloat16] [--paired] [--configs=mnist_cnn,vae:latent20] [--jobs=2]
 
-Each (config, target, dtype) is what `python -m experiments --config=... --workdir=...
+Every target compiles in every dtype, or with --paired the i-th target in the i-th dtype only
+(CI's check: `--targets=v5e-1,v5e-8 --dtypes=float32,bfloat16 --paired`, each config on one chip
+and on a slice, in each dtype, at half the cost). Each (config, target, dtype) is what `python -m experiments --config=... --workdir=...
 --compile_for=TARGET --config.compute_dtype=DTYPE` does (experiments.__main__.compile_only),
 run in worker processes that each take the next one when done, in a workdir of their own. The
 datasets are built from `--data` (a folder per TFDS dataset: ../shared/data/mnist, ...) into
@@ -33,6 +35,9 @@ from absl import flags
 
 _TARGETS = flags.DEFINE_list('targets', ['v5e-1', 'v5e-8'], 'lib.aot.TARGETS names.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'config.compute_dtype values.')
+_PAIRED = flags.DEFINE_bool(
+    'paired', False, 'Compile the i-th of --targets in the i-th of --dtypes only, not every '
+    'target in every dtype.')
 _CONFIGS = flags.DEFINE_list(
     'configs', None, 'NAME or NAME:VARIANT of configs/ (default: every config and variant).')
 _DATA = flags.DEFINE_string('data', '../shared/data',
@@ -208,11 +213,16 @@ def main(argv: Sequence[str]) -> None:
     _worker()
     return
   specs = _CONFIGS.value or every_config()
-  targets = list(_TARGETS.value)
-  gpu = any(t in ('a100', 'h100', 'h100x8') for t in targets)
-  if gpu and _COST_FROM.value and _COST_FROM.value not in targets:
-    targets.append(_COST_FROM.value)
-  items = [(s, t, d) for s in specs for d in _DTYPES.value for t in targets]
+  if _PAIRED.value and len(_TARGETS.value) != len(_DTYPES.value):
+    raise app.UsageError(f'--paired needs as many --dtypes as --targets, not '
+                         f'{len(_DTYPES.value)} for {len(_TARGETS.value)}')
+  pairs = (list(zip(_TARGETS.value, _DTYPES.value)) if _PAIRED.value else
+           [(t, d) for d in _DTYPES.value for t in _TARGETS.value])
+  # A GPU's roofline takes its FLOPs from the stand-in's compile in the same dtype.
+  for t, d in list(pairs):
+    if t in ('a100', 'h100', 'h100x8') and _COST_FROM.value and (_COST_FROM.value, d) not in pairs:
+      pairs.append((_COST_FROM.value, d))
+  items = [(s, t, d) for s in specs for t, d in pairs]
   _prepare_datasets(specs)
   start = time.perf_counter()
   records, failed_workers = _run_workers(items)

@@ -155,10 +155,10 @@ def mnist_data_dir(mnist_run):
 # when collection ends, at low priority, so that it uses what the other tests leave idle, and
 # it is checked last.
 EVERY_CONFIG_COMPILES = ('tests/test_aot.py::'
-                         'test_every_config_and_variant_compiles_for_v5e_1_and_v5e_8_in_float32_'
-                         'and_bfloat16')
-EVERY_CONFIG_ARGS = ('--targets=v5e-1,v5e-8', '--dtypes=float32,bfloat16', f'--data={SHARED_DATA}',
-                     '--jobs=2')
+                         'test_every_config_and_variant_compiles_for_v5e_1_in_float32_and_v5e_8_'
+                         'in_bfloat16')
+EVERY_CONFIG_ARGS = ('--targets=v5e-1,v5e-8', '--dtypes=float32,bfloat16', '--paired',
+                     f'--data={SHARED_DATA}', '--jobs=2')
 background_compiles: dict[str, subprocess.Popen] = {}
 
 
