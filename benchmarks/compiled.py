@@ -216,8 +216,8 @@ def main(argv: Sequence[str]) -> None:
   if _PAIRED.value and len(_TARGETS.value) != len(_DTYPES.value):
     raise app.UsageError(f'--paired needs as many --dtypes as --targets, not '
                          f'{len(_DTYPES.value)} for {len(_TARGETS.value)}')
-  pairs = (list(zip(_TARGETS.value, _DTYPES.value)) if _PAIRED.value else
-           [(t, d) for d in _DTYPES.value for t in _TARGETS.value])
+  pairs = (list(zip(_TARGETS.value, _DTYPES.value))
+           if _PAIRED.value else [(t, d) for d in _DTYPES.value for t in _TARGETS.value])
   # A GPU's roofline takes its FLOPs from the stand-in's compile in the same dtype.
   for t, d in list(pairs):
     if t in ('a100', 'h100', 'h100x8') and _COST_FROM.value and (_COST_FROM.value, d) not in pairs:
