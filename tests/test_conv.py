@@ -200,7 +200,11 @@ def test_a_populations_conv_bias_relu_layers_run_fused_and_a_nan_stays_nan():
     got = step(params, x)
     alone_text = jax.jit(grads(ours)).lower(jax.tree.map(lambda a: a[0], params), x[0]).as_text()
   fused = conv_kernel.CONV1D_RELU.values()
-  assert all(text.count(name) == 3 for name in fused)  # One call per layer for all members.
+  pair = (conv_kernel.CONV1D_PAIR_FORWARD, conv_kernel.CONV1D_PAIR_BACKWARD_DX)
+  # Layers 1 and 2 as one block (x is differentiated here: its gradient too), layer 3 fused
+  # alone: one call each, for all members.
+  assert all(text.count(f'@{name}(') == 1 for name in (*fused, *pair))
+  assert f'@{conv_kernel.CONV1D_PAIR_BACKWARD}(' not in text
   assert 'stablehlo.convolution' not in text and 'stablehlo.pad' not in text
   assert not any(name in alone_text for name in fused)  # A single model runs as written.
   want = jax.vmap(grads(model.apply))(params, x)
@@ -211,6 +215,46 @@ def test_a_populations_conv_bias_relu_layers_run_fused_and_a_nan_stays_nan():
   with conv.implementation('kernel'), conv.population_steps():
     out = jax.jit(jax.vmap(ours))(nan, x)
   assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize('batch', [100, 30])
+def test_two_conv_relu_layers_as_one_block_give_the_two_layers_results(batch):
+  # MNIST-1D's first two layers, 3 members. At batch 100 (the CNN's) the first layer's weight
+  # gradient chunks lie within the block's, so every result keeps its bits; at 30 they do not,
+  # and the first layer's weight gradient sums in another order.
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 6))
+  normal = lambda *shape: 0.3 * jax.random.normal(next(keys), (3, *shape))
+  x, w1, b1, w2, b2 = (normal(batch, 40, 1), normal(5, 1, 25), normal(25), normal(3, 25, 25),
+                       normal(25))
+  dy = normal(batch, 10, 25)
+  layers = ((2, (1, 1)), (2, (1, 1)))
+
+  def two(x, w1, b1, w2, b2):
+    first = convolutions.population_conv1d_relu(x, w1, b1, 2, (1, 1))
+    return convolutions.population_conv1d_relu(first, w2, b2, 2, (1, 1))
+
+  def block(x, w1, b1, w2, b2):
+    return convolutions.population_conv1d_pair(x, w1, b1, w2, b2, layers)
+
+  def grads(fn, argnums):
+    loss = lambda x, w1, b1, w2, b2: jnp.sum(fn(x, w1, b1, w2, b2) * dy)
+    return jax.jit(jax.vmap(jax.grad(loss, argnums)))
+
+  for argnums in [(1, 2, 3, 4), (0, 1, 2, 3, 4)]:
+    step = grads(block, argnums)
+    text = step.lower(x, w1, b1, w2, b2).as_text()
+    # The input's gradient is computed only where it is asked for (not for a model's data).
+    assert (f'@{conv_kernel.CONV1D_PAIR_BACKWARD_DX}(' in text) == (0 in argnums)
+    got, want = step(x, w1, b1, w2, b2), grads(two, argnums)(x, w1, b1, w2, b2)
+    for i, (a, b) in enumerate(zip(got, want)):
+      if batch == 100 or argnums[i] not in (1, 2):
+        np.testing.assert_array_equal(a, b)
+      else:  # The first layer's kernel and bias.
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(
+      jax.jit(jax.vmap(block))(x, w1, b1, w2, b2),
+      jax.jit(jax.vmap(two))(x, w1, b1, w2, b2))
 
 
 @needs_kernel

@@ -17,8 +17,10 @@ backend by `resolve` (never by a model or a config):
   (config.num_seeds) XLA's convolutions run member by member, not grouped.
   In a population's steps (`population_steps`), 1-D convolutions (nn.Conv over
   (batch, length, channels), no dilation) run in the kernel's 1-D forward and
-  gradients, every member in one call, and a conv → + bias → ReLU layer as one
-  fused kernel each way; a single model's stay XLA's, as fast for one model.
+  gradients, every member in one call, a conv → + bias → ReLU layer as one
+  fused kernel each way, and two such layers in a row as one block whose first
+  layer's output never leaves the cache (`population_conv1d_pair`); a single
+  model's stay XLA's, as fast for one model.
 * CPU whose XLA still sends lone convolutions to YNNPACK (the user's own
   XLA_FLAGS, or JAXNOTES_CPU_DEFAULTS=0), 'im2col': each 2-D convolution as the
   kh*kw shifted, strided slices of the padded input side by side times the
@@ -46,7 +48,8 @@ from lib import cpu
 from lib import parallel
 from lib.cpu import conv_kernel
 from lib.cpu.activations import relu
-from lib.cpu.convolutions import conv_relu_pool, im2col_conv, kernel_conv, population_conv1d, population_conv1d_relu
+from lib.cpu.convolutions import (conv_relu_pool, im2col_conv, kernel_conv, population_conv1d,
+                                  population_conv1d_pair, population_conv1d_relu)
 from lib.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'im2col', 'kernel')
@@ -78,8 +81,9 @@ def population_steps() -> Iterator[None]:
   """Specialized functions traced inside compute a population's steps, vmapped over its members.
 
   With the CPU kernel, their 1-D convolutions then run in the population kernels, every member
-  in one call (`population_conv1d`), and their conv → bias → ReLU layers in the fused ones
-  (`population_conv1d_relu`); a single model's steps keep them as written.
+  in one call (`population_conv1d`), their conv → bias → ReLU layers in the fused ones
+  (`population_conv1d_relu`), and two such layers in a row as one block
+  (`population_conv1d_pair`); a single model's steps keep them as written.
   """
   token = _POPULATION.set(True)
   try:
@@ -289,6 +293,27 @@ def _conv1d_relu_chains(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, list
   return found
 
 
+def _conv1d_relu_pairs(jaxpr: jax_core.Jaxpr, chains: dict[int, Any]) -> dict[int, int]:
+  """Chains (of `_conv1d_relu_chains`) whose input is only an earlier chain's output.
+
+  Returns:
+    {index of the second chain's ReLU: index of the first's}, taken in order, each chain in one
+    pair at most (three layers: the first two, then the third alone).
+  """
+  uses = collections.Counter(
+      v for e in jaxpr.eqns for v in e.invars if not isinstance(v, jax_core.Literal))
+  uses.update(v for v in jaxpr.outvars if not isinstance(v, jax_core.Literal))
+  relu_of = {jaxpr.eqns[i].outvars[0]: i for i in chains}
+  pairs, paired = {}, set()
+  for second in sorted(chains):
+    x = jaxpr.eqns[chains[second][0]].invars[0]
+    first = relu_of.get(x)
+    if first is not None and uses[x] == 1 and first not in paired:
+      pairs[second] = first
+      paired |= {first, second}
+  return pairs
+
+
 def _conv(impl: str, eqn: jax_core.JaxprEqn, x: jax.Array, kernel: jax.Array) -> jax.Array | None:
   """The convolution `eqn` by `impl`, or None where XLA's runs as traced."""
   if (impl == 'kernel' and _POPULATION.get() and _plain_conv(eqn, 1) and
@@ -313,6 +338,8 @@ def _evaluate(closed: jax_core.ClosedJaxpr, impl: str, args: Sequence[Any]) -> l
   chains = _conv1d_relu_chains(jaxpr) if kernels and _POPULATION.get() else {}
   folded = {j for _, _, _, chain in blocks.values() for j in chain}
   folded |= {j for _, _, chain in chains.values() for j in chain}
+  pairs = _conv1d_relu_pairs(jaxpr, chains)
+  folded |= set(pairs.values())  # The first layer of a pair is computed with its second.
   env = dict(zip(jaxpr.constvars, closed.consts)) | dict(zip(jaxpr.invars, args))
   read = lambda v: v.val if isinstance(v, jax_core.Literal) else env[v]
   for i, eqn in enumerate(jaxpr.eqns):
@@ -323,6 +350,16 @@ def _evaluate(closed: jax_core.ClosedJaxpr, impl: str, args: Sequence[Any]) -> l
       conv, bias, pool, _ = blocks[i]
       x, kernel = (read(v) for v in jaxpr.eqns[conv].invars)
       out = conv_relu_pool(x, kernel, read(bias), pool)
+    elif i in pairs:
+      layers = []
+      for relu_index in (pairs[i], i):
+        conv, bias, _ = chains[relu_index]
+        (stride,), (padding,) = (jaxpr.eqns[conv].params[k] for k in ('window_strides', 'padding'))
+        layers.append((conv, bias, (stride, tuple(padding))))
+      (conv1, bias1, layer1), (conv2, bias2, layer2) = layers
+      x, kernel1 = (read(v) for v in jaxpr.eqns[conv1].invars)
+      out = population_conv1d_pair(x, kernel1, read(bias1), read(jaxpr.eqns[conv2].invars[1]),
+                                   read(bias2), (layer1, layer2))
     elif i in chains:
       conv, bias, _ = chains[i]
       x, kernel = (read(v) for v in jaxpr.eqns[conv].invars)

@@ -12,7 +12,8 @@
 // 2. A network's first block, conv + bias -> ReLU -> 2x2 pool, forward and backward (below).
 // 3. 1-D convolutions of a population's members at once (Conv1d below): forward, input gradient
 //    and weight gradient, each member's patches read in place and padded there, optionally with
-//    a fused bias + ReLU (forward) and ReLU mask + bias gradient (backward). Vmapped, XLA:CPU computes the
+//    a fused bias + ReLU (forward) and ReLU mask + bias gradient (backward), or two such layers as
+//    one block whose first output stays in cache (Conv1dPair below). Vmapped, XLA:CPU computes the
 //    members' convolutions as one grouped convolution, or (as im2col) batched matrix products
 //    of 25 columns for MNIST-1D's CNN, at a fifth of the matmul speed; here each member's rows
 //    are tiled in registers, at about twice the speed of those products.
@@ -28,6 +29,8 @@
 #include <memory>
 #include <optional>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <immintrin.h>
@@ -469,6 +472,183 @@ ffi::Error Conv1dReluWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> 
   return Conv1dWeightGrad(pool, x, dy, &a, dw, db->typed_data(), s, pl);
 }
 
+// --- Conv1dPair: two 1-D conv -> bias -> ReLU layers as one block, every member at once. ---
+// The first layer's output h (M, N, OL1, K1) never reaches memory: the forward computes it per
+// chunk of sequences into a buffer that stays in cache and feeds it to the second layer at once;
+// the backward recomputes it per chunk and, while it is in cache, sums both layers' weight and
+// bias gradients and (with `dx`) the input's gradient. Layer by layer, h and its gradient
+// (MNIST-1D's first layer: 4.6 MB each for 24 members) go to memory and back, and the step needs
+// twice the memory. Each layer's rows run in the same row and tile functions as alone.
+struct Conv1dPairIo {
+  const float *x, *w1, *b1, *w2, *b2, *y, *dy;  // y: the block's output; dy: its gradient.
+  float *out, *dx;                              // Forward: y; backward: dx (or none).
+};
+
+// The two layers' geometries for `cn` sequences of one member.
+std::pair<Conv1d, Conv1d> PairChunk(const Conv1d& g1, const Conv1d& g2, int64_t cn) {
+  Conv1d a = g1, b = g2;
+  a.m = b.m = 1;
+  a.n = b.n = cn;
+  return {a, b};
+}
+
+// The block's chunks per member: the second layer's (`Conv1dChunks`), on whole sequences.
+int64_t PairChunks(const Conv1d& g2) { return Conv1dChunks(g2); }
+
+// h = ReLU(conv1(x) + b1) for sequences [n0, n1) of member m, into `h` (their rows x K1).
+void PairHidden(const Conv1dPairIo& io, const Conv1d& g1, const Conv1d& a, const Conv1dFns& f1,
+                int64_t m, int64_t n0, std::vector<float>& h) {
+  h.resize(a.Rows() * a.k);
+  const Conv1dIo i1{io.x + (m * g1.n + n0) * g1.l * g1.c, io.w1 + m * g1.P() * g1.k,
+                    io.b1 + m * g1.k, nullptr, nullptr, h.data()};
+  f1.forward(i1, a, 0, 0, a.Rows());
+}
+
+ffi::Error Conv1dPairForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                 ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                                 ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2,
+                                 ffi::ResultBuffer<ffi::F32> y, int64_t s1, int64_t pl1,
+                                 int64_t ol1, int64_t s2, int64_t pl2) {
+  const auto yd = y->dimensions();
+  const auto g1 = Conv1dGeometry(x.dimensions(), w1.dimensions(), ol1, s1, pl1);
+  if (!g1) return ffi::Error::InvalidArgument(kConv1dShapes);
+  const auto xd = x.dimensions();
+  std::vector<int64_t> hd(xd.begin(), xd.end());
+  hd[hd.size() - 2] = ol1;
+  hd[hd.size() - 1] = g1->k;
+  const auto g2 = Conv1dGeometry(hd, w2.dimensions(), yd[yd.size() - 2], s2, pl2);
+  if (!g2 || !Conv1dFits(*g1, hd, &b1, nullptr) || !Conv1dFits(*g2, yd, &b2, nullptr))
+    return ffi::Error::InvalidArgument(kConv1dShapes);
+  const Conv1d ga = *g1, gb = *g2;
+  const Conv1dFns f1 = Best().conv1d(ga.k, ga.P()), f2 = Best().conv1d(gb.k, gb.P());
+  const Conv1dPairIo io{x.typed_data(), w1.typed_data(), b1.typed_data(), w2.typed_data(),
+                        b2.typed_data(), nullptr, nullptr, y->typed_data(), nullptr};
+  const int64_t per = PairChunks(gb), n = ga.n;
+  ForChunks(pool, ga.m * per, ga.m * per, [=](int64_t c, int64_t, int64_t) {
+    const int64_t m = c / per, j = c % per, n0 = n * j / per, n1 = n * (j + 1) / per;
+    const auto [a, b] = PairChunk(ga, gb, n1 - n0);
+    std::vector<float> h;
+    PairHidden(io, ga, a, f1, m, n0, h);
+    const Conv1dIo i2{h.data(), io.w2 + m * gb.P() * gb.k, io.b2 + m * gb.k, nullptr, nullptr,
+                      io.out + (m * gb.n + n0) * gb.ol * gb.k};
+    f2.forward(i2, b, 0, 0, b.Rows());
+  });
+  return ffi::Error::Success();
+}
+
+// Gradients of the block: dw1, db1, dw2, db2 and, with `dx`, the input's.
+ffi::Error Conv1dPairBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                              ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2,
+                              ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> dy, float* dx,
+                              ffi::ResultBuffer<ffi::F32> dw1, ffi::ResultBuffer<ffi::F32> db1,
+                              ffi::ResultBuffer<ffi::F32> dw2, ffi::ResultBuffer<ffi::F32> db2,
+                              int64_t s1, int64_t pl1, int64_t ol1, int64_t s2, int64_t pl2) {
+  const auto yd = y.dimensions();
+  const auto g1 = Conv1dGeometry(x.dimensions(), w1.dimensions(), ol1, s1, pl1);
+  if (!g1) return ffi::Error::InvalidArgument(kConv1dShapes);
+  const auto xd = x.dimensions();
+  std::vector<int64_t> hd(xd.begin(), xd.end());
+  hd[hd.size() - 2] = ol1;
+  hd[hd.size() - 1] = g1->k;
+  const auto g2 = Conv1dGeometry(hd, w2.dimensions(), yd[yd.size() - 2], s2, pl2);
+  if (!g2 || !Conv1dFits(*g1, hd, &b1, nullptr) || !Conv1dFits(*g2, yd, &b2, nullptr) ||
+      dy.element_count() != y.element_count() || dw1->element_count() != w1.element_count() ||
+      dw2->element_count() != w2.element_count() || db1->element_count() != b1.element_count() ||
+      db2->element_count() != b2.element_count())
+    return ffi::Error::InvalidArgument(kConv1dShapes);
+  const Conv1d ga = *g1, gb = *g2;
+  const Conv1dFns f1 = Best().conv1d(ga.k, ga.P()), f2 = Best().conv1d(gb.k, gb.P());
+  const Conv1dPairIo io{x.typed_data(), w1.typed_data(), b1.typed_data(), w2.typed_data(),
+                        b2.typed_data(), y.typed_data(), dy.typed_data(), nullptr, dx};
+  const int64_t per = PairChunks(gb), n = ga.n;
+  // The first layer's weight gradient sums over its own fixed chunks of rows
+  // (`Conv1dChunks`), as the unfused kernel does, where each lies within one of the block's
+  // chunks (MNIST-1D's CNN): the block then gives the two layers' bits. Elsewhere it sums over
+  // the block's chunks.
+  const int64_t own = Conv1dChunks(ga), rows1 = ga.Rows();
+  const auto block_of = [&](int64_t seq) { return ((seq + 1) * per - 1) / n; };  // Its chunk.
+  bool nested = true;
+  for (int64_t j = 0; j < own; ++j)
+    nested = nested && block_of(rows1 * j / own / ga.ol) ==
+                           block_of((rows1 * (j + 1) / own - 1) / ga.ol);
+  const int64_t per1 = nested ? own : per;
+  const int64_t size1 = ga.P() * ga.k + ga.k, size2 = gb.P() * gb.k + gb.k;
+  std::vector<float> partial1(ga.m * per1 * size1), partial2(ga.m * per * size2);
+  float *p1 = partial1.data(), *p2 = partial2.data();
+  ForChunks(pool, ga.m * per, ga.m * per, [=](int64_t c, int64_t, int64_t) {
+    const int64_t m = c / per, j = c % per, n0 = n * j / per, n1 = n * (j + 1) / per;
+    const auto [a, b] = PairChunk(ga, gb, n1 - n0);
+    std::vector<float> h, dh(a.Rows() * a.k);
+    PairHidden(io, ga, a, f1, m, n0, h);
+    const int64_t y0 = (m * gb.n + n0) * gb.ol * gb.k;
+    float* s2 = p2 + c * size2;
+    f2.weight_grad(Conv1dIo{h.data(), nullptr, nullptr, io.dy + y0, io.y + y0, nullptr}, b, 0, 0,
+                   b.Rows(), s2, s2 + gb.P() * gb.k);
+    f2.input_grad(Conv1dIo{nullptr, io.w2 + m * gb.P() * gb.k, nullptr, io.dy + y0, io.y + y0,
+                           dh.data()},
+                  b, 0, 0, b.n);
+    const Conv1dIo i1{io.x + (m * ga.n + n0) * ga.l * ga.c, nullptr, nullptr, dh.data(), h.data(),
+                      nullptr};
+    // The first layer's chunks that start in this one's rows [r0, r1) (all of them, or itself).
+    const int64_t r0 = n0 * ga.ol, r1 = n1 * ga.ol;
+    for (int64_t j1 = 0; j1 < per1; ++j1) {
+      const int64_t q0 = nested ? rows1 * j1 / per1 : r0, q1 = nested ? rows1 * (j1 + 1) / per1 : r1;
+      if (nested ? q0 < r0 || q0 >= r1 : j1 != j) continue;
+      float* s1 = p1 + (m * per1 + j1) * size1;
+      f1.weight_grad(i1, a, 0, q0 - r0, q1 - r0, s1, s1 + ga.P() * ga.k);
+    }
+    if (io.dx)
+      f1.input_grad(Conv1dIo{nullptr, io.w1 + m * ga.P() * ga.k, nullptr, dh.data(), h.data(),
+                             io.dx + (m * ga.n + n0) * ga.l * ga.c},
+                    a, 0, 0, a.n);
+  });
+  // Each member's chunks summed in order, the weights written P x K.
+  const auto write = [](const std::vector<float>& partial, int64_t chunks, const Conv1d& g,
+                        const Conv1dFns& f, float* dw, float* db) {
+    const int64_t size = g.P() * g.k + g.k;
+    std::vector<float> member(chunks * size), total(size);
+    for (int64_t m = 0; m < g.m; ++m) {
+      std::copy_n(partial.begin() + m * chunks * size, chunks * size, member.begin());
+      SumChunks(member, chunks, total.data());
+      float* out = dw + m * g.P() * g.k;
+      for (int64_t k = 0; k < g.k; ++k)
+        for (int64_t p = 0; p < g.P(); ++p)
+          out[p * g.k + k] = f.transposed ? total[k * g.P() + p] : total[p * g.k + k];
+      std::copy_n(total.data() + g.P() * g.k, g.k, db + m * g.k);
+    }
+  };
+  write(partial1, per1, ga, f1, dw1->typed_data(), db1->typed_data());
+  write(partial2, per, gb, f2, dw2->typed_data(), db2->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error Conv1dPairBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                  ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                                  ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2,
+                                  ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> dy,
+                                  ffi::ResultBuffer<ffi::F32> dw1, ffi::ResultBuffer<ffi::F32> db1,
+                                  ffi::ResultBuffer<ffi::F32> dw2, ffi::ResultBuffer<ffi::F32> db2,
+                                  int64_t s1, int64_t pl1, int64_t ol1, int64_t s2, int64_t pl2) {
+  return Conv1dPairBackward(pool, x, w1, b1, w2, b2, y, dy, nullptr, dw1, db1, dw2, db2, s1, pl1,
+                            ol1, s2, pl2);
+}
+
+ffi::Error Conv1dPairBackwardDxImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                    ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1,
+                                    ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2,
+                                    ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> dy,
+                                    ffi::ResultBuffer<ffi::F32> dx,
+                                    ffi::ResultBuffer<ffi::F32> dw1,
+                                    ffi::ResultBuffer<ffi::F32> db1,
+                                    ffi::ResultBuffer<ffi::F32> dw2,
+                                    ffi::ResultBuffer<ffi::F32> db2, int64_t s1, int64_t pl1,
+                                    int64_t ol1, int64_t s2, int64_t pl2) {
+  if (dx->element_count() != x.element_count()) return ffi::Error::InvalidArgument(kConv1dShapes);
+  return Conv1dPairBackward(pool, x, w1, b1, w2, b2, y, dy, dx->typed_data(), dw1, db1, dw2, db2,
+                            s1, pl1, ol1, s2, pl2);
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConvBlockForward, BlockForwardImpl,
@@ -522,6 +702,31 @@ JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dWeightGrad, Conv1dWeightGradImpl, JAXNOTES
                         JAXNOTES_RET)
 JAXNOTES_CONV1D_HANDLER(JaxnotesConv1dReluWeightGrad, Conv1dReluWeightGradImpl,
                         JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG, JAXNOTES_RET JAXNOTES_RET)
+#undef JAXNOTES_ARG
+#undef JAXNOTES_RET
+
+// The block's handlers: attributes s1, pl1, ol1 (the first layer's stride, left padding and
+// output length) and s2, pl2.
+#define JAXNOTES_PAIR_ATTRS                                                                    \
+  .Attr<int64_t>("s1").Attr<int64_t>("pl1").Attr<int64_t>("ol1").Attr<int64_t>("s2")          \
+      .Attr<int64_t>("pl2")
+#define JAXNOTES_ARG .Arg<ffi::Buffer<ffi::F32>>()
+#define JAXNOTES_RET .Ret<ffi::Buffer<ffi::F32>>()
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConv1dPairForward, Conv1dPairForwardImpl,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() JAXNOTES_ARG JAXNOTES_ARG
+                                  JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_RET
+                                      JAXNOTES_PAIR_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConv1dPairBackward, Conv1dPairBackwardImpl,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() JAXNOTES_ARG JAXNOTES_ARG
+                                  JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG
+                                      JAXNOTES_RET JAXNOTES_RET JAXNOTES_RET JAXNOTES_RET
+                                          JAXNOTES_PAIR_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnotesConv1dPairBackwardDx, Conv1dPairBackwardDxImpl,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() JAXNOTES_ARG JAXNOTES_ARG
+                                  JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG JAXNOTES_ARG
+                                      JAXNOTES_RET JAXNOTES_RET JAXNOTES_RET JAXNOTES_RET
+                                          JAXNOTES_RET JAXNOTES_PAIR_ATTRS);
+#undef JAXNOTES_PAIR_ATTRS
 #undef JAXNOTES_ARG
 #undef JAXNOTES_RET
 

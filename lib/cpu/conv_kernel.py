@@ -2,9 +2,9 @@
 
 Three families: a 2-D convolution's weight gradient, an image model's first
 block (conv + bias → ReLU → 2x2 pool, forward and backward), and 1-D
-convolutions (forward, input and weight gradients, alone or with a fused bias
-and ReLU) that take a population's members as leading dimensions and compute
-them all in one call.
+convolutions (forward, input and weight gradients, alone, with a fused bias
+and ReLU, or two such layers as one block) that take a population's members as
+leading dimensions and compute them all in one call.
 
 The C++ source (conv_kernel.cc, with the kernels themselves in
 conv_kernel_simd.h) is compiled on first use with the C++ compiler (`$CXX`, else
@@ -46,6 +46,11 @@ CONV1D_RELU = {
     n: n.replace('conv1d', 'conv1d_relu')
     for n in (CONV1D_FORWARD, CONV1D_INPUT_GRAD, CONV1D_WEIGHT_GRAD)
 }
+# Two conv -> bias -> ReLU layers as one block: forward, and backward without or with the input's
+# gradient.
+CONV1D_PAIR_FORWARD, CONV1D_PAIR_BACKWARD, CONV1D_PAIR_BACKWARD_DX = (
+    'jaxnotes_conv1d_pair_forward', 'jaxnotes_conv1d_pair_backward',
+    'jaxnotes_conv1d_pair_backward_dx')
 SOURCE = pathlib.Path(__file__).with_name('conv_kernel.cc')
 HEADER = SOURCE.with_name('conv_kernel_simd.h')  # The kernels; SOURCE includes it.
 
@@ -99,7 +104,10 @@ def available() -> bool:
                           (CONV1D_WEIGHT_GRAD, library.JaxnotesConv1dWeightGrad),
                           (CONV1D_RELU[CONV1D_FORWARD], library.JaxnotesConv1dReluForward),
                           (CONV1D_RELU[CONV1D_INPUT_GRAD], library.JaxnotesConv1dReluInputGrad),
-                          (CONV1D_RELU[CONV1D_WEIGHT_GRAD], library.JaxnotesConv1dReluWeightGrad)]:
+                          (CONV1D_RELU[CONV1D_WEIGHT_GRAD], library.JaxnotesConv1dReluWeightGrad),
+                          (CONV1D_PAIR_FORWARD, library.JaxnotesConv1dPairForward),
+                          (CONV1D_PAIR_BACKWARD, library.JaxnotesConv1dPairBackward),
+                          (CONV1D_PAIR_BACKWARD_DX, library.JaxnotesConv1dPairBackwardDx)]:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform='cpu')
   return True
 
@@ -210,3 +218,43 @@ def conv1d_weight_grad(x: jax.Array, dy: jax.Array, taps: int, stride: int, left
   bias = jax.ShapeDtypeStruct((*dy.shape[:-3], dy.shape[-1]), jnp.float32)
   return _call(CONV1D_RELU[CONV1D_WEIGHT_GRAD], (out, bias), x, dy, relu_out, stride=stride,
                left=left)
+
+
+# Two layers as one block (`conv1d_pair_forward`): `layers` holds each layer's (stride, (left,
+# right) padding).
+Layers = tuple[tuple[int, tuple[int, int]], tuple[int, tuple[int, int]]]
+
+
+def _pair_attrs(length: int, taps: int, layers: Layers) -> dict[str, np.int64]:
+  (s1, (l1, r1)), (s2, (l2, _)) = layers
+  ol1 = (length + l1 + r1 - taps) // s1 + 1
+  return {k: np.int64(v) for k, v in dict(s1=s1, pl1=l1, ol1=ol1, s2=s2, pl2=l2).items()}
+
+
+def conv1d_pair_forward(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array, b2: jax.Array,
+                        layers: Layers) -> jax.Array:
+  """ReLU(conv(ReLU(conv(x, w1) + b1), w2) + b2), the first layer's output kept in cache.
+
+  Arrays as `conv1d_forward`'s, with leading (member) dimensions alike; `layers` gives each
+  layer's stride and (left, right) padding. Returns (..., batch, out_length, w2's features).
+  """
+  *lead, n, length, _ = x.shape
+  attrs = _pair_attrs(length, w1.shape[-3], layers)
+  (s2, (l2, r2)) = layers[1]
+  out_length = (int(attrs['ol1']) + l2 + r2 - w2.shape[-3]) // s2 + 1
+  out = jax.ShapeDtypeStruct((*lead, n, out_length, w2.shape[-1]), jnp.float32)
+  return jax.ffi.ffi_call(CONV1D_PAIR_FORWARD, out, vmap_method='broadcast_all')(x, w1, b1, w2, b2,
+                                                                                 **attrs)
+
+
+def conv1d_pair_backward(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array, b2: jax.Array,
+                         y: jax.Array, dy: jax.Array, layers: Layers, input_grad: bool) -> Any:
+  """The gradients of `conv1d_pair_forward` given its output y and dy: (dw1, db1, dw2, db2), with
+  `input_grad` (dx, dw1, db1, dw2, db2)."""
+  grads = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (w1, b1, w2, b2)]
+  if input_grad:
+    grads.insert(0, jax.ShapeDtypeStruct(x.shape, jnp.float32))
+  name = CONV1D_PAIR_BACKWARD_DX if input_grad else CONV1D_PAIR_BACKWARD
+  return jax.ffi.ffi_call(name, tuple(grads),
+                          vmap_method='broadcast_all')(x, w1, b1, w2, b2, y, dy, **_pair_attrs(
+                              x.shape[-2], w1.shape[-3], layers))

@@ -239,3 +239,45 @@ def _conv1d_relu_bwd(stride, padding, residuals, dout):
 
 
 population_conv1d_relu.defvjp(_conv1d_relu_fwd, _conv1d_relu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def population_conv1d_pair(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array, b2: jax.Array,
+                           layers: conv_kernel.Layers) -> jax.Array:
+  """Two of `population_conv1d_relu`'s layers as one block: the first one's output never leaves
+  the cache.
+
+  The forward computes the first layer's output per chunk of sequences and feeds it to the
+  second at once; the backward recomputes it per chunk and sums both layers' gradients while it
+  is in cache. The input's gradient is computed only where the input is differentiated (not
+  for a model's data). For a population's steps only (`lib.cpu.conv.population_steps`).
+
+  Args:
+    x: (batch, length, in_channels) float32.
+    w1, b1: the first layer's kernel (taps, in_channels, features) and bias (features,).
+    w2, b2: the second layer's, reading the first one's features.
+    layers: each layer's (stride, (left, right) padding), explicit, >= 0.
+
+  Returns:
+    (batch, out_length, w2's features), as the two layers one after the other.
+  """
+  return conv_kernel.conv1d_pair_forward(x, w1, b1, w2, b2, layers)
+
+
+def _pair_fwd(x, w1, b1, w2, b2, layers):
+  y = conv_kernel.conv1d_pair_forward(x.value, w1.value, b1.value, w2.value, b2.value, layers)
+  # Whether x is differentiated is known here, while tracing, and rides in the residuals' tree
+  # structure (an empty tuple or None, no array): its gradient is computed only then.
+  return y, ((x.value, w1.value, b1.value, w2.value, b2.value, y), () if x.perturbed else None)
+
+
+def _pair_bwd(layers, residuals, dy):
+  (x, w1, b1, w2, b2, y), marker = residuals
+  input_grad = marker is not None
+  if isinstance(dy, jax.custom_derivatives.SymbolicZero):
+    dy = jnp.zeros(dy.shape, dy.dtype)
+  grads = conv_kernel.conv1d_pair_backward(x, w1, b1, w2, b2, y, dy, layers, input_grad)
+  return tuple(grads) if input_grad else (jnp.zeros_like(x), *grads)
+
+
+population_conv1d_pair.defvjp(_pair_fwd, _pair_bwd, symbolic_zeros=True)
