@@ -492,6 +492,25 @@ std::pair<Conv1d, Conv1d> PairChunk(const Conv1d& g1, const Conv1d& g2, int64_t 
   return {a, b};
 }
 
+// The two layers' geometries from x, the weights and biases, the block's output dimensions and
+// the attributes, or nothing where they do not fit together.
+std::optional<std::pair<Conv1d, Conv1d>> PairGeometry(
+    const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w1,
+    const ffi::Buffer<ffi::F32>& b1, const ffi::Buffer<ffi::F32>& w2,
+    const ffi::Buffer<ffi::F32>& b2, ffi::Span<const int64_t> yd, int64_t s1, int64_t pl1,
+    int64_t ol1, int64_t s2, int64_t pl2) {
+  const auto g1 = Conv1dGeometry(x.dimensions(), w1.dimensions(), ol1, s1, pl1);
+  if (!g1) return std::nullopt;
+  const auto xd = x.dimensions();
+  std::vector<int64_t> hd(xd.begin(), xd.end());  // h: (..., N, OL1, K1).
+  hd[hd.size() - 2] = ol1;
+  hd[hd.size() - 1] = g1->k;
+  const auto g2 = Conv1dGeometry(hd, w2.dimensions(), yd[yd.size() - 2], s2, pl2);
+  if (!g2 || !Conv1dFits(*g1, hd, &b1, nullptr) || !Conv1dFits(*g2, yd, &b2, nullptr))
+    return std::nullopt;
+  return std::pair{*g1, *g2};
+}
+
 // The block's chunks per member: the second layer's (`Conv1dChunks`), on whole sequences.
 int64_t PairChunks(const Conv1d& g2) { return Conv1dChunks(g2); }
 
@@ -509,17 +528,9 @@ ffi::Error Conv1dPairForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                  ffi::Buffer<ffi::F32> w2, ffi::Buffer<ffi::F32> b2,
                                  ffi::ResultBuffer<ffi::F32> y, int64_t s1, int64_t pl1,
                                  int64_t ol1, int64_t s2, int64_t pl2) {
-  const auto yd = y->dimensions();
-  const auto g1 = Conv1dGeometry(x.dimensions(), w1.dimensions(), ol1, s1, pl1);
-  if (!g1) return ffi::Error::InvalidArgument(kConv1dShapes);
-  const auto xd = x.dimensions();
-  std::vector<int64_t> hd(xd.begin(), xd.end());
-  hd[hd.size() - 2] = ol1;
-  hd[hd.size() - 1] = g1->k;
-  const auto g2 = Conv1dGeometry(hd, w2.dimensions(), yd[yd.size() - 2], s2, pl2);
-  if (!g2 || !Conv1dFits(*g1, hd, &b1, nullptr) || !Conv1dFits(*g2, yd, &b2, nullptr))
-    return ffi::Error::InvalidArgument(kConv1dShapes);
-  const Conv1d ga = *g1, gb = *g2;
+  const auto g = PairGeometry(x, w1, b1, w2, b2, y->dimensions(), s1, pl1, ol1, s2, pl2);
+  if (!g) return ffi::Error::InvalidArgument(kConv1dShapes);
+  const Conv1d ga = g->first, gb = g->second;
   const Conv1dFns f1 = Best().conv1d(ga.k, ga.P()), f2 = Best().conv1d(gb.k, gb.P());
   const Conv1dPairIo io{x.typed_data(), w1.typed_data(), b1.typed_data(), w2.typed_data(),
                         b2.typed_data(), nullptr, nullptr, y->typed_data(), nullptr};
@@ -544,20 +555,12 @@ ffi::Error Conv1dPairBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                               ffi::ResultBuffer<ffi::F32> dw1, ffi::ResultBuffer<ffi::F32> db1,
                               ffi::ResultBuffer<ffi::F32> dw2, ffi::ResultBuffer<ffi::F32> db2,
                               int64_t s1, int64_t pl1, int64_t ol1, int64_t s2, int64_t pl2) {
-  const auto yd = y.dimensions();
-  const auto g1 = Conv1dGeometry(x.dimensions(), w1.dimensions(), ol1, s1, pl1);
-  if (!g1) return ffi::Error::InvalidArgument(kConv1dShapes);
-  const auto xd = x.dimensions();
-  std::vector<int64_t> hd(xd.begin(), xd.end());
-  hd[hd.size() - 2] = ol1;
-  hd[hd.size() - 1] = g1->k;
-  const auto g2 = Conv1dGeometry(hd, w2.dimensions(), yd[yd.size() - 2], s2, pl2);
-  if (!g2 || !Conv1dFits(*g1, hd, &b1, nullptr) || !Conv1dFits(*g2, yd, &b2, nullptr) ||
-      dy.element_count() != y.element_count() || dw1->element_count() != w1.element_count() ||
-      dw2->element_count() != w2.element_count() || db1->element_count() != b1.element_count() ||
-      db2->element_count() != b2.element_count())
+  const auto g = PairGeometry(x, w1, b1, w2, b2, y.dimensions(), s1, pl1, ol1, s2, pl2);
+  if (!g || dy.element_count() != y.element_count() ||
+      dw1->element_count() != w1.element_count() || dw2->element_count() != w2.element_count() ||
+      db1->element_count() != b1.element_count() || db2->element_count() != b2.element_count())
     return ffi::Error::InvalidArgument(kConv1dShapes);
-  const Conv1d ga = *g1, gb = *g2;
+  const Conv1d ga = g->first, gb = g->second;
   const Conv1dFns f1 = Best().conv1d(ga.k, ga.P()), f2 = Best().conv1d(gb.k, gb.P());
   const Conv1dPairIo io{x.typed_data(), w1.typed_data(), b1.typed_data(), w2.typed_data(),
                         b2.typed_data(), y.typed_data(), dy.typed_data(), nullptr, dx};
