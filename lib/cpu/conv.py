@@ -191,6 +191,14 @@ def _conv_2d(eqn: jax_core.JaxprEqn) -> bool:
   return _plain_conv(eqn, 2)
 
 
+def _uses(jaxpr: jax_core.Jaxpr) -> collections.Counter:
+  """How many times each variable of `jaxpr` is read, by its equations and as an output."""
+  uses = collections.Counter(
+      v for e in jaxpr.eqns for v in e.invars if not isinstance(v, jax_core.Literal))
+  uses.update(v for v in jaxpr.outvars if not isinstance(v, jax_core.Literal))
+  return uses
+
+
 def _blocks(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, str, list[int]]]:
   """Conv 'SAME' stride 1 → + bias → nn.relu → 2x2 pool chains that conv_relu_pool can take.
 
@@ -199,9 +207,7 @@ def _blocks(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, str, list[int]]]
     'avg' or 'max', indices of the chain's other equations)}, for chains whose
     intermediate values have no other use.
   """
-  uses = collections.Counter(
-      v for e in jaxpr.eqns for v in e.invars if not isinstance(v, jax_core.Literal))
-  uses.update(v for v in jaxpr.outvars if not isinstance(v, jax_core.Literal))
+  uses = _uses(jaxpr)
   consumer = {}
   for i, e in enumerate(jaxpr.eqns):
     for v in e.invars:
@@ -263,9 +269,7 @@ def _conv1d_relu_chains(jaxpr: jax_core.Jaxpr) -> dict[int, tuple[int, Any, list
     {index of the chain's ReLU: (index of its conv, the bias variable, indices of the conv and
     the add)}.
   """
-  uses = collections.Counter(
-      v for e in jaxpr.eqns for v in e.invars if not isinstance(v, jax_core.Literal))
-  uses.update(v for v in jaxpr.outvars if not isinstance(v, jax_core.Literal))
+  uses = _uses(jaxpr)
   consumer = {
       v: i
       for i, e in enumerate(jaxpr.eqns) for v in e.invars if not isinstance(v, jax_core.Literal)
@@ -300,9 +304,7 @@ def _conv1d_relu_pairs(jaxpr: jax_core.Jaxpr, chains: dict[int, Any]) -> dict[in
     {index of the second chain's ReLU: index of the first's}, taken in order, each chain in one
     pair at most (three layers: the first two, then the third alone).
   """
-  uses = collections.Counter(
-      v for e in jaxpr.eqns for v in e.invars if not isinstance(v, jax_core.Literal))
-  uses.update(v for v in jaxpr.outvars if not isinstance(v, jax_core.Literal))
+  uses = _uses(jaxpr)
   relu_of = {jaxpr.eqns[i].outvars[0]: i for i in chains}
   pairs, paired = {}, set()
   for second in sorted(chains):

@@ -403,6 +403,23 @@ ffi::Error Conv1dInputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
   return ffi::Error::Success();
 }
 
+// Each member's `chunks` partial sums (dw, P x K or K x P where `transposed`, then db), added
+// in order, into dw (M, P, K) and, where given, db (M, K).
+void WriteWeightGrads(const std::vector<float>& partial, int64_t chunks, const Conv1d& g,
+                      bool transposed, float* dw, float* db) {
+  const int64_t size = g.P() * g.k + g.k;
+  std::vector<float> member(chunks * size), total(size);
+  for (int64_t m = 0; m < g.m; ++m) {
+    std::copy_n(partial.begin() + m * chunks * size, chunks * size, member.begin());
+    SumChunks(member, chunks, total.data());
+    float* out = dw + m * g.P() * g.k;
+    for (int64_t k = 0; k < g.k; ++k)
+      for (int64_t p = 0; p < g.P(); ++p)
+        out[p * g.k + k] = transposed ? total[k * g.P() + p] : total[p * g.k + k];
+    if (db) std::copy_n(total.data() + g.P() * g.k, g.k, db + m * g.k);
+  }
+}
+
 ffi::Error Conv1dWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                             ffi::Buffer<ffi::F32> dy, const ffi::Buffer<ffi::F32>* a,
                             ffi::ResultBuffer<ffi::F32> dw, float* db, int64_t s, int64_t pl) {
@@ -424,17 +441,7 @@ ffi::Error Conv1dWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     fns.weight_grad(io, geometry, c / per, rows * j / per, rows * (j + 1) / per, slice,
                     bias ? slice + size - geometry.k : nullptr);
   });
-  std::vector<float> member(per * size), total(size);
-  for (int64_t m = 0; m < geometry.m; ++m) {
-    std::copy_n(partial.begin() + m * per * size, per * size, member.begin());
-    SumChunks(member, per, total.data());
-    float* out = dw->typed_data() + m * (size - geometry.k);
-    for (int64_t k = 0; k < geometry.k; ++k)
-      for (int64_t p = 0; p < geometry.P(); ++p)
-        out[p * geometry.k + k] =
-            fns.transposed ? total[k * geometry.P() + p] : total[p * geometry.k + k];
-    if (bias) std::copy_n(total.data() + size - geometry.k, geometry.k, db + m * geometry.k);
-  }
+  WriteWeightGrads(partial, per, geometry, fns.transposed, dw->typed_data(), db);
   return ffi::Error::Success();
 }
 
@@ -511,9 +518,6 @@ std::optional<std::pair<Conv1d, Conv1d>> PairGeometry(
   return std::pair{*g1, *g2};
 }
 
-// The block's chunks per member: the second layer's (`Conv1dChunks`), on whole sequences.
-int64_t PairChunks(const Conv1d& g2) { return Conv1dChunks(g2); }
-
 // h = ReLU(conv1(x) + b1) for sequences [n0, n1) of member m, into `h` (their rows x K1).
 void PairHidden(const Conv1dPairIo& io, const Conv1d& g1, const Conv1d& a, const Conv1dFns& f1,
                 int64_t m, int64_t n0, std::vector<float>& h) {
@@ -534,7 +538,8 @@ ffi::Error Conv1dPairForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const Conv1dFns f1 = Best().conv1d(ga.k, ga.P()), f2 = Best().conv1d(gb.k, gb.P());
   const Conv1dPairIo io{x.typed_data(), w1.typed_data(), b1.typed_data(), w2.typed_data(),
                         b2.typed_data(), nullptr, nullptr, y->typed_data(), nullptr};
-  const int64_t per = PairChunks(gb), n = ga.n;
+  // The block's chunks per member: the second layer's, on whole sequences.
+  const int64_t per = Conv1dChunks(gb), n = ga.n;
   ForChunks(pool, ga.m * per, ga.m * per, [=](int64_t c, int64_t, int64_t) {
     const int64_t m = c / per, j = c % per, n0 = n * j / per, n1 = n * (j + 1) / per;
     const auto [a, b] = PairChunk(ga, gb, n1 - n0);
@@ -564,7 +569,8 @@ ffi::Error Conv1dPairBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const Conv1dFns f1 = Best().conv1d(ga.k, ga.P()), f2 = Best().conv1d(gb.k, gb.P());
   const Conv1dPairIo io{x.typed_data(), w1.typed_data(), b1.typed_data(), w2.typed_data(),
                         b2.typed_data(), y.typed_data(), dy.typed_data(), nullptr, dx};
-  const int64_t per = PairChunks(gb), n = ga.n;
+  // The block's chunks per member: the second layer's, on whole sequences.
+  const int64_t per = Conv1dChunks(gb), n = ga.n;
   // The first layer's weight gradient sums over its own fixed chunks of rows
   // (`Conv1dChunks`), as the unfused kernel does, where each lies within one of the block's
   // chunks (MNIST-1D's CNN): the block then gives the two layers' bits. Elsewhere it sums over
@@ -596,7 +602,8 @@ ffi::Error Conv1dPairBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     // The first layer's chunks that start in this one's rows [r0, r1) (all of them, or itself).
     const int64_t r0 = n0 * ga.ol, r1 = n1 * ga.ol;
     for (int64_t j1 = 0; j1 < per1; ++j1) {
-      const int64_t q0 = nested ? rows1 * j1 / per1 : r0, q1 = nested ? rows1 * (j1 + 1) / per1 : r1;
+      const int64_t q0 = nested ? rows1 * j1 / per1 : r0;
+      const int64_t q1 = nested ? rows1 * (j1 + 1) / per1 : r1;
       if (nested ? q0 < r0 || q0 >= r1 : j1 != j) continue;
       float* s1 = p1 + (m * per1 + j1) * size1;
       f1.weight_grad(i1, a, 0, q0 - r0, q1 - r0, s1, s1 + ga.P() * ga.k);
@@ -606,23 +613,8 @@ ffi::Error Conv1dPairBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                              io.dx + (m * ga.n + n0) * ga.l * ga.c},
                     a, 0, 0, a.n);
   });
-  // Each member's chunks summed in order, the weights written P x K.
-  const auto write = [](const std::vector<float>& partial, int64_t chunks, const Conv1d& g,
-                        const Conv1dFns& f, float* dw, float* db) {
-    const int64_t size = g.P() * g.k + g.k;
-    std::vector<float> member(chunks * size), total(size);
-    for (int64_t m = 0; m < g.m; ++m) {
-      std::copy_n(partial.begin() + m * chunks * size, chunks * size, member.begin());
-      SumChunks(member, chunks, total.data());
-      float* out = dw + m * g.P() * g.k;
-      for (int64_t k = 0; k < g.k; ++k)
-        for (int64_t p = 0; p < g.P(); ++p)
-          out[p * g.k + k] = f.transposed ? total[k * g.P() + p] : total[p * g.k + k];
-      std::copy_n(total.data() + g.P() * g.k, g.k, db + m * g.k);
-    }
-  };
-  write(partial1, per1, ga, f1, dw1->typed_data(), db1->typed_data());
-  write(partial2, per, gb, f2, dw2->typed_data(), db2->typed_data());
+  WriteWeightGrads(partial1, per1, ga, f1.transposed, dw1->typed_data(), db1->typed_data());
+  WriteWeightGrads(partial2, per, gb, f2.transposed, dw2->typed_data(), db2->typed_data());
   return ffi::Error::Success();
 }
 
