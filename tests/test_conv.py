@@ -260,16 +260,18 @@ def test_two_conv_relu_layers_as_one_block_give_the_two_layers_results(batch):
 @needs_kernel
 def test_both_instruction_sets_1d_kernels_match_a_scalar_loop(tmp_path):
   # JAX runs the widest set this CPU has; this builds both and compares them with plain loops.
+  # AddressSanitizer checks that no kernel reads past its arrays (each is allocated to size):
+  # the weight gradients load whole vectors past a patch's or a row's end.
   binary = tmp_path / 'check'
   source = pathlib.Path(__file__).with_name('conv1d_kernels_check.cc')
   subprocess.run([
-      os.environ.get('CXX', 'g++'), '-O1', '-std=c++17', f'-I{conv_kernel.SOURCE.parent}',
-      f'-I{jax.ffi.include_dir()}',
+      os.environ.get('CXX', 'g++'), '-O1', '-std=c++17', '-fsanitize=address',
+      f'-I{conv_kernel.SOURCE.parent}', f'-I{jax.ffi.include_dir()}',
       str(source), '-o',
       str(binary)
   ], check=True, capture_output=True)
   done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
-  assert done.returncode == 0, done.stdout
+  assert done.returncode == 0, done.stdout + done.stderr[-3000:]
   assert done.stdout.count('worst |diff|') == 14
 
 

@@ -77,8 +77,19 @@ struct Conv1d {
   int64_t m, n, l, c, ol, k, t, s, pl;
   int64_t P() const { return t * c; }
   int64_t Rows() const { return n * ol; }
-  int64_t Start(int64_t r) const { return (r % ol) * s - pl; }
-  bool Inside(int64_t r) const { return Start(r) >= 0 && Start(r) + t <= l; }
+  // Where the patch of output position o starts, and whether it lies inside the sequence.
+  int64_t Start(int64_t o) const { return o * s - pl; }
+  bool Inside(int64_t o) const { return Start(o) >= 0 && Start(o) + t <= l; }
+};
+
+// Rows r0, r0 + 1, ... as (sequence n, position o): one division per walk, not one per row
+// (a 64-bit division costs more than a row of MNIST-1D's first layer).
+struct Conv1dRowWalk {
+  int64_t n, o, ol;
+  Conv1dRowWalk(const Conv1d& g, int64_t r0) : n(r0 / g.ol), o(r0 % g.ol), ol(g.ol) {}
+  void Next() {
+    if (++o == ol) o = 0, ++n;
+  }
 };
 
 // A call's arrays. Forward: x, w, and with a fused bias + ReLU, b (M, K); out is y. Input
@@ -145,6 +156,7 @@ struct Simd {
   static V LoadN(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(First(n), p); }
   static void StoreN(float* p, V v, int64_t n) { _mm512_mask_storeu_ps(p, First(n), v); }
   static constexpr int kAccumulators = 24;  // Of the 32 registers; the rest for loads.
+  static constexpr int kRegisters = 32;
 };
 
 #include "conv_kernel_simd.h"
@@ -195,6 +207,7 @@ struct Simd {
   static V LoadN(const float* p, int64_t n) { return _mm256_maskload_ps(p, First(n)); }
   static void StoreN(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, First(n), v); }
   static constexpr int kAccumulators = 12;  // Of the 16 registers; the rest for loads.
+  static constexpr int kRegisters = 16;
 };
 
 #include "conv_kernel_simd.h"

@@ -148,6 +148,9 @@ struct Backward {
 };
 
 // --- 1-D convolutions (Conv1d below), forward, input gradient and weight gradient. ---
+// Each tile is a function of its own (noinline) and reads with plain loads inside its loop:
+// inlined into its caller, or with a masked load in the loop, GCC keeps the accumulators in
+// memory and stores every one of them on every row.
 // Row r of a member's output, (sequence n, position o), reads its input patch: P = T*C floats
 // from position o*s - pl of sequence n, contiguous in NWC. Where the patch lies inside the
 // sequence it is read in place; the rows at the ends, whose patches reach into the padding, read
@@ -155,37 +158,53 @@ struct Backward {
 // the gradients take dy where the ReLU's output `io.a` is > 0 (else 0) and sum the bias's.
 
 // Each row's patch in rows [r0, r1) of member m: into xm, or into `scratch` for the ends' rows.
-inline void Conv1dReadPatches(const float* xm, const Conv1d& g, int64_t r0, int64_t r1,
-                              std::vector<const float*>& ptr, std::vector<float>& scratch) {
+// A reader may load `span` >= P floats from each patch (whole vectors, the values past P
+// unused): a row whose span would reach past the end of x (all members) reads a copy too.
+inline void Conv1dReadPatches(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0,
+                              int64_t r1, int64_t span, std::vector<const float*>& ptr,
+                              std::vector<float>& scratch) {
+  const float *xm = io.x + m * g.n * g.l * g.c, *end = io.x + g.m * g.n * g.l * g.c;
+  const auto in_place = [&](const Conv1dRowWalk& w) {
+    return g.Inside(w.o) && xm + (w.n * g.l + g.Start(w.o)) * g.c + span <= end;
+  };
   ptr.resize(r1 - r0);
-  int64_t ends = 0;
-  for (int64_t r = r0; r < r1; ++r) ends += !g.Inside(r);
-  scratch.assign(ends * g.P(), 0.0f);
+  int64_t copies = 0;
+  Conv1dRowWalk w(g, r0);
+  for (int64_t r = r0; r < r1; ++r, w.Next()) copies += !in_place(w);
+  scratch.assign(copies * span, 0.0f);
   float* next = scratch.data();
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* seq = xm + (r / g.ol) * g.l * g.c;
-    const int64_t q = g.Start(r);
-    if (g.Inside(r)) {
+  w = Conv1dRowWalk(g, r0);
+  for (int64_t r = r0; r < r1; ++r, w.Next()) {
+    const float* seq = xm + w.n * g.l * g.c;
+    const int64_t q = g.Start(w.o);
+    if (in_place(w)) {
       ptr[r - r0] = seq + q * g.c;
       continue;
     }
     for (int64_t j = std::max<int64_t>(0, -q); j < g.t && q + j < g.l; ++j)
       std::copy_n(seq + (q + j) * g.c, g.c, next + j * g.c);
     ptr[r - r0] = next;
-    next += g.P();
+    next += span;
   }
 }
 
 // dy of rows [r0, r1) of member m, where the ReLU's output is > 0 (else 0) when the call fuses
 // one: into `masked`, else in place. With `db`, adds the rows' (masked) dy into it, row by row.
+// A reader may load `slack` floats past the rows' end (whole vectors, the values unused): where
+// that would pass the end of dy, the rows are read from a copy with room for them.
 inline const float* Conv1dOutputGrad(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0,
-                                     int64_t r1, std::vector<float>& masked, float* db) {
+                                     int64_t r1, std::vector<float>& masked, float* db,
+                                     int64_t slack = 0) {
   const int64_t size = (r1 - r0) * g.k, first = (m * g.Rows() + r0) * g.k;
   const float* dy = io.dy + first;
   if (io.a) {
-    masked.resize(size);
+    masked.resize(size + slack);
     const float* a = io.a + first;
     for (int64_t e = 0; e < size; ++e) masked[e] = a[e] > 0.0f ? dy[e] : 0.0f;
+    dy = masked.data();
+  } else if (first + size + slack > g.m * g.Rows() * g.k) {
+    masked.assign(size + slack, 0.0f);
+    std::copy_n(dy, size, masked.begin());
     dy = masked.data();
   }
   if (db) {
@@ -199,8 +218,9 @@ inline const float* Conv1dOutputGrad(const Conv1dIo& io, const Conv1d& g, int64_
 // Output rows [r, r+R) x kLanes*KV channels from k0: each row's patch times the packed weights
 // (P x kp, kp a multiple of kLanes*KV, zeros past K); then + bias and ReLU where `bias` is given.
 template <int R, int KV>
-void Conv1dForwardTile(const float* const* patch, const float* wpack, const float* bias,
-                       float* yr, const Conv1d& g, int64_t kp, int64_t k0) {
+[[gnu::noinline]] void Conv1dForwardTile(const float* const* patch, const float* wpack,
+                                         const float* bias, float* yr, const Conv1d& g,
+                                         int64_t kp, int64_t k0) {
   constexpr int L = Simd::kLanes;
   Simd::V acc[R][KV];
   for (int a = 0; a < R; ++a)
@@ -228,6 +248,17 @@ void Conv1dForwardTile(const float* const* patch, const float* wpack, const floa
     }
 }
 
+// The last `rows` (< R) rows, as one tile of that many: rows one at a time would load the
+// weights once per row.
+template <int R, int KV>
+void Conv1dForwardTail(const float* const* patch, const float* wpack, const float* bias,
+                       float* yr, const Conv1d& g, int64_t kp, int64_t k0, int64_t rows) {
+  if constexpr (R > 1) {
+    if (rows == R - 1) return Conv1dForwardTile<R - 1, KV>(patch, wpack, bias, yr, g, kp, k0);
+    Conv1dForwardTail<R - 1, KV>(patch, wpack, bias, yr, g, kp, k0, rows);
+  }
+}
+
 // Rows [r0, r1) of member m's output.
 template <int KV>
 void Conv1dForwardRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0, int64_t r1) {
@@ -238,15 +269,16 @@ void Conv1dForwardRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r
   for (int64_t p = 0; p < g.P(); ++p) std::copy_n(wm + p * g.k, g.k, wpack.data() + p * kp);
   if (io.b) std::copy_n(io.b + m * g.k, g.k, bias.data());
   std::vector<const float*> patch;
-  Conv1dReadPatches(io.x + m * g.n * g.l * g.c, g, r0, r1, patch, scratch);
+  Conv1dReadPatches(io, g, m, r0, r1, g.P(), patch, scratch);
   float* ym = io.out + m * g.Rows() * g.k;
   const float* b = io.b ? bias.data() : nullptr;
   for (int64_t k0 = 0; k0 < g.k; k0 += L * KV) {
     int64_t r = r0;
     for (; r + R <= r1; r += R)
       Conv1dForwardTile<R, KV>(patch.data() + r - r0, wpack.data(), b, ym + r * g.k, g, kp, k0);
-    for (; r < r1; ++r)
-      Conv1dForwardTile<1, KV>(patch.data() + r - r0, wpack.data(), b, ym + r * g.k, g, kp, k0);
+    if (r < r1)
+      Conv1dForwardTail<R, KV>(patch.data() + r - r0, wpack.data(), b, ym + r * g.k, g, kp, k0,
+                               r1 - r);
   }
 }
 
@@ -255,8 +287,8 @@ void Conv1dForwardRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r
 // p0, added into the row's patch of dx (`dst`). Rows add in order, so overlapping patches sum
 // in the same order however the work is cut.
 template <int R, int PV>
-void Conv1dInputGradTile(const float* dyr, const float* wt, float* const* dst, const Conv1d& g,
-                         int64_t pp, int64_t p0) {
+[[gnu::noinline]] void Conv1dInputGradTile(const float* dyr, const float* wt, float* const* dst,
+                                           const Conv1d& g, int64_t pp, int64_t p0) {
   constexpr int L = Simd::kLanes;
   Simd::V acc[R][PV];
   for (int a = 0; a < R; ++a)
@@ -297,12 +329,13 @@ void Conv1dInputGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t
   std::fill(dxm + n0 * g.l * g.c, dxm + n1 * g.l * g.c, 0.0f);
   std::vector<float*> dst(r1 - r0);
   int64_t ends = 0;
-  for (int64_t r = r0; r < r1; ++r) ends += !g.Inside(r);
-  std::vector<float> scratch(ends * g.P(), 0.0f);
+  for (int64_t o = 0; o < g.ol; ++o) ends += !g.Inside(o);
+  std::vector<float> scratch((n1 - n0) * ends * g.P(), 0.0f);
   float* next = scratch.data();
-  for (int64_t r = r0; r < r1; ++r) {
-    if (g.Inside(r)) {
-      dst[r - r0] = dxm + ((r / g.ol) * g.l + g.Start(r)) * g.c;
+  Conv1dRowWalk w(g, r0);
+  for (int64_t r = r0; r < r1; ++r, w.Next()) {
+    if (g.Inside(w.o)) {
+      dst[r - r0] = dxm + (w.n * g.l + g.Start(w.o)) * g.c;
     } else {
       dst[r - r0] = next;
       next += g.P();
@@ -316,10 +349,10 @@ void Conv1dInputGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t
     for (int64_t p0 = 0; p0 < g.P(); p0 += L * PV)
       Conv1dInputGradTile<1, PV>(dy + (r - r0) * g.k, wt.data(), dst.data() + r - r0, g, pp, p0);
   next = scratch.data();
-  for (int64_t r = r0; r < r1; ++r) {
-    if (g.Inside(r)) continue;
-    float* seq = dxm + (r / g.ol) * g.l * g.c;
-    const int64_t q = g.Start(r);
+  for (Conv1dRowWalk w(g, r0); w.n < n1; w.Next()) {
+    if (g.Inside(w.o)) continue;
+    float* seq = dxm + w.n * g.l * g.c;
+    const int64_t q = g.Start(w.o);
     for (int64_t j = std::max<int64_t>(0, -q); j < g.t && q + j < g.l; ++j)
       for (int64_t c = 0; c < g.c; ++c) seq[(q + j) * g.c + c] += next[j * g.c + c];
     next += g.P();
@@ -328,38 +361,57 @@ void Conv1dInputGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t
 
 // The weight gradient of member m summed over rows [r0, r1) into dw (P x K, written whole):
 // PT patch values x KV vectors of dy per tile, row after row; with a fused bias, its gradient
-// into db (K).
+// into db (K). PN of the tile's PT values hold (PN = PT but in the last tile); every bound is a
+// constant, so that the accumulators stay in registers.
+template <int PN, int KV>
+[[gnu::noinline]] void Conv1dWeightGradTile(const float* const* patch, const float* dy, float* dw,
+                                            const Conv1d& g, int64_t rows, int64_t p0,
+                                            int64_t k0) {
+  constexpr int L = Simd::kLanes;
+  int count[KV];
+  for (int v = 0; v < KV; ++v)
+    count[v] = static_cast<int>(std::clamp<int64_t>(g.k - k0 - L * v, 0, L));
+  Simd::V acc[PN][KV];
+  for (int a = 0; a < PN; ++a)
+    for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Zero();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = patch[r] + p0;
+    Simd::V d[KV];
+    for (int v = 0; v < KV; ++v) d[v] = Simd::Load(dy + r * g.k + k0 + L * v);
+    for (int a = 0; a < PN; ++a) {
+      const Simd::V b = Simd::Set1(x[a]);
+      for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Fma(b, d[v], acc[a][v]);
+    }
+  }
+  for (int a = 0; a < PN; ++a)
+    for (int v = 0; v < KV; ++v)
+      if (count[v]) Simd::StoreN(dw + (p0 + a) * g.k + k0 + L * v, acc[a][v], count[v]);
+}
+
+template <int PT, int KV, int PN = PT - 1>
+void Conv1dWeightGradTail(const float* const* patch, const float* dy, float* dw, const Conv1d& g,
+                          int64_t rows, int64_t p0, int64_t k0, int64_t pn) {
+  if constexpr (PN >= 1) {
+    if (pn == PN) return Conv1dWeightGradTile<PN, KV>(patch, dy, dw, g, rows, p0, k0);
+    Conv1dWeightGradTail<PT, KV, PN - 1>(patch, dy, dw, g, rows, p0, k0, pn);
+  }
+}
+
 template <int PT, int KV>
 void Conv1dWeightGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0, int64_t r1,
                           float* dw, float* db) {
   constexpr int L = Simd::kLanes;
   std::vector<const float*> patch;
   std::vector<float> scratch, masked;
-  Conv1dReadPatches(io.x + m * g.n * g.l * g.c, g, r0, r1, patch, scratch);
-  const float* dy = Conv1dOutputGrad(io, g, m, r0, r1, masked, db);
-  for (int64_t p0 = 0; p0 < g.P(); p0 += PT)
-    for (int64_t k0 = 0; k0 < g.k; k0 += L * KV) {
-      int count[KV];
-      for (int v = 0; v < KV; ++v)
-        count[v] = static_cast<int>(std::clamp<int64_t>(g.k - k0 - L * v, 0, L));
-      Simd::V acc[PT][KV];
-      for (int a = 0; a < PT; ++a)
-        for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Zero();
-      const int64_t pn = std::min<int64_t>(PT, g.P() - p0);
-      for (int64_t r = 0; r < r1 - r0; ++r) {
-        const float* x = patch[r] + p0;
-        Simd::V d[KV];
-        for (int v = 0; v < KV; ++v) d[v] = Simd::LoadN(dy + r * g.k + k0 + L * v, count[v]);
-        for (int a = 0; a < PT; ++a) {
-          if (a >= pn) break;
-          const Simd::V b = Simd::Set1(x[a]);
-          for (int v = 0; v < KV; ++v) acc[a][v] = Simd::Fma(b, d[v], acc[a][v]);
-        }
-      }
-      for (int a = 0; a < pn; ++a)
-        for (int v = 0; v < KV; ++v)
-          if (count[v]) Simd::StoreN(dw + (p0 + a) * g.k + k0 + L * v, acc[a][v], count[v]);
-    }
+  Conv1dReadPatches(io, g, m, r0, r1, g.P(), patch, scratch);
+  const float* dy = Conv1dOutputGrad(io, g, m, r0, r1, masked, db, L * KV);
+  for (int64_t k0 = 0; k0 < g.k; k0 += L * KV) {
+    int64_t p0 = 0;
+    for (; p0 + PT <= g.P(); p0 += PT)
+      Conv1dWeightGradTile<PT, KV>(patch.data(), dy, dw, g, r1 - r0, p0, k0);
+    if (p0 < g.P())
+      Conv1dWeightGradTail<PT, KV>(patch.data(), dy, dw, g, r1 - r0, p0, k0, g.P() - p0);
+  }
 }
 
 // The weight gradient as above with vectors across the patch (P) instead: PV vectors of patch
@@ -368,8 +420,9 @@ void Conv1dWeightGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_
 // KN of the tile's KT channels hold (KN = KT but in the last tile); every bound is a constant,
 // so that the accumulators stay in registers.
 template <int PV, int KT, int KN>
-void Conv1dWeightGradTileT(const float* const* patch, const float* dy, float* dwt,
-                           const Conv1d& g, int64_t rows, int64_t p0, int64_t k0) {
+[[gnu::noinline]] void Conv1dWeightGradTileT(const float* const* patch, const float* dy,
+                                             float* dwt, const Conv1d& g, int64_t rows,
+                                             int64_t p0, int64_t k0) {
   constexpr int L = Simd::kLanes;
   int64_t count[PV];
   for (int v = 0; v < PV; ++v) count[v] = std::clamp<int64_t>(g.P() - p0 - L * v, 0, L);
@@ -379,8 +432,7 @@ void Conv1dWeightGradTileT(const float* const* patch, const float* dy, float* dw
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = patch[r] + p0;
     Simd::V xv[PV];
-    for (int v = 0; v < PV; ++v)
-      xv[v] = count[v] == L ? Simd::Load(x + L * v) : Simd::LoadN(x + L * v, count[v]);
+    for (int v = 0; v < PV; ++v) xv[v] = Simd::Load(x + L * v);
     const float* d = dy + r * g.k + k0;
     for (int a = 0; a < KN; ++a) {
       const Simd::V b = Simd::Set1(d[a]);
@@ -407,7 +459,7 @@ void Conv1dWeightGradRowsT(const Conv1dIo& io, const Conv1d& g, int64_t m, int64
   constexpr int L = Simd::kLanes;
   std::vector<const float*> patch;
   std::vector<float> scratch, masked;
-  Conv1dReadPatches(io.x + m * g.n * g.l * g.c, g, r0, r1, patch, scratch);
+  Conv1dReadPatches(io, g, m, r0, r1, (g.P() + L * PV - 1) / (L * PV) * (L * PV), patch, scratch);
   const float* dy = Conv1dOutputGrad(io, g, m, r0, r1, masked, db);
   for (int64_t p0 = 0; p0 < g.P(); p0 += L * PV) {
     int64_t k0 = 0;
@@ -441,9 +493,12 @@ template <int V>
 struct WeightGradRows {
   static constexpr Conv1dWgradFn Run = &Conv1dWeightGradRows<Simd::kAccumulators / V, V>;
 };
+// As many out-channels per tile as leave registers for the V loads and a broadcast: MNIST-1D's
+// K = 25 then splits into 5 tiles of 5, with no tile of 1 whose loads outnumber its products.
 template <int V>
 struct WeightGradRowsT {
-  static constexpr Conv1dWgradFn Run = &Conv1dWeightGradRowsT<V, Simd::kAccumulators / V>;
+  static constexpr Conv1dWgradFn Run =
+      &Conv1dWeightGradRowsT<V, std::max(Simd::kAccumulators / V, (Simd::kRegisters - 1 - V) / V)>;
 };
 
 // The 1-D kernels for K output channels and P patch values: as many vectors across as fit (at
