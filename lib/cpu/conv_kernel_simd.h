@@ -157,6 +157,16 @@ struct Backward {
 // a copy with the padding's zeros. With `io.b`, the forward adds the bias and applies ReLU, and
 // the gradients take dy where the ReLU's output `io.a` is > 0 (else 0) and sum the bias's.
 
+// fn(std::integral_constant<int, n>) for 0 < n < Max (nothing for n = 0): a tile's last, partial
+// part as a tile of that constant size, so that its accumulators stay in registers.
+template <int Max, typename Fn>
+void WithCount(int64_t n, Fn fn) {
+  if constexpr (Max > 1) {
+    if (n == Max - 1) return fn(std::integral_constant<int, Max - 1>{});
+    WithCount<Max - 1>(n, fn);
+  }
+}
+
 // Each row's patch in rows [r0, r1) of member m: into xm, or into `scratch` for the ends' rows.
 // A reader may load `span` >= P floats from each patch (whole vectors, the values past P
 // unused): a row whose span would reach past the end of x (all members) reads a copy too.
@@ -248,17 +258,6 @@ template <int R, int KV>
     }
 }
 
-// The last `rows` (< R) rows, as one tile of that many: rows one at a time would load the
-// weights once per row.
-template <int R, int KV>
-void Conv1dForwardTail(const float* const* patch, const float* wpack, const float* bias,
-                       float* yr, const Conv1d& g, int64_t kp, int64_t k0, int64_t rows) {
-  if constexpr (R > 1) {
-    if (rows == R - 1) return Conv1dForwardTile<R - 1, KV>(patch, wpack, bias, yr, g, kp, k0);
-    Conv1dForwardTail<R - 1, KV>(patch, wpack, bias, yr, g, kp, k0, rows);
-  }
-}
-
 // Rows [r0, r1) of member m's output.
 template <int KV>
 void Conv1dForwardRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0, int64_t r1) {
@@ -276,9 +275,10 @@ void Conv1dForwardRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r
     int64_t r = r0;
     for (; r + R <= r1; r += R)
       Conv1dForwardTile<R, KV>(patch.data() + r - r0, wpack.data(), b, ym + r * g.k, g, kp, k0);
-    if (r < r1)
-      Conv1dForwardTail<R, KV>(patch.data() + r - r0, wpack.data(), b, ym + r * g.k, g, kp, k0,
-                               r1 - r);
+    // The last rows as one tile of that many: one at a time, each would load the weights.
+    WithCount<R>(r1 - r, [&](auto rows) {
+      Conv1dForwardTile<rows, KV>(patch.data() + r - r0, wpack.data(), b, ym + r * g.k, g, kp, k0);
+    });
   }
 }
 
@@ -388,15 +388,6 @@ template <int PN, int KV>
       if (count[v]) Simd::StoreN(dw + (p0 + a) * g.k + k0 + L * v, acc[a][v], count[v]);
 }
 
-template <int PT, int KV, int PN = PT - 1>
-void Conv1dWeightGradTail(const float* const* patch, const float* dy, float* dw, const Conv1d& g,
-                          int64_t rows, int64_t p0, int64_t k0, int64_t pn) {
-  if constexpr (PN >= 1) {
-    if (pn == PN) return Conv1dWeightGradTile<PN, KV>(patch, dy, dw, g, rows, p0, k0);
-    Conv1dWeightGradTail<PT, KV, PN - 1>(patch, dy, dw, g, rows, p0, k0, pn);
-  }
-}
-
 template <int PT, int KV>
 void Conv1dWeightGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0, int64_t r1,
                           float* dw, float* db) {
@@ -409,8 +400,9 @@ void Conv1dWeightGradRows(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_
     int64_t p0 = 0;
     for (; p0 + PT <= g.P(); p0 += PT)
       Conv1dWeightGradTile<PT, KV>(patch.data(), dy, dw, g, r1 - r0, p0, k0);
-    if (p0 < g.P())
-      Conv1dWeightGradTail<PT, KV>(patch.data(), dy, dw, g, r1 - r0, p0, k0, g.P() - p0);
+    WithCount<PT>(g.P() - p0, [&](auto pn) {
+      Conv1dWeightGradTile<pn, KV>(patch.data(), dy, dw, g, r1 - r0, p0, k0);
+    });
   }
 }
 
@@ -444,15 +436,6 @@ template <int PV, int KT, int KN>
       if (count[v]) Simd::StoreN(dwt + (k0 + a) * g.P() + p0 + L * v, acc[a][v], count[v]);
 }
 
-template <int PV, int KT, int KN = KT - 1>
-void Conv1dWeightGradTailT(const float* const* patch, const float* dy, float* dwt,
-                           const Conv1d& g, int64_t rows, int64_t p0, int64_t k0, int64_t kn) {
-  if constexpr (KN >= 1) {
-    if (kn == KN) return Conv1dWeightGradTileT<PV, KT, KN>(patch, dy, dwt, g, rows, p0, k0);
-    Conv1dWeightGradTailT<PV, KT, KN - 1>(patch, dy, dwt, g, rows, p0, k0, kn);
-  }
-}
-
 template <int PV, int KT>
 void Conv1dWeightGradRowsT(const Conv1dIo& io, const Conv1d& g, int64_t m, int64_t r0,
                            int64_t r1, float* dwt, float* db) {
@@ -465,8 +448,9 @@ void Conv1dWeightGradRowsT(const Conv1dIo& io, const Conv1d& g, int64_t m, int64
     int64_t k0 = 0;
     for (; k0 + KT <= g.k; k0 += KT)
       Conv1dWeightGradTileT<PV, KT, KT>(patch.data(), dy, dwt, g, r1 - r0, p0, k0);
-    if (k0 < g.k)
-      Conv1dWeightGradTailT<PV, KT>(patch.data(), dy, dwt, g, r1 - r0, p0, k0, g.k - k0);
+    WithCount<KT>(g.k - k0, [&](auto kn) {
+      Conv1dWeightGradTileT<PV, KT, kn>(patch.data(), dy, dwt, g, r1 - r0, p0, k0);
+    });
   }
 }
 
