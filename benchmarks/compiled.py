@@ -5,8 +5,9 @@
 
 Every target compiles in every dtype, or with --paired the i-th target in the i-th dtype only
 (CI's check: `--targets=v5e-1,v5e-8 --dtypes=float32,bfloat16 --paired`, each config on one chip
-and on a slice, in each dtype, at half the cost). Each (config, target, dtype) is what `python -m experiments --config=... --workdir=...
---compile_for=TARGET --config.compute_dtype=DTYPE` does (experiments.__main__.compile_only),
+and on a slice, in each dtype, at half the cost). Each (config, target, dtype) is what
+`python -m experiments --config=... --workdir=... --compile_for=TARGET
+--config.compute_dtype=DTYPE` does (experiments.__main__.compile_only),
 run in worker processes that each take the next one when done, in a workdir of their own. The
 datasets are built from `--data` (a folder per TFDS dataset: ../shared/data/mnist, ...) into
 `--data_dir` as a first run would; no example is read. A config whose dataset is not in
